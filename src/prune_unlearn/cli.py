@@ -1,0 +1,288 @@
+"""The ``prune`` command line: a thin layer over the library (parse, call one function, print).
+
+Exit codes: 0 ok; 1 a refused request (``Error: ...``); 2 usage error.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import time
+from pathlib import Path
+
+import click
+import torch
+
+from . import __version__
+from .errors import PruneError
+
+# --- shared option bundles -----------------------------------------------------------------------
+
+
+def json_option(f):
+    return click.option("--json", "as_json", is_flag=True,
+                        help="Print exactly one JSON document (the result) to stdout.")(f)
+
+
+def silent_option(f):
+    return click.option("--silent", is_flag=True, help="No progress bars.")(f)
+
+
+def seed_option(f):
+    return click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+                        help="Random seed (point selection, target labels, clustering, training).")(f)
+
+
+def data_options(f):
+    f = click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                     help="Folder with the data set's files (default: $PRUNE_DATA_DIR/<name>).")(f)
+    return click.option("--data", "data_name", required=True,
+                        help="Data set name: digits, mnist5k, mnist, fashion-mnist.")(f)
+
+
+def forget_options(f):
+    f = click.option("--strategy", type=click.Choice(["per-point", "cluster"]), default="per-point",
+                     show_default=True, help="per-point: Theorem 1 for every point; cluster: Algorithm 1.")(f)
+    f = click.option("--bound", type=click.Choice(["box", "dual", "lp"]), default="box", show_default=True,
+                     help="How region claims are proven (all sound; dual/lp give smaller patches).")(f)
+    f = click.option("--epsilon", type=click.FloatRange(min=0, min_open=True), default=0.05, show_default=True,
+                     help="Proven margin (logits) of the target label on each certified region.")(f)
+    f = click.option("--target", type=click.Choice(["random", "runner-up"]), default="random", show_default=True,
+                     help="Target label rule.")(f)
+    f = click.option("--delta", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
+                     help="Forgotten share to reach (cluster strategy).")(f)
+    f = click.option("--clusters", type=click.IntRange(min=1), default=None,
+                     help="K for the cluster strategy (default ceil(n/10)).")(f)
+    return f
+
+
+def handle_errors(f):
+    """Library errors become one-line ``Error: ...`` messages with exit status 1."""
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        try:
+            return f(*args, **kwargs)
+        except PruneError as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper
+
+
+def _progress(silent: bool, as_json: bool) -> bool:
+    return not (silent or as_json)
+
+
+def _emit(data: dict, as_json: bool, human: str) -> None:
+    if as_json:
+        click.echo(json.dumps(data, indent=1))
+    else:
+        click.echo(human)
+
+
+# --- commands ------------------------------------------------------------------------------------
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="prune")
+def cli() -> None:
+    """prune-unlearn: make a trained classifier forget chosen training points, with certificates."""
+
+
+@cli.command()
+@data_options
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Where to write the trained model (.safetensors).")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Override the recipe's epochs.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Override the learning rate.")
+@seed_option
+@json_option
+@silent_option
+@handle_errors
+def train(data_name, data_dir, out, epochs, lr, seed, as_json, silent):
+    """Train the paper's model for a data set with the authors' recipe.
+
+    Example: prune train --data digits --out digits.safetensors
+    """
+    from .data import load_dataset
+    from .evaluation import accuracy, predict
+    from .models import default_architecture
+    from .serialization import save
+    from .training import recipe_for, train_from_spec
+
+    ds = load_dataset(data_name, data_dir)
+    spec = default_architecture(ds.name, ds.input_dim, ds.num_classes)
+    recipe = recipe_for(ds.name, epochs=epochs, lr=lr, seed=seed)
+    result = train_from_spec(spec, ds.X_train, ds.y_train, recipe, progress=_progress(silent, as_json))
+    test_acc = accuracy(predict(result.model, ds.X_test), ds.y_test)
+    train_acc = accuracy(predict(result.model, ds.X_train), ds.y_train)
+    info = {"dataset": ds.name, "recipe": recipe.to_dict(), "seed": seed, "train_seconds": result.seconds,
+            "test_accuracy": test_acc, "train_accuracy": train_acc, "history": result.history}
+    save(result.model, out, info=info)
+    _emit({"model": str(out), **info}, as_json,
+          f"trained {spec['kind']}{spec['hidden']} on {ds.name} in {result.seconds:.1f} s: "
+          f"test accuracy {100 * test_acc:.2f}%, train {100 * train_acc:.2f}% → {out}")
+
+
+def _read_indices(path: Path, n_train: int) -> torch.Tensor:
+    from .errors import InputValidationError
+
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise InputValidationError(f"Cannot read the indices file {path}: {exc}") from None
+    tokens = [t for line in text.splitlines() for t in line.split("#")[0].replace(",", " ").split()]
+    try:
+        idx = [int(t) for t in tokens]
+    except ValueError:
+        bad = next(t for t in tokens if not t.lstrip("-").isdigit())
+        raise InputValidationError(f"The indices file {path} must hold integers; found {bad!r}.") from None
+    if not idx:
+        raise InputValidationError(f"The indices file {path} holds no indices.")
+    out_of_range = [i for i in idx if not 0 <= i < n_train]
+    if out_of_range:
+        raise InputValidationError(f"Indices must be in [0, {n_train - 1}] (training points); got {out_of_range[:5]}.")
+    if len(set(idx)) != len(idx):
+        dup = next(i for i in idx if idx.count(i) > 1)
+        raise InputValidationError(f"Index {dup} appears more than once in {path}.")
+    return torch.tensor(idx, dtype=torch.int64)
+
+
+def run_forget_on_dataset(model, ds, idx, *, strategy, bound, epsilon, target, seed, delta, clusters,
+                          retrain: bool, progress: bool, recipe=None):
+    """Forget training points ``idx`` of ``ds`` and evaluate on test and remaining data."""
+    from .forget import forget
+
+    X_rem, y_rem = ds.remaining(idx)
+    result = forget(model, ds.X_train[idx], labels=ds.y_train[idx], strategy=strategy, bound=bound,
+                    epsilon=epsilon, target=target, seed=seed, delta=delta, n_clusters=clusters,
+                    domain=(ds.domain_lower, ds.domain_upper), test_data=(ds.X_test, ds.y_test),
+                    remaining_data=(X_rem, y_rem), progress=progress)
+    report = result.report
+    if retrain:
+        from .models import architecture_of
+        from .training import recipe_for, train_from_spec
+        from .errors import InputValidationError
+
+        spec = architecture_of(model if not hasattr(model, "base") else model.base)
+        if spec is None:
+            raise InputValidationError("--retrain needs a model built by prune (its architecture is recorded).")
+        rec = recipe or recipe_for(ds.name, seed=seed)
+        retrained = train_from_spec(spec, X_rem, y_rem, rec, progress=progress)
+        report = report.with_retraining(retrained.seconds)
+    return result._replace(report=report)
+
+
+def _write_outputs(out: Path, result, idx, info: dict) -> dict:
+    from .serialization import save
+
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"model": out / "patched.safetensors", "report": out / "report.json",
+             "certificate": out / "certificate.json", "indices": out / "forget_indices.txt"}
+    save(result.model, paths["model"], info=info)
+    result.report.to_json(paths["report"])
+    result.certificate.to_json(paths["certificate"])
+    from .serialization import atomic_write_text
+
+    atomic_write_text(paths["indices"], "\n".join(str(int(i)) for i in idx) + "\n")
+    return {k: str(v) for k, v in paths.items()}
+
+
+@cli.command(name="forget")
+@click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Saved model (.safetensors from `prune train`, or a patched model).")
+@data_options
+@click.option("--indices", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="Text file with training-set indices to forget (whitespace/comma separated).")
+@click.option("--count", type=click.IntRange(min=1), default=None,
+              help="Forget this many random training points (drawn with --seed).")
+@forget_options
+@seed_option
+@click.option("--retrain", is_flag=True, help="Also retrain on the remaining data and report the time ratio.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for patched.safetensors, report.json, certificate.json.")
+@json_option
+@silent_option
+@handle_errors
+def forget_cmd(model_path, data_name, data_dir, indices, count, strategy, bound, epsilon, target, delta, clusters,
+               seed, retrain, out, as_json, silent):
+    """Forget training points of a saved model; write the patched model, report and certificate.
+
+    Example: prune forget --model digits.safetensors --data digits --count 100 --out forgot/
+    """
+    from .data import load_dataset
+    from .serialization import load
+
+    if (indices is None) == (count is None):
+        raise click.UsageError("Use exactly one of --indices or --count.")
+    model = load(model_path)
+    ds = load_dataset(data_name, data_dir)
+    if indices is not None:
+        idx = _read_indices(indices, len(ds.y_train))
+    else:
+        from .errors import InputValidationError
+
+        if count > len(ds.y_train):
+            raise InputValidationError(f"--count {count} exceeds the {len(ds.y_train)} training points.")
+        idx = torch.randperm(len(ds.y_train), generator=torch.Generator().manual_seed(seed))[:count]
+    result = run_forget_on_dataset(model, ds, idx, strategy=strategy, bound=bound, epsilon=epsilon, target=target,
+                                   seed=seed, delta=delta, clusters=clusters, retrain=retrain,
+                                   progress=_progress(silent, as_json))
+    info = {"dataset": ds.name, "forget_count": len(idx), "source_model": str(model_path)}
+    files = _write_outputs(out, result, idx, info)
+    _emit({**result.report.to_dict(), "files": files}, as_json,
+          result.report.summary() + f"\nwrote {', '.join(files.values())}")
+
+
+@cli.command()
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("prune-demo"),
+              show_default=True, help="Folder for the outputs.")
+@click.option("--count", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Number of random training points to forget.")
+@forget_options
+@seed_option
+@json_option
+@silent_option
+@handle_errors
+def demo(out, count, strategy, bound, epsilon, target, delta, clusters, seed, as_json, silent):
+    """Train FC(256×256) on scikit-learn's digits, forget random training points, show the evidence.
+
+    Example: prune demo --out prune-demo
+    """
+    from .data import load_dataset
+    from .models import default_architecture
+    from .serialization import save
+    from .training import recipe_for, train_from_spec
+
+    t0 = time.perf_counter()
+    progress = _progress(silent, as_json)
+    ds = load_dataset("digits")
+    spec = default_architecture(ds.name, ds.input_dim, ds.num_classes)
+    recipe = recipe_for(ds.name, seed=seed)
+    if not as_json:
+        click.echo(f"training FC(256×256) on {ds.name} ({len(ds.y_train)} train / {len(ds.y_test)} test) …", err=True)
+    trained = train_from_spec(spec, ds.X_train, ds.y_train, recipe, progress=progress)
+    if count > len(ds.y_train):
+        raise click.BadParameter(f"at most {len(ds.y_train)}", param_hint="--count")
+    idx = torch.randperm(len(ds.y_train), generator=torch.Generator().manual_seed(seed))[:count]
+    if not as_json:
+        click.echo(f"forgetting {count} random training points, then retraining without them for comparison …",
+                   err=True)
+    result = run_forget_on_dataset(trained.model, ds, idx, strategy=strategy, bound=bound, epsilon=epsilon,
+                                   target=target, seed=seed, delta=delta, clusters=clusters, retrain=True,
+                                   progress=progress, recipe=recipe)
+    out.mkdir(parents=True, exist_ok=True)
+    save(trained.model, out / "model.safetensors", info={"dataset": ds.name, "recipe": recipe.to_dict()})
+    files = _write_outputs(out, result, idx, {"dataset": ds.name, "forget_count": count})
+    files["base_model"] = str(out / "model.safetensors")
+    total = time.perf_counter() - t0
+    _emit({**result.report.to_dict(), "files": files, "demo_seconds": total}, as_json,
+          result.report.summary() + f"\nwrote {', '.join(files.values())}  (demo took {total:.1f} s)")
+
+
+def main() -> None:  # console-script entry point
+    cli(prog_name="prune")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,255 @@
+"""Support networks, patch networks and the patched model (Eq. 6, 8, 10).
+
+Each patched region ``r`` has an activation pattern ``s^r``, a gate sharpness ``λ_r`` and a constant
+confusion patch ``d_r``. Its support network uses the *inward* gate
+
+    n_r(h) = ReLU( Σ_i clamp(λ_r s^r_i z_i(h), 0, 1) − N + 1 )
+
+evaluated on the base head's own pre-activations ``z_i``. ``n_r = 1`` where every slack
+``s_i z_i ≥ 1/λ_r`` and ``n_r = 0`` wherever any slack is ≤ 0, i.e. everywhere outside the linear
+region, whatever ``λ_r``. Supports of different regions therefore never overlap, and with a
+constant patch (``H_j = |d_j|`` in Eq. 8) the patch network is ``c(h) = Σ_r n_r(h) d_r``.
+
+Evaluating ``n_r`` needs every hidden slack, but ``n_r(h) > 0`` is only possible when ``h`` has
+exactly the pattern ``s^r``. So instead of a dense (batch × regions × neurons) product we look the
+input's own pattern up among the patched patterns (an exact hash match) and evaluate the formula
+only for matched rows: same values, bit for bit, at the cost of one lookup. Rows that match no
+region are returned untouched, so their logits are the base logits bit for bit.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .regions import pack_patterns, pattern_words, unpack_patterns
+from .split import ModelSplit, split_model
+
+__all__ = ["PatchSet", "PatchedModel", "BOUND_CODES"]
+
+# How each region's claim was proven; stored per region as a small integer.
+BOUND_CODES = {"box": 0, "dual": 1, "lp": 2, "point": 3}
+_BOUND_NAMES = {v: k for k, v in BOUND_CODES.items()}
+
+_HASH_PRIME = (1 << 61) - 1
+
+
+def _hash_multipliers(nwords: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(0x5EED)
+    return torch.randint(1 << 20, 1 << 29, (nwords,), generator=gen, dtype=torch.int64)
+
+
+def _pattern_hash(words: torch.Tensor, multipliers: torch.Tensor) -> torch.Tensor:
+    """A 61-bit hash of 32-bit pattern words; every intermediate stays below 2^62 (no overflow)."""
+    acc = torch.zeros(words.shape[0], dtype=torch.int64, device=words.device)
+    for w in range(words.shape[1]):
+        acc = (acc + (words[:, w] % _HASH_PRIME) * multipliers[w]) % _HASH_PRIME
+    return acc
+
+
+class PatchSet(nn.Module):
+    """All patches of a model: one row per patched linear region.
+
+    Buffers (saved with the model)
+    ------------------------------
+    patterns : (R, ceil(N/8)) uint8 — packed activation patterns ``s^r``.
+    gate_lambda : (R,) float32 — ``λ_r``; the support is 1 where every slack ≥ ``1/λ_r``.
+    values : (R, C) float32 — the confusion patches ``d_r``.
+    targets : (R,) int64 — label the patch makes win (for point-only claims: the label predicted at the point).
+    excluded : (R, C) bool — labels that must not win on the region (labels of its forgotten points).
+    point_min_slack : (R,) float64 — smallest slack of the region's forgotten points.
+    region_threshold : (R,) float64 — ``θ_r``: the certified region is ``{h ∈ B : s_i z_i(h) ≥ θ_r}``.
+    certified_margin : (R,) float64 — proven lower bound of the target's margin (region or point).
+    bound_code : (R,) uint8 — how it was proven, see ``BOUND_CODES``.
+    float32_robust : (R,) bool — the float32 model's gates are exactly 1 on the whole certified region
+        (float32 pre-activation error well below ``θ_r − 1/λ_r``).
+    """
+
+    _BUFFERS = (
+        "patterns", "gate_lambda", "values", "targets", "excluded", "point_min_slack",
+        "region_threshold", "certified_margin", "bound_code", "float32_robust",
+    )
+
+    def __init__(self, num_hidden: int, num_classes: int, **tensors: torch.Tensor):
+        super().__init__()
+        self.num_hidden = int(num_hidden)
+        self.num_classes = int(num_classes)
+        nbytes = (self.num_hidden + 7) // 8
+        defaults = {
+            "patterns": torch.zeros(0, nbytes, dtype=torch.uint8),
+            "gate_lambda": torch.zeros(0, dtype=torch.float32),
+            "values": torch.zeros(0, self.num_classes, dtype=torch.float32),
+            "targets": torch.zeros(0, dtype=torch.int64),
+            "excluded": torch.zeros(0, self.num_classes, dtype=torch.bool),
+            "point_min_slack": torch.zeros(0, dtype=torch.float64),
+            "region_threshold": torch.zeros(0, dtype=torch.float64),
+            "certified_margin": torch.zeros(0, dtype=torch.float64),
+            "bound_code": torch.zeros(0, dtype=torch.uint8),
+            "float32_robust": torch.zeros(0, dtype=torch.bool),
+        }
+        unknown = set(tensors) - set(defaults)
+        if unknown:
+            raise TypeError(f"unknown PatchSet fields: {sorted(unknown)}")
+        for name, default in defaults.items():
+            t = tensors.get(name, default)
+            self.register_buffer(name, t.to(default.dtype).contiguous())
+        r = self.patterns.shape[0]
+        for name in self._BUFFERS:
+            if getattr(self, name).shape[0] != r:
+                raise ValueError(f"PatchSet field {name} has {getattr(self, name).shape[0]} rows, expected {r}")
+        self._index()
+
+    # --- lookup -------------------------------------------------------------------------------
+
+    def _index(self) -> None:
+        """Derived lookup tables (not saved): pattern words and their sorted hashes."""
+        masks = unpack_patterns(self.patterns.cpu(), self.num_hidden)
+        words = pattern_words(masks)
+        mult = _hash_multipliers(words.shape[1])
+        hashes = _pattern_hash(words, mult)
+        order = torch.argsort(hashes)
+        dev = self.patterns.device
+        self.register_buffer("_words", words.to(dev), persistent=False)
+        self.register_buffer("_multipliers", mult.to(dev), persistent=False)
+        self.register_buffer("_sorted_hash", hashes[order].to(dev), persistent=False)
+        self.register_buffer("_order", order.to(dev), persistent=False)
+
+    def __len__(self) -> int:
+        return int(self.patterns.shape[0])
+
+    def masks(self) -> torch.Tensor:
+        """(R, N) bool activation patterns."""
+        return unpack_patterns(self.patterns.cpu(), self.num_hidden)
+
+    def bound_names(self) -> list[str]:
+        return [_BOUND_NAMES[int(c)] for c in self.bound_code.tolist()]
+
+    def match(self, active: torch.Tensor) -> torch.Tensor:
+        """Index of the patched region whose pattern equals each row of ``active`` (B, N); -1 if none."""
+        b = active.shape[0]
+        result = torch.full((b,), -1, dtype=torch.int64, device=active.device)
+        if len(self) == 0 or b == 0:
+            return result
+        words = pattern_words(active)
+        keys = _pattern_hash(words, self._multipliers)
+        left = torch.searchsorted(self._sorted_hash, keys, side="left")
+        right = torch.searchsorted(self._sorted_hash, keys, side="right")
+        span = right - left
+        for k in range(int(span.max()) if span.numel() else 0):  # >1 only on a hash collision
+            pos = left + k
+            ok = pos < right
+            cand = self._order[pos.clamp(max=len(self) - 1)]
+            ok &= (self._words[cand] == words).all(dim=1)
+            result = torch.where(ok & (result < 0), cand, result)
+        return result
+
+    # --- evaluation ---------------------------------------------------------------------------
+
+    def support(self, preacts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Which region supports each row, and its support value ``n_r(h)`` (float32).
+
+        ``preacts`` (B, N) are the base head's hidden pre-activations. Rows matching no region get
+        region -1 and value 0.
+        """
+        region = self.match(preacts > 0)
+        value = torch.zeros(preacts.shape[0], dtype=preacts.dtype, device=preacts.device)
+        rows = (region >= 0).nonzero().flatten()
+        if rows.numel():
+            lam = self.gate_lambda[region[rows]].to(preacts.dtype).unsqueeze(1)
+            # For a matched row s_i z_i = |z_i|; clamp is exact in float32, unlike ReLU(λv+1) − ReLU(λv).
+            gates = torch.clamp(lam * preacts[rows].abs(), 0.0, 1.0)
+            value[rows] = torch.relu(gates.sum(dim=1) - (self.num_hidden - 1))
+        return region, value
+
+    def apply(self, preacts: list[torch.Tensor] | torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """Patched logits: ``logits + Σ_r n_r d_r``; rows without support are returned bit for bit."""
+        if len(self) == 0:
+            return logits
+        z = torch.cat(list(preacts), dim=1) if isinstance(preacts, (list, tuple)) else preacts
+        region, value = self.support(z)
+        rows = (value > 0).nonzero().flatten()
+        if rows.numel() == 0:
+            return logits
+        out = logits.clone()
+        out[rows] = logits[rows] + value[rows].unsqueeze(1) * self.values[region[rows]].to(logits.dtype)
+        return out
+
+    def support_dense(self, preacts: torch.Tensor) -> torch.Tensor:
+        """All supports by the literal network formula, (B, R): the reference for :meth:`support`.
+
+        Costs B × R × N; meant for tests, audits and export, not for serving.
+        """
+        s = self.masks().to(preacts.device, preacts.dtype) * 2 - 1  # (R, N)
+        v = preacts.unsqueeze(1) * s.unsqueeze(0) * self.gate_lambda.to(preacts.dtype).view(1, -1, 1)
+        gates = torch.clamp(v, 0.0, 1.0)
+        return torch.relu(gates.sum(dim=2) - (self.num_hidden - 1))
+
+    # --- construction -------------------------------------------------------------------------
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {name: getattr(self, name) for name in self._BUFFERS}
+
+    @classmethod
+    def concat(cls, sets: list["PatchSet"]) -> "PatchSet":
+        first = sets[0]
+        fields = {name: torch.cat([getattr(s, name).cpu() for s in sets]) for name in cls._BUFFERS}
+        return cls(first.num_hidden, first.num_classes, **fields)
+
+    def select(self, keep: torch.Tensor) -> "PatchSet":
+        """A new PatchSet with only the rows ``keep`` (bool mask or indices)."""
+        fields = {name: getattr(self, name).cpu()[keep.cpu()] for name in self._BUFFERS}
+        return PatchSet(self.num_hidden, self.num_classes, **fields)
+
+    def stored_numbers(self) -> float:
+        """Size of the patch set in stored numbers; packed pattern bits count 1/32 each."""
+        r = len(self)
+        per_region = self.num_hidden / 32 + self.num_classes + 7  # λ, target, slack, θ, margin, code, robust
+        return r * (per_region + self.num_classes / 32)  # + excluded-label bits
+
+    def extra_repr(self) -> str:
+        return f"regions={len(self)}, hidden={self.num_hidden}, classes={self.num_classes}"
+
+
+class PatchedModel(nn.Module):
+    """``M_p ⊕ (M_c + Σ_k c_k)``: the base model with patch networks on its head's output.
+
+    A plain ``nn.Module``. ``base`` is the unpatched model (never modified); ``patches`` holds every
+    patched region. Inputs outside every patched region get exactly the base model's logits.
+    """
+
+    def __init__(self, base: nn.Module, patches: PatchSet, head: str | None = None):
+        super().__init__()
+        self.base = base
+        self.patches = patches
+        self.head = head
+        split = split_model(base, head)
+        if patches.num_hidden != sum(split.hidden_sizes) or patches.num_classes != split.num_classes:
+            raise ValueError(
+                f"PatchSet is for a head with {patches.num_hidden} hidden neurons and {patches.num_classes} "
+                f"classes; this model's head has {sum(split.hidden_sizes)} and {split.num_classes}."
+            )
+        object.__setattr__(self, "_split", split)  # shares the base's modules; not a second copy of weights
+
+    @property
+    def split(self) -> ModelSplit:
+        return self._split
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self._split.features(x)
+        preacts, logits = self._split.head_forward(h)
+        return self.patches.apply(preacts, logits)
+
+    @torch.no_grad()
+    def covering_region(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """For each input, the patched region that supports it (-1 if none) and the support value."""
+        preacts, _ = self._split.head_forward(self._split.features(x))
+        if not preacts:
+            return torch.full((x.shape[0],), -1, dtype=torch.int64), torch.zeros(x.shape[0])
+        return self.patches.support(torch.cat(preacts, dim=1))
+
+    def unpatched(self) -> nn.Module:
+        """The base model ``M`` without any patch."""
+        return self.base
+
+    def extra_repr(self) -> str:
+        return f"head={self.head!r}"

@@ -1,0 +1,171 @@
+"""Saving and loading models and patched models: safetensors plus a small JSON header, never pickle.
+
+File layout (one ``.safetensors`` file):
+
+* tensors ``base.<name>``: the base model's state dict;
+* tensors ``patches.<field>``: the patch set (packed patterns, λ, patch values, …), for patched models;
+* metadata ``prune_unlearn``: a JSON header with ``format_version``, ``kind`` (``"model"`` or
+  ``"patched-model"``), the architecture spec used to rebuild the module, the head name, the
+  patch-set shape, a SHA-256 of all tensors (checked on load), and free-form ``info`` (data set,
+  recipe, seed, metrics).
+
+Every write goes to a temporary file in the same folder, is fsynced, then renamed over the target,
+so a crash never leaves a half-written model behind.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import __version__
+from ._hashing import state_sha256
+from .errors import FormatError
+from .models import architecture_of, build_model
+from .patches import PatchedModel, PatchSet
+
+__all__ = ["save", "load", "load_info", "atomic_write_text", "MODEL_FORMAT_VERSION"]
+
+MODEL_FORMAT_VERSION = 1
+_HEADER_KEY = "prune_unlearn"
+
+
+def _atomic_replace(path: Path, write) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
+    try:
+        write(tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write a text file atomically (temp file, fsync, rename)."""
+    def write(tmp):
+        with open(tmp, "w") as fh:
+            fh.write(text)
+
+    _atomic_replace(Path(path), write)
+
+
+def save(model: nn.Module, path: str | Path, *, info: dict[str, Any] | None = None,
+         architecture: dict[str, Any] | None = None) -> None:
+    """Save a model or a :class:`PatchedModel` to ``path`` (safetensors + JSON header).
+
+    ``architecture`` is needed only for models not built by :func:`prune_unlearn.build_model`; without
+    it, :func:`load` needs the module passed as ``base=``.
+    """
+    from safetensors.torch import save_file
+
+    patched = model if isinstance(model, PatchedModel) else None
+    base = patched.base if patched is not None else model
+    tensors = {f"base.{k}": v.detach().cpu().contiguous().clone() for k, v in base.state_dict().items()}
+    header: dict[str, Any] = {
+        "format_version": MODEL_FORMAT_VERSION,
+        "kind": "patched-model" if patched is not None else "model",
+        "library_version": __version__,
+        "architecture": architecture or architecture_of(base),
+        "info": info or {},
+    }
+    if patched is not None:
+        ps = patched.patches
+        tensors.update({f"patches.{k}": v.detach().cpu().contiguous().clone() for k, v in ps.tensors().items()})
+        header["head"] = patched.head
+        header["patches"] = {"regions": len(ps), "num_hidden": ps.num_hidden, "num_classes": ps.num_classes}
+    header["tensors_sha256"] = state_sha256(tensors)
+    metadata = {_HEADER_KEY: json.dumps(header)}
+    _atomic_replace(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def _read(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FormatError(f"No model file at {path}.")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as fh:
+            metadata = fh.metadata() or {}
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise FormatError(f"{path} is not a readable safetensors file: {exc}") from None
+    if _HEADER_KEY not in metadata:
+        raise FormatError(f"{path} is a safetensors file but not a prune-unlearn model (no '{_HEADER_KEY}' header).")
+    try:
+        header = json.loads(metadata[_HEADER_KEY])
+    except json.JSONDecodeError as exc:
+        raise FormatError(f"{path} has a corrupt header: {exc}") from None
+    if header.get("format_version") != MODEL_FORMAT_VERSION:
+        raise FormatError(f"{path} has model format_version {header.get('format_version')!r}; this library reads "
+                          f"version {MODEL_FORMAT_VERSION}.")
+    for key in ("kind", "architecture", "tensors_sha256"):
+        if key not in header:
+            raise FormatError(f"The header of {path} does not have the key {key!r}.")
+    if state_sha256(tensors) != header["tensors_sha256"]:
+        raise FormatError(f"{path} failed its integrity check: the stored tensors do not match the header's hash "
+                          "(the file was modified or corrupted).")
+    return header, tensors
+
+
+def load_info(path: str | Path) -> dict:
+    """The JSON header of a saved model (kind, architecture, info, patch-set shape)."""
+    header, _ = _read(path)
+    return header
+
+
+def load(path: str | Path, *, base: nn.Module | None = None) -> nn.Module:
+    """Load a model saved by :func:`save`: an ``nn.Module`` or a :class:`PatchedModel`, in eval mode.
+
+    ``base`` supplies the module structure for models not built by :func:`prune_unlearn.build_model`;
+    it is copied, never modified.
+    """
+    header, tensors = _read(path)
+    if base is not None:
+        module = copy.deepcopy(base)
+    elif header["architecture"] is not None:
+        module = build_model(header["architecture"])
+    else:
+        raise FormatError(f"{path} holds a model of a custom architecture. HINT: pass base=<an instance of it>.")
+    state = {k[len("base."):]: v for k, v in tensors.items() if k.startswith("base.")}
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise FormatError(f"The weights in {path} do not fit the model: {exc}") from None
+    module.eval()
+    if header["kind"] == "model":
+        return module
+    if header["kind"] != "patched-model":
+        raise FormatError(f"{path} has unknown kind {header['kind']!r}.")
+    meta = header.get("patches") or {}
+    fields = {k[len("patches."):]: v for k, v in tensors.items() if k.startswith("patches.")}
+    try:
+        ps = PatchSet(meta["num_hidden"], meta["num_classes"], **fields)
+        patched = PatchedModel(module, ps, head=header.get("head"))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise FormatError(f"The patch set in {path} is malformed: {exc}") from None
+    return patched.eval()

@@ -1,0 +1,36 @@
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+
+@pytest.fixture(scope="session")
+def digits():
+    from prune_unlearn import load_dataset
+
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="session")
+def digits_model(digits):
+    """FC(256×256) trained briefly on digits (enough for a realistic region structure)."""
+    from prune_unlearn.models import default_architecture
+    from prune_unlearn.training import Recipe, train_from_spec
+
+    spec = default_architecture("digits", digits.input_dim, digits.num_classes)
+    return train_from_spec(spec, digits.X_train, digits.y_train, Recipe(lr=0.1, epochs=15, batch_size=32)).model
+
+
+@pytest.fixture(scope="session")
+def digits_small_model(digits):
+    """FC(32×32) on digits: small enough for exact LPs over many regions in tests."""
+    from prune_unlearn.models import mlp
+    from prune_unlearn.training import Recipe, train_model
+
+    torch.manual_seed(1)
+    model = mlp(digits.input_dim, [32, 32], digits.num_classes)
+    return train_model(model, digits.X_train, digits.y_train, Recipe(lr=0.1, epochs=20, batch_size=32)).model
