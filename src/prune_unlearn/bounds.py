@@ -38,7 +38,8 @@ def _affine_abs(layer: nn.Module, radius: torch.Tensor) -> torch.Tensor:
 
 _AFFINE = (nn.Linear, nn.Conv2d, nn.Conv1d, nn.BatchNorm1d, nn.BatchNorm2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
            nn.AvgPool1d)
-_MONOTONE = (nn.ReLU, nn.MaxPool2d, nn.MaxPool1d, nn.AdaptiveMaxPool2d, nn.Flatten, nn.Identity, nn.Dropout)
+_MONOTONE = (nn.ReLU, nn.MaxPool2d, nn.MaxPool1d, nn.AdaptiveMaxPool2d, nn.Flatten, nn.Identity, nn.Dropout,
+             nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.ELU, nn.Softplus, nn.ReLU6)
 
 
 @torch.no_grad()
@@ -55,10 +56,69 @@ def interval_bounds(module: nn.Module, lower: torch.Tensor, upper: torch.Tensor)
         centre, radius = (upper + lower) / 2, (upper - lower) / 2
         c, r = m64(centre), _affine_abs(m64, radius)
         return c - r, c + r
-    raise UnsupportedModelError(
-        f"Interval propagation does not support {type(module).__name__} layers in the prefix. HINT: pass "
+    if type(module).forward is not nn.Module.forward and not list(module.children()) == []:
+        return _interval_graph(module, lower, upper)
+    raise _unsupported(type(module).__name__)
+
+
+def _unsupported(what: str) -> UnsupportedModelError:
+    return UnsupportedModelError(
+        f"Interval propagation does not support {what} in the prefix. HINT: pass "
         "feature_domain=(lower, upper) bounds for the head's inputs, e.g. from the data with a margin."
     )
+
+
+def _interval_graph(module: nn.Module, lower: torch.Tensor, upper: torch.Tensor):
+    """IBP through a module with its own ``forward``: trace it with torch.fx, interpret with intervals."""
+    import operator
+
+    import torch.fx as fx
+
+    try:
+        graph = fx.symbolic_trace(module)
+    except Exception as exc:  # noqa: BLE001 - any tracing failure means we cannot propagate
+        raise _unsupported(f"{type(module).__name__} (torch.fx cannot trace it: {exc})") from None
+    env: dict = {}
+    modules = dict(graph.named_modules())
+
+    def val(a):
+        return env[a.name] if isinstance(a, fx.Node) else a
+
+    for node in graph.graph.nodes:
+        if node.op == "placeholder":
+            env[node.name] = (lower, upper)
+        elif node.op == "call_module":
+            lo, hi = val(node.args[0])
+            env[node.name] = interval_bounds(modules[node.target], lo, hi)
+        elif node.op in ("call_function", "call_method"):
+            fn = node.target
+            args = [val(a) for a in node.args]
+            iv = args[0]
+            rest = args[1:]
+            name = fn if isinstance(fn, str) else getattr(fn, "__name__", str(fn))
+            if name in ("flatten", "view", "reshape", "relu", "contiguous"):
+                op = (lambda t: getattr(t, name)(*rest, **node.kwargs)) if isinstance(fn, str) else \
+                    (lambda t: fn(t, *rest, **node.kwargs))
+                env[node.name] = (op(iv[0]), op(iv[1]))
+            elif fn in (operator.add, torch.add) and len(args) == 2:
+                a, b = args
+                if isinstance(a, tuple) and isinstance(b, tuple):
+                    env[node.name] = (a[0] + b[0], a[1] + b[1])
+                else:
+                    iv, k = (a, b) if isinstance(a, tuple) else (b, a)
+                    env[node.name] = (iv[0] + k, iv[1] + k)
+            elif fn in (operator.mul,) and len(args) == 2 and not all(isinstance(a, tuple) for a in args):
+                iv, k = (args[0], args[1]) if isinstance(args[0], tuple) else (args[1], args[0])
+                lo, hi = iv[0] * k, iv[1] * k
+                env[node.name] = (torch.minimum(lo, hi), torch.maximum(lo, hi))
+            else:
+                raise _unsupported(f"the operation {name!r} (in {type(module).__name__}.forward)")
+        elif node.op == "output":
+            out = val(node.args[0])
+            return out
+        else:
+            raise _unsupported(f"graph node {node.op} in {type(module).__name__}")
+    raise _unsupported(type(module).__name__)
 
 
 def _as64(module: nn.Module) -> nn.Module:

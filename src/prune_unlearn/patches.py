@@ -47,6 +47,13 @@ def _pattern_hash(words: torch.Tensor, multipliers: torch.Tensor) -> torch.Tenso
     return acc
 
 
+def _stack_preacts(preacts, logits: torch.Tensor) -> torch.Tensor:
+    """All hidden pre-activations as one (B, N) tensor (N = 0 for a head without hidden layers)."""
+    if isinstance(preacts, torch.Tensor):
+        return preacts
+    return torch.cat(list(preacts), dim=1) if preacts else logits.new_zeros(logits.shape[0], 0)
+
+
 class PatchSet(nn.Module):
     """All patches of a model: one row per patched linear region.
 
@@ -165,8 +172,7 @@ class PatchSet(nn.Module):
         """Patched logits: ``logits + Σ_r n_r d_r``; rows without support are returned bit for bit."""
         if len(self) == 0:
             return logits
-        z = torch.cat(list(preacts), dim=1) if isinstance(preacts, (list, tuple)) else preacts
-        region, value = self.support(z)
+        region, value = self.support(_stack_preacts(preacts, logits))
         rows = (value > 0).nonzero().flatten()
         if rows.numel() == 0:
             return logits
@@ -242,10 +248,8 @@ class PatchedModel(nn.Module):
     @torch.no_grad()
     def covering_region(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """For each input, the patched region that supports it (-1 if none) and the support value."""
-        preacts, _ = self._split.head_forward(self._split.features(x))
-        if not preacts:
-            return torch.full((x.shape[0],), -1, dtype=torch.int64), torch.zeros(x.shape[0])
-        return self.patches.support(torch.cat(preacts, dim=1))
+        preacts, logits = self._split.head_forward(self._split.features(x))
+        return self.patches.support(_stack_preacts(preacts, logits))
 
     def unpatched(self) -> nn.Module:
         """The base model ``M`` without any patch."""

@@ -201,7 +201,7 @@ def pack_patterns(masks: torch.Tensor) -> torch.Tensor:
 def unpack_patterns(packed: torch.Tensor, n: int) -> torch.Tensor:
     """Inverse of :func:`pack_patterns`."""
     bits = (packed.to(torch.int32).unsqueeze(-1) >> torch.arange(8, device=packed.device)) & 1
-    return bits.reshape(packed.shape[0], -1)[:, :n].bool()
+    return bits.reshape(packed.shape[0], packed.shape[1] * 8)[:, :n].bool()
 
 
 def pattern_words(masks: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,94 @@
+import json
+import os
+
+import pytest
+import torch
+
+from _helpers.models import TinyConvNet, tiny_mlp
+from prune_unlearn import forget, load, load_info, save
+from prune_unlearn.errors import FormatError
+
+
+def test_patched_model_roundtrip_is_bit_identical(tmp_path, digits, digits_model):
+    res = forget(digits_model, digits.X_train[:30], labels=digits.y_train[:30], strategy="cluster")
+    path = tmp_path / "patched.safetensors"
+    save(res.model, path, info={"note": "x"})
+    loaded = load(path)
+    for X in (digits.X_train, digits.X_test):
+        assert torch.equal(loaded(X), res.model(X))
+    assert load_info(path)["info"] == {"note": "x"}
+    assert len(loaded.patches) == len(res.model.patches)
+    # save → load → save gives the same bytes hash (the file is a function of the model)
+    save(loaded, tmp_path / "again.safetensors", info={"note": "x"})
+    assert load_info(tmp_path / "again.safetensors")["tensors_sha256"] == load_info(path)["tensors_sha256"]
+
+
+def test_custom_architecture_needs_base(tmp_path):
+    model = TinyConvNet().eval()
+    x = torch.rand(3, 1, 8, 8)
+    res = forget(model, x, head="classifier")
+    path = tmp_path / "conv.safetensors"
+    save(res.model, path)
+    with pytest.raises(FormatError, match="custom architecture. HINT: pass base="):
+        load(path)
+    loaded = load(path, base=TinyConvNet())
+    assert torch.equal(loaded(x), res.model(x))
+
+
+def test_tampered_or_foreign_files_fail_loudly(tmp_path):
+    model = tiny_mlp((4, 8, 8, 3))
+    res = forget(model, torch.rand(4, 4))
+    path = tmp_path / "m.safetensors"
+    save(res.model, path)
+    raw = bytearray(path.read_bytes())
+    raw[-3] ^= 0xFF  # flip bits in the last tensor's data
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(bytes(raw))
+    with pytest.raises(FormatError, match="failed its integrity check"):
+        load(bad)
+    (tmp_path / "junk.safetensors").write_bytes(b"not a model")
+    with pytest.raises(FormatError, match="not a readable safetensors file"):
+        load(tmp_path / "junk.safetensors")
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(FormatError, match="not a prune-unlearn model"):
+        load(tmp_path / "other.safetensors")
+    with pytest.raises(FormatError, match="No model file"):
+        load(tmp_path / "missing.safetensors")
+
+
+def test_unknown_format_version_is_refused(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    model = tiny_mlp((4, 8, 3))
+    path = tmp_path / "m.safetensors"
+    save(model, path)
+    with safe_open(str(path), framework="pt") as fh:
+        meta = fh.metadata()
+    header = json.loads(meta["prune_unlearn"])
+    header["format_version"] = 99
+    save_file(load_file(str(path)), str(path), metadata={"prune_unlearn": json.dumps(header)})
+    with pytest.raises(FormatError, match="format_version 99"):
+        load(path)
+
+
+def test_atomic_save_leaves_old_file_on_failure(tmp_path, monkeypatch):
+    model = tiny_mlp((4, 8, 3))
+    path = tmp_path / "m.safetensors"
+    save(model, path)
+    before = path.read_bytes()
+    import safetensors.torch
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", boom)
+    with pytest.raises(OSError):
+        save(tiny_mlp((4, 8, 3), seed=5), path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask  # usual permissions, not mkstemp's 0600
