@@ -58,7 +58,9 @@ def test_fast_support_equals_dense_network_formula():
 def test_hash_collisions_are_resolved_by_exact_comparison(monkeypatch):
     import prune_unlearn.patches as patches_mod
 
-    monkeypatch.setattr(patches_mod, "_pattern_hash", lambda words, mult: torch.zeros(len(words), dtype=torch.int64))
+    zero = lambda active, weights: torch.zeros(len(active), dtype=torch.int64)  # noqa: E731
+    monkeypatch.setattr(patches_mod, "_keys_exact", zero)
+    monkeypatch.setattr(patches_mod, "_keys_fast", zero)
     model = tiny_mlp((4, 8, 8, 3), seed=2)
     x = torch.rand(300, 4, generator=torch.Generator().manual_seed(1))
     z, _ = _preacts(model, x)

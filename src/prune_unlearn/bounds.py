@@ -8,7 +8,6 @@ batch norm) map a centre/radius pair as ``(f(c), |A| r)``.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F

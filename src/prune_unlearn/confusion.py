@@ -28,13 +28,11 @@ region (7,840 on MNIST: 3.9M for 500 regions), more than the whole patch budget.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from .errors import LooseBoundWarning
 from .regions import HeadNetwork, masked_backward, masked_forward, region_halfspaces
 
 __all__ = ["BOUND_METHODS", "MarginBounds", "margin_upper_bounds", "confusion_patch", "patch_margins"]
@@ -135,32 +133,47 @@ def margin_upper_bounds(
 
 
 def _dual_bound(head, masks, rows, signs, w0_rows, q, thresholds, lower, upper, steps, lr):
-    """Projected Adam on the multipliers; returns the best (smallest) bound seen and the step count."""
+    """Projected Adam on the multipliers; returns the sound float64 bound at the best iterate.
+
+    The search runs in float32 (any ``μ ≥ 0`` is sound, so the search precision only affects
+    tightness); the bound is then evaluated in float64 at the best iterate and compared with the
+    box bound (``μ = 0``).
+    """
     p, c = rows.shape[0], rows.shape[1]
     n = masks.shape[1]
-    best, r = _dual_value(head, masks, rows, signs, w0_rows, q, None, lower, upper)
+    box, r64 = _dual_value(head, masks, rows, signs, w0_rows, q, None, lower, upper)
     if n == 0 or steps == 0:
-        return best, 0
-    mu = torch.zeros(p, c, n, dtype=torch.float64)
+        return box, 0
+    h32 = head.to(torch.float32)
+    rows32, signs32, q32, w032 = rows.float(), signs.float(), q.float(), w0_rows.float()
+    lo32, hi32 = lower.float(), upper.float()
+    s3 = signs32.unsqueeze(1)
+    th = thresholds.float().view(-1, 1, 1)
+    if lr is None:
+        # μ trades logit units for slack units: scale the step by |∂(f_l − f_t)/∂h| / |a_i| (first layer).
+        ratio = r64.norm(dim=-1).median() / head.weights[0].norm(dim=1).median().clamp(min=1e-12)
+        lr = 0.03 * float(ratio)
+    mu = torch.zeros(p, c, n, dtype=torch.float32)
     m1 = torch.zeros_like(mu)
     m2 = torch.zeros_like(mu)
     b1, b2 = 0.9, 0.999
-    if lr is None:
-        # μ trades logit units against slack units; scale steps by the typical |logit-gradient| / |a_i|.
-        lr = 0.05
-    s3 = signs.unsqueeze(1)
-    th = thresholds.view(-1, 1, 1)
+    best_val = torch.full((p, c), float("inf"))
+    best_mu = mu.clone()
+    r = r64.float()
     for k in range(1, steps + 1):
-        h_star = torch.where(r > 0, upper, lower)  # box maximiser of the Lagrangian at the current μ
-        z_star, _ = masked_forward(head, masks, h_star)
+        h_star = torch.where(r > 0, hi32, lo32)  # box maximiser of the Lagrangian at the current μ
+        z_star, _ = masked_forward(h32, masks, h_star)
         grad = s3 * z_star - th  # ∂/∂μ_i = q_i + s_i a_i·h* = s_i z̃_i(h*) − θ
         m1.mul_(b1).add_(grad, alpha=1 - b1)
         m2.mul_(b2).addcmul_(grad, grad, value=1 - b2)
-        step = (lr / (1 - b1**k)) * m1 / ((m2 / (1 - b2**k)).sqrt() + 1e-12)
-        mu = (mu - step).clamp_(min=0)
-        value, r = _dual_value(head, masks, rows, signs, w0_rows, q, mu, lower, upper)
-        best = torch.minimum(best, value)
-    return best, steps
+        mu.sub_((lr / (1 - b1**k)) * m1 / ((m2 / (1 - b2**k)).sqrt() + 1e-12)).clamp_(min=0)
+        r = masked_backward(h32, masks, rows32, s3 * mu)
+        value = w032 + (mu * q32.unsqueeze(1)).sum(-1) + torch.maximum(r * lo32, r * hi32).sum(-1)
+        better = value < best_val
+        best_val = torch.where(better, value, best_val)
+        best_mu = torch.where(better.unsqueeze(-1), mu, best_mu)
+    sound, _ = _dual_value(head, masks, rows, signs, w0_rows, q, best_mu.to(torch.float64), lower, upper)
+    return torch.minimum(box, sound), steps
 
 
 def _lp_bound(head, masks, thresholds, targets, rows, signs, w0_rows, q, lower, upper):

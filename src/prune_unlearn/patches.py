@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .regions import pack_patterns, pattern_words, unpack_patterns
+from .regions import unpack_patterns
 from .split import ModelSplit, split_model
 
 __all__ = ["PatchSet", "PatchedModel", "BOUND_CODES"]
@@ -31,20 +31,31 @@ __all__ = ["PatchSet", "PatchedModel", "BOUND_CODES"]
 BOUND_CODES = {"box": 0, "dual": 1, "lp": 2, "point": 3}
 _BOUND_NAMES = {v: k for k, v in BOUND_CODES.items()}
 
-_HASH_PRIME = (1 << 61) - 1
+def _key_weights(num_hidden: int) -> torch.Tensor:
+    """Two columns of small random integers whose dot products with a 0/1 pattern stay below 2^24.
 
-
-def _hash_multipliers(nwords: int) -> torch.Tensor:
+    Those dot products are exact in float32 whatever the summation order, so a float32 matrix
+    product gives exact integer keys, at a fraction of the cost of packing bits.
+    """
+    bits = max(1, min(14, 23 - max(0, (max(num_hidden, 1) - 1).bit_length())))
     gen = torch.Generator().manual_seed(0x5EED)
-    return torch.randint(1 << 20, 1 << 29, (nwords,), generator=gen, dtype=torch.int64)
+    return torch.randint(0, 1 << bits, (max(num_hidden, 0), 2), generator=gen).to(torch.float32)
 
 
-def _pattern_hash(words: torch.Tensor, multipliers: torch.Tensor) -> torch.Tensor:
-    """A 61-bit hash of 32-bit pattern words; every intermediate stays below 2^62 (no overflow)."""
-    acc = torch.zeros(words.shape[0], dtype=torch.int64, device=words.device)
-    for w in range(words.shape[1]):
-        acc = (acc + (words[:, w] % _HASH_PRIME) * multipliers[w]) % _HASH_PRIME
-    return acc
+def _combine(k: torch.Tensor) -> torch.Tensor:
+    k = k.to(torch.int64)
+    return k[:, 0] + (k[:, 1] << 24)
+
+
+def _keys_exact(active: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Reference keys in integer arithmetic."""
+    return _combine((active.to(torch.int64).unsqueeze(-1) * weights.to(torch.int64)).sum(dim=1))
+
+
+def _keys_fast(active: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    # float32 on the CPU; float64 elsewhere (GPUs may round float32 products through TF32).
+    dtype = torch.float32 if active.device.type == "cpu" else torch.float64
+    return _combine(active.to(dtype) @ weights.to(dtype))
 
 
 def _stack_preacts(preacts, logits: torch.Tensor) -> torch.Tensor:
@@ -109,17 +120,27 @@ class PatchSet(nn.Module):
     # --- lookup -------------------------------------------------------------------------------
 
     def _index(self) -> None:
-        """Derived lookup tables (not saved): pattern words and their sorted hashes."""
+        """Derived lookup tables (not saved): unpacked patterns and their sorted integer keys."""
         masks = unpack_patterns(self.patterns.cpu(), self.num_hidden)
-        words = pattern_words(masks)
-        mult = _hash_multipliers(words.shape[1])
-        hashes = _pattern_hash(words, mult)
-        order = torch.argsort(hashes)
+        weights = _key_weights(self.num_hidden)
+        keys = _keys_exact(masks, weights)
+        order = torch.argsort(keys)
         dev = self.patterns.device
-        self.register_buffer("_words", words.to(dev), persistent=False)
-        self.register_buffer("_multipliers", mult.to(dev), persistent=False)
-        self.register_buffer("_sorted_hash", hashes[order].to(dev), persistent=False)
+        self.register_buffer("_masks", masks.to(dev), persistent=False)
+        self.register_buffer("_key_weights", weights.to(dev), persistent=False)
+        self.register_buffer("_sorted_keys", keys[order].to(dev), persistent=False)
         self.register_buffer("_order", order.to(dev), persistent=False)
+        self._fast_keys_checked: set = set()
+
+    def _query_keys(self, active: torch.Tensor) -> torch.Tensor:
+        """Keys of query patterns; the fast path is checked once per device against exact integers."""
+        dev = active.device
+        if dev not in self._fast_keys_checked:
+            probe = torch.cat([self._masks, active[:64]])
+            if not torch.equal(_keys_fast(probe, self._key_weights), _keys_exact(probe, self._key_weights)):
+                return _keys_exact(active, self._key_weights)  # this device's matmul is not exact
+            self._fast_keys_checked.add(dev)
+        return _keys_fast(active, self._key_weights)
 
     def __len__(self) -> int:
         return int(self.patterns.shape[0])
@@ -132,22 +153,28 @@ class PatchSet(nn.Module):
         return [_BOUND_NAMES[int(c)] for c in self.bound_code.tolist()]
 
     def match(self, active: torch.Tensor) -> torch.Tensor:
-        """Index of the patched region whose pattern equals each row of ``active`` (B, N); -1 if none."""
+        """Index of the patched region whose pattern equals each row of ``active`` (B, N); -1 if none.
+
+        Keys only propose candidates; every match is confirmed by comparing the whole pattern, so a
+        key collision can never attach a patch to the wrong region.
+        """
         b = active.shape[0]
         result = torch.full((b,), -1, dtype=torch.int64, device=active.device)
         if len(self) == 0 or b == 0:
             return result
-        words = pattern_words(active)
-        keys = _pattern_hash(words, self._multipliers)
-        left = torch.searchsorted(self._sorted_hash, keys, side="left")
-        right = torch.searchsorted(self._sorted_hash, keys, side="right")
-        span = right - left
-        for k in range(int(span.max()) if span.numel() else 0):  # >1 only on a hash collision
-            pos = left + k
-            ok = pos < right
-            cand = self._order[pos.clamp(max=len(self) - 1)]
-            ok &= (self._words[cand] == words).all(dim=1)
-            result = torch.where(ok & (result < 0), cand, result)
+        keys = self._query_keys(active)
+        left = torch.searchsorted(self._sorted_keys, keys, side="left")
+        right = torch.searchsorted(self._sorted_keys, keys, side="right")
+        hit = (right > left).nonzero().flatten()
+        if hit.numel() == 0:
+            return result
+        span = right[hit] - left[hit]
+        for k in range(int(span.max())):  # more than one candidate only on a key collision
+            ok = k < span
+            cand = self._order[(left[hit] + k).clamp(max=len(self) - 1)]
+            ok &= (self._masks[cand] == active[hit]).all(dim=1)
+            ok &= result[hit] < 0
+            result[hit[ok]] = cand[ok]
         return result
 
     # --- evaluation ---------------------------------------------------------------------------

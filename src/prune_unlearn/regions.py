@@ -46,6 +46,14 @@ class HeadNetwork:
         return cls(tuple(ws), tuple(bs))
 
     @property
+    def dtype(self) -> torch.dtype:
+        return self.weights[0].dtype
+
+    def to(self, dtype: torch.dtype) -> "HeadNetwork":
+        """The same head in another floating-point type (e.g. float32 for fast, unsound-free search)."""
+        return HeadNetwork(tuple(w.to(dtype) for w in self.weights), tuple(b.to(dtype) for b in self.biases))
+
+    @property
     def input_dim(self) -> int:
         return self.weights[0].shape[1]
 
@@ -87,7 +95,7 @@ def masked_forward(head: HeadNetwork, masks: torch.Tensor, h: torch.Tensor) -> t
     """
     squeeze = h.dim() == 2
     a = h.unsqueeze(1) if squeeze else h
-    mask_blocks = head.split_hidden(masks.to(torch.float64).unsqueeze(1))
+    mask_blocks = head.split_hidden(masks.to(head.dtype).unsqueeze(1))
     zs = []
     for w, b, m in zip(head.weights[:-1], head.biases[:-1], mask_blocks):
         z = a @ w.T + b
@@ -111,9 +119,9 @@ def masked_backward(
     Returns ``r = out_coeff · ∂logits/∂h + hidden_coeff · ∂z/∂h`` with shape (P, K, d) for
     ``out_coeff`` (P, K, C) and ``hidden_coeff`` (P, K, N). One masked backward pass.
     """
-    mask_blocks = head.split_hidden(masks.to(torch.float64).unsqueeze(1))
+    mask_blocks = head.split_hidden(masks.to(head.dtype).unsqueeze(1))
     hid_blocks = head.split_hidden(hidden_coeff) if hidden_coeff is not None else [None] * len(mask_blocks)
-    g = out_coeff.to(torch.float64)
+    g = out_coeff.to(head.dtype)
     for j in range(len(head.weights) - 1, 0, -1):
         g = (g @ head.weights[j]) * mask_blocks[j - 1]
         if hid_blocks[j - 1] is not None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -40,8 +39,8 @@ def reference_region(linears, h0: torch.Tensor):
 
     Returns ``A`` (N, d), ``c`` (N,), ``W`` (C, d), ``w`` (C,), ``signs`` (N,).
     """
-    ws = [l.weight.detach().double() for l in linears]
-    bs = [l.bias.detach().double() for l in linears]
+    ws = [lin.weight.detach().double() for lin in linears]
+    bs = [lin.bias.detach().double() for lin in linears]
 
     def hidden(h):
         zs, a = [], h
