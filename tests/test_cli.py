@@ -82,3 +82,23 @@ def test_every_command_has_help_with_an_example():
         res = CliRunner().invoke(cli, [name, "--help"])
         assert res.exit_code == 0
         assert "Example: prune" in res.output, name
+
+
+def test_forget_from_a_user_state_dict(tmp_path, digits):
+    import torch
+
+    torch.manual_seed(0)
+    user = torch.nn.Sequential(torch.nn.Linear(64, 16), torch.nn.ReLU(), torch.nn.Linear(16, 10))
+    state = {"fc1.weight": user[0].weight, "fc1.bias": user[0].bias, "out.weight": user[2].weight, "out.bias": user[2].bias}
+    torch.save(state, tmp_path / "user.pt")
+    res = CliRunner().invoke(cli, ["forget", "--model", str(tmp_path / "user.pt"), "--layers", "64,16,10",
+                                   "--data", "digits", "--count", "5", "--out", str(tmp_path / "o"), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["n_forgotten"] == 5
+    res = CliRunner().invoke(cli, ["forget", "--model", str(tmp_path / "user.pt"), "--layers", "64,32,10",
+                                   "--data", "digits", "--count", "5", "--out", str(tmp_path / "o2")])
+    assert res.exit_code == 1 and "has shape (16, 64), but layer sizes [64, 32, 10] need (32, 64)" in res.output
+    res = CliRunner().invoke(cli, ["forget", "--model", str(tmp_path / "user.pt"), "--data", "digits",
+                                   "--count", "5", "--out", str(tmp_path / "o3")])
+    assert res.exit_code == 1 and "also pass --layers" in res.output
+    assert not (tmp_path / "o2").exists() and not (tmp_path / "o3").exists()

@@ -40,6 +40,47 @@ def data_options(f):
                         help="Data set name: digits, mnist5k, mnist, fashion-mnist.")(f)
 
 
+def device_option(f):
+    return click.option("--device", default="auto", show_default=True,
+                        help="auto (GPU when present), cpu, cuda, cuda:1, …")(f)
+
+
+def resolve_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def load_model_file(path: Path, layers: str | None):
+    """A saved prune model (.safetensors), or a user's state dict (.pt/.pth, loaded with weights_only=True)."""
+    from .errors import FormatError, InputValidationError
+    from .serialization import load
+
+    if path.suffix == ".safetensors" or layers is None:
+        if path.suffix != ".safetensors" and path.exists():
+            raise InputValidationError(
+                f"{path} is not a .safetensors file from `prune train`. HINT: for a PyTorch state dict of an MLP, "
+                "also pass --layers with its layer sizes, e.g. --layers 784,256,256,10.")
+        return load(path)
+    from .models import mlp_from_state_dict
+
+    try:
+        sizes = [int(v) for v in layers.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise InputValidationError(f"--layers must be comma-separated integers, e.g. 784,256,256,10; got {layers!r}.") from None
+    if not path.is_file():
+        raise FormatError(f"No model file at {path}.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle arbitrary objects
+    except Exception as exc:  # noqa: BLE001 - torch raises several types for foreign files
+        raise FormatError(f"{path} is not a PyTorch state dict loadable with weights_only=True: {exc}") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise FormatError(f"{path} does not hold a state dict (a mapping of names to tensors).")
+    return mlp_from_state_dict(state, sizes)
+
+
 def forget_options(f):
     f = click.option("--strategy", type=click.Choice(["per-point", "cluster"]), default="per-point",
                      show_default=True, help="per-point: Theorem 1 for every point; cluster: Algorithm 1.")(f)
@@ -95,10 +136,11 @@ def cli() -> None:
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Override the recipe's epochs.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Override the learning rate.")
 @seed_option
+@device_option
 @json_option
 @silent_option
 @handle_errors
-def train(data_name, data_dir, out, epochs, lr, seed, as_json, silent):
+def train(data_name, data_dir, out, epochs, lr, seed, device, as_json, silent):
     """Train the paper's model for a data set with the authors' recipe.
 
     Example: prune train --data digits --out digits.safetensors
@@ -110,16 +152,19 @@ def train(data_name, data_dir, out, epochs, lr, seed, as_json, silent):
     from .training import recipe_for, train_from_spec
 
     ds = load_dataset(data_name, data_dir)
-    spec = default_architecture(ds.name, ds.input_dim, ds.num_classes)
+    spec = default_architecture(ds.name, ds.input_dim, ds.num_classes, ds.input_shape)
     recipe = recipe_for(ds.name, epochs=epochs, lr=lr, seed=seed)
-    result = train_from_spec(spec, ds.X_train, ds.y_train, recipe, progress=_progress(silent, as_json))
+    dev = resolve_device(device)
+    result = train_from_spec(spec, ds.X_train, ds.y_train, recipe, progress=_progress(silent, as_json), device=dev)
+    result.model.to("cpu")
     test_acc = accuracy(predict(result.model, ds.X_test), ds.y_test)
     train_acc = accuracy(predict(result.model, ds.X_train), ds.y_train)
-    info = {"dataset": ds.name, "recipe": recipe.to_dict(), "seed": seed, "train_seconds": result.seconds,
+    info = {"dataset": ds.name, "recipe": recipe.to_dict(), "seed": seed, "device": dev,
+            "train_seconds": result.seconds,
             "test_accuracy": test_acc, "train_accuracy": train_acc, "history": result.history}
     save(result.model, out, info=info)
     _emit({"model": str(out), **info}, as_json,
-          f"trained {spec['kind']}{spec['hidden']} on {ds.name} in {result.seconds:.1f} s: "
+          f"trained {spec['kind']} on {ds.name} ({dev}) in {result.seconds:.1f} s: "
           f"test accuracy {100 * test_acc:.2f}%, train {100 * train_acc:.2f}% → {out}")
 
 
@@ -189,7 +234,9 @@ def _write_outputs(out: Path, result, idx, info: dict) -> dict:
 
 @cli.command(name="forget")
 @click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="Saved model (.safetensors from `prune train`, or a patched model).")
+              help="Saved model (.safetensors from `prune train`, or a patched model), or a PyTorch state dict "
+                   "of an MLP (.pt) with --layers.")
+@click.option("--layers", default=None, help="Layer sizes of an MLP state dict given as --model, e.g. 784,256,256,10.")
 @data_options
 @click.option("--indices", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
               help="Text file with training-set indices to forget (whitespace/comma separated).")
@@ -203,18 +250,17 @@ def _write_outputs(out: Path, result, idx, info: dict) -> dict:
 @json_option
 @silent_option
 @handle_errors
-def forget_cmd(model_path, data_name, data_dir, indices, count, strategy, bound, epsilon, target, delta, clusters,
-               seed, retrain, out, as_json, silent):
+def forget_cmd(model_path, layers, data_name, data_dir, indices, count, strategy, bound, epsilon, target, delta,
+               clusters, seed, retrain, out, as_json, silent):
     """Forget training points of a saved model; write the patched model, report and certificate.
 
     Example: prune forget --model digits.safetensors --data digits --count 100 --out forgot/
     """
     from .data import load_dataset
-    from .serialization import load
 
     if (indices is None) == (count is None):
         raise click.UsageError("Use exactly one of --indices or --count.")
-    model = load(model_path)
+    model = load_model_file(model_path, layers)
     ds = load_dataset(data_name, data_dir)
     if indices is not None:
         idx = _read_indices(indices, len(ds.y_train))

@@ -39,7 +39,8 @@ from ._validation import (
     check_seed,
 )
 from .certificate import Certificate, describe_box, patches_sha256
-from .confusion import BOUND_METHODS, confusion_patch, margin_upper_bounds, patch_margins
+from .domain import feature_box
+from .confusion import BOUND_METHODS, confusion_patch, float32_aware_epsilon, margin_upper_bounds, patch_margins
 from .errors import InputValidationError, UnsupportedModelError
 from .evaluation import unlearning_metrics
 from .patches import BOUND_CODES, PatchedModel, PatchSet
@@ -201,30 +202,6 @@ class _Units:
     prior: torch.Tensor          # (U,) int64 index of the same region in the prior patch set, or -1
 
 
-def _feature_box(split: ModelSplit, lower, upper, input_shape, feature_domain) -> tuple[torch.Tensor, torch.Tensor]:
-    """Domain box in the head's input space."""
-    d = split.feature_dim
-    if feature_domain is not None:
-        lo, hi = (torch.as_tensor(v, dtype=torch.float64) for v in feature_domain)
-        return lo.expand(d).clone() if lo.dim() == 0 else lo.flatten(), hi.expand(d).clone() if hi.dim() == 0 else hi.flatten()
-    trivial = isinstance(split.prefix, nn.Identity) or (
-        isinstance(split.prefix, nn.Sequential)
-        and all(isinstance(m, (nn.Flatten, nn.Identity, nn.Dropout)) for m in split.prefix)
-    )
-    if not trivial:
-        from .bounds import interval_feature_box
-
-        return interval_feature_box(split.prefix, lower, upper, input_shape)
-    lo = torch.as_tensor(lower, dtype=torch.float64)
-    hi = torch.as_tensor(upper, dtype=torch.float64)
-    n_in = int(np.prod(input_shape))
-    lo = lo.expand(n_in).clone() if lo.dim() == 0 else lo.flatten()
-    hi = hi.expand(n_in).clone() if hi.dim() == 0 else hi.flatten()
-    if lo.numel() != d:
-        raise InputValidationError(f"The domain box has {lo.numel()} features but the head takes {d}.")
-    return lo, hi
-
-
 def _choose_targets(rule: str, excluded: torch.Tensor, logits: torch.Tensor, rng: np.random.Generator,
                     keep: torch.Tensor | None = None) -> torch.Tensor:
     """One target label per unit, never an excluded label. ``keep`` (-1 = none) is kept when allowed."""
@@ -247,7 +224,7 @@ def _region_patches(head, masks, min_slack, f32_error, targets, lower, upper, bo
     threshold = CERTIFIED_FACTOR / lam.to(torch.float64)
     threshold = torch.where(torch.isfinite(min_slack), threshold, torch.zeros_like(threshold))
     bounds = margin_upper_bounds(head, masks, threshold, targets, lower, upper, bound, dual_steps=dual_steps)
-    values = confusion_patch(bounds.upper, targets, epsilon)
+    values = confusion_patch(bounds.upper, targets, float32_aware_epsilon(bounds.upper, epsilon))
     margins = patch_margins(bounds.upper, targets, values)
     robust = FLOAT32_SAFETY * f32_error <= (threshold - 1.0 / lam.to(torch.float64))
     return lam, threshold, values, margins, robust
@@ -385,21 +362,25 @@ def forget(
     split = split_model(base, head)
     num_classes = split.num_classes
     input_shape = tuple(x.shape[1:])
+    device = next((p.device for p in base.parameters()), torch.device("cpu"))
+    x_dev = x.to(device)
     try:
-        verify_split(base, split, x[: min(len(x), 64)])
+        verify_split(base, split, x_dev[: min(len(x), 64)])
     except RuntimeError as exc:  # shape mismatch inside the model
         raise InputValidationError(
             f"The 'points' parameter of forget has shape {tuple(x.shape)}, which the model cannot take: {exc}"
         ) from None
-    lower, upper = _feature_box(split, domain[0], domain[1], input_shape, feature_domain)
+    lower, upper, domain_source = feature_box(split, domain[0], domain[1], input_shape, feature_domain)
     in_lo = torch.as_tensor(domain[0], dtype=torch.float64)
     in_hi = torch.as_tensor(domain[1], dtype=torch.float64)
     check_in_box(x, in_lo.flatten() if in_lo.dim() else in_lo, in_hi.flatten() if in_hi.dim() else in_hi,
                  "points", "forget", "input domain box")
     head64 = HeadNetwork.from_split(split)
     with torch.no_grad():
-        feats = split.features(x).detach()
-        base_logits32 = base(x)
+        feats = split.features(x_dev).detach()
+        base_logits32 = base(x_dev).cpu()
+    if feature_domain is not None:
+        check_in_box(feats.cpu(), lower, upper, "points", "forget", "feature_domain box (after the prefix)")
     y = base_logits32.argmax(1) if labels is None else as_label_tensor(labels, len(x), num_classes, "labels", "forget")
     if num_classes < 2:
         raise UnsupportedModelError("A model with one output class cannot be made to mispredict.")
@@ -445,7 +426,7 @@ def forget(
     if strategy == "per-point":
         add_region_patches(fresh)
     else:
-        _cluster_rounds(fresh, units, pr, y, feats, head64, rows, unit_row, unit_proved, rounds, add_region_patches,
+        _cluster_rounds(fresh, units, pr, y, feats.cpu(), head64, rows, unit_row, unit_proved, rounds, add_region_patches,
                         rng, target, lower, upper, bound, epsilon, dual_steps, delta, n_clusters, max_rounds, seed,
                         len(x), bar)
     bar.close()
@@ -460,24 +441,27 @@ def forget(
         offset = int((~replaced).sum())
     else:
         patch_set, offset = new_set, 0
-    patched = PatchedModel(base, patch_set, head=head)
+    patched = PatchedModel(base, patch_set, head=head).to(device)
     patched.eval()
 
     # Check every forgotten point on the float32 model, exactly as it will be served.
     t0 = time.perf_counter()
     with torch.no_grad():
-        after32 = patched(x).argmax(1)
+        after32 = patched(x_dev).argmax(1).cpu()
     timings["verify"] = time.perf_counter() - t0
 
     point_unit = torch.full((len(x),), -1, dtype=torch.int64)
     for u, m in enumerate(units.members):
         point_unit[m] = u
     claims, failed = [], []
+    bound_names = patch_set.bound_names()
     for i in range(len(x)):
         u = int(point_unit[i])
         reason = None
         if u < 0:
-            reason = "the point lies on a linear-region boundary (a pre-activation is ~0 in float32 or float64)"
+            reason = (f"the point lies numerically on a linear-region boundary: its smallest |pre-activation| "
+                      f"({abs(float(pr.min_slack[i])):.2g}) is not clearly above float32 rounding "
+                      f"({float(pr.float32_error[i]):.2g}), so no support can be certified for it")
         elif u not in unit_row:
             reason = "not reached: the forgotten share already met delta"
         elif int(after32[i]) == int(y[i]):
@@ -495,13 +479,13 @@ def forget(
             "region": row,
             "proved": unit_proved[u],
             "margin": float(patch_set.certified_margin[row]),
-            "bound": patch_set.bound_names()[row],
+            "bound": bound_names[row],
         })
 
-    certificate = build_certificate(patched, lower, upper, epsilon, claims, failed)
+    certificate = build_certificate(patched, lower, upper, domain_source, epsilon, claims, failed)
     unlearn_seconds = time.perf_counter() - t_start  # everything but the optional evaluation below
 
-    values = patch_set.values[offset:] if len(new_set) else torch.zeros(0, num_classes)
+    values = patch_set.values[offset:].cpu() if len(new_set) else torch.zeros(0, num_classes)
     linf = values.abs().max(dim=1).values if len(values) else torch.zeros(0)
     metrics = unlearning_metrics(base, patched, forget_data=(x, y), test_data=test_data,
                                  remaining_data=remaining_data)
@@ -516,14 +500,14 @@ def forget(
         patch_linf_mean=float(linf.mean()) if len(linf) else 0.0,
         patch_linf_max=float(linf.max()) if len(linf) else 0.0,
         patch_stored_numbers=patch_set.stored_numbers(),
-        n_float32_robust=int(patch_set.float32_robust[offset:].sum()),
+        n_float32_robust=int(patch_set.float32_robust[offset:].sum().cpu()),
         rounds=rounds, timings={k: round(v, 6) for k, v in timings.items()}, failed=failed,
         **metrics,
     )
     return ForgetResult(patched, report, certificate)
 
 
-def build_certificate(patched: PatchedModel, lower, upper, epsilon, claims, failed) -> Certificate:
+def build_certificate(patched: PatchedModel, lower, upper, domain_source, epsilon, claims, failed) -> Certificate:
     ps = patched.patches
     regions = []
     masks = ps.masks()
@@ -533,7 +517,7 @@ def build_certificate(patched: PatchedModel, lower, upper, epsilon, claims, fail
 
         regions.append({
             "region": r,
-            "pattern_sha256": hashlib.sha256(ps.patterns[r].numpy().tobytes()).hexdigest(),
+            "pattern_sha256": hashlib.sha256(ps.patterns[r].cpu().numpy().tobytes()).hexdigest(),
             "active_neurons": int(masks[r].sum()),
             "lambda": float(ps.gate_lambda[r]),
             "threshold": float(ps.region_threshold[r]),
@@ -549,7 +533,7 @@ def build_certificate(patched: PatchedModel, lower, upper, epsilon, claims, fail
         model_sha256=model_sha256(patched.base),
         patches_sha256=patches_sha256(ps.tensors()),
         epsilon=float(epsilon),
-        domain={"space": "head input (features)", **describe_box(lower, upper)},
+        domain={"space": "head input (features)", "source": domain_source, **describe_box(lower, upper)},
         head={"name": patched.head, "layer_sizes": [split.feature_dim, *split.hidden_sizes, split.num_classes]},
         regions=regions,
         claims=claims,

@@ -116,6 +116,8 @@ def split_model(model: nn.Module, head: str | None = None) -> ModelSplit:
     if not isinstance(model, nn.Module):
         raise UnsupportedModelError(f"Expected a torch.nn.Module, got {type(model).__name__}.")
     if head is None:
+        head = (getattr(model, "prune_architecture", None) or {}).get("head")  # recorded by models.vgg16
+    if head is None:
         if not isinstance(model, nn.Sequential):
             raise UnsupportedModelError(
                 f"Cannot find the Linear/ReLU head of a {type(model).__name__} automatically. HINT: pass "
