@@ -332,6 +332,20 @@ def test_amnesiac_can_record_only_candidate_batches(blobs_setup):
     assert aml.forget([2]).info["n_removed_steps"] == recipe.epochs
 
 
+def test_amnesiac_request_sets_equal_per_step_records(blobs_setup):
+    X, y, spec, recipe = blobs_setup
+    small, large = _pick(len(X), 3, seed=1), _pick(len(X), 9, seed=1)
+    full = Amnesiac(recovery_epochs=0).fit(spec, X, y, recipe)
+    summed = Amnesiac(recovery_epochs=0, request_sets=[small, large]).fit(spec, X, y, recipe)
+    assert summed.batch_updates_ == []  # nothing stored per step
+    assert _same_state(summed.model_.state_dict(), full.model_.state_dict())
+    expected = full.forget(large).model
+    got = summed.forget(large).model
+    assert torch.allclose(_flat(got).double(), _flat(expected).double(), atol=1e-6)
+    with pytest.raises(InputValidationError, match="exactly one of the declared sets"):
+        summed.forget(torch.tensor([i for i in range(len(X)) if i not in set(large.tolist())][:2]))
+
+
 # --- FU ---------------------------------------------------------------------------------------
 
 def test_conjugate_gradient_solves_a_symmetric_positive_definite_system():

@@ -325,6 +325,59 @@ def demo(out, count, strategy, bound, epsilon, target, delta, clusters, seed, as
           result.report.summary() + f"\nwrote {', '.join(files.values())}  (demo took {total:.1f} s)")
 
 
+@cli.command()
+@click.argument("experiment", type=click.Choice(["table3", "table4", "fig3", "fig4", "fig5", "table5"]))
+@data_options
+@click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True, help="Repetitions (seeds 0…N-1).")
+@click.option("--sizes", default="100,200,300,500", show_default=True, help="|D_U| values (table3/4, fig3, fig5).")
+@click.option("--methods", default="prune,retrain,sisa,amnesiac,fu", show_default=True,
+              help="Methods for table3/table4/fig3.")
+@click.option("--clusters", "k_values", default="2,3,4,6,8", show_default=True, help="K values for fig4.")
+@click.option("--bound", type=click.Choice(["box", "dual", "lp"]), default="box", show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Override the training recipe's epochs.")
+@click.option("--trials", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Random class labels drawn for table5.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("results"), show_default=True,
+              help="Results folder (a subfolder per data set).")
+@handle_errors
+def bench(experiment, data_name, data_dir, seeds, sizes, methods, k_values, bound, epochs, trials, out):
+    """Reproduce one of the paper's tables or figures; writes CSV, Markdown, PNG and config.json.
+
+    table3, table4 and fig3 come from the same runs (Table III, IV, Figure 3).
+
+    Example: prune bench table3 --data mnist --data-dir ../shared/data/mnist
+    """
+    from .experiments import ExperimentConfig, run_convergence, run_table3
+
+    def parse(text, what):
+        try:
+            return [int(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise click.BadParameter(f"comma-separated integers, got {text!r}", param_hint=what) from None
+
+    dest = out / data_name
+    log = lambda msg: click.echo(msg, err=True)  # noqa: E731 - progress to stderr, results in files
+    if experiment in ("table3", "table4", "fig3"):
+        cfg = ExperimentConfig(dataset=data_name, data_dir=str(data_dir) if data_dir else None,
+                               sizes=tuple(parse(sizes, "--sizes")), seeds=seeds,
+                               methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
+                               prune_bound=bound, epochs=epochs)
+        run_table3(cfg, dest, log=log)
+        click.echo(str(dest / f"table3-{data_name}.md"))
+    elif experiment in ("fig4", "fig5"):
+        vary = "K" if experiment == "fig4" else "n"
+        values = parse(k_values, "--clusters") if vary == "K" else parse(sizes, "--sizes")
+        fixed = 100 if vary == "K" else 4  # the paper: |D_U| = 100 for Figure 4, K = 4 for Figure 5
+        run_convergence(data_name, dest, vary=vary, values=values, fixed=fixed, data_dir=data_dir, seeds=seeds,
+                        bound=bound, epochs=epochs, log=log)
+        click.echo(str(dest / f"{experiment}-{data_name}.md"))
+    else:
+        from .experiments import run_table5
+
+        run_table5(data_name, dest, data_dir=data_dir, trials=trials, epochs=epochs, log=log)
+        click.echo(str(dest / f"table5-{data_name}.md"))
+
+
 def main() -> None:  # console-script entry point
     cli(prog_name="prune")
 

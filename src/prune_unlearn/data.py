@@ -544,7 +544,7 @@ def _find_archive(directory: Path) -> Path | None:
 
 
 def _cifar10(data_dir: Path | None) -> Dataset:
-    candidates = _candidates(data_dir, ("cifar10",))
+    candidates = _candidates(data_dir, ("cifar10", "cifar10-jpeg", "cifar-10-batches-py"))
     for base in candidates:
         if base.is_file() and base.name.lower().endswith(_ARCHIVE_SUFFIXES):
             return _cifar_from_archive(base)

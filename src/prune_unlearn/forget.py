@@ -551,6 +551,14 @@ def _cluster_rounds(fresh, units, pr, y, feats, head64, rows, unit_row, unit_pro
     pending = list(fresh)
     n_fresh_points = sum(len(units.members[u]) for u in fresh)
     forgotten_points = 0
+    base_correct = pr.logits.argmax(1) == y  # A_u per round: pending points keep the base prediction
+
+    def accuracy_on_request() -> float:
+        still = sum(int(base_correct[units.members[u]].sum()) for u in pending)
+        return still / n_points if n_points else 0.0
+
+    rounds.append({"round": 0, "clusters": 0, "representatives": 0, "new_regions": 0, "forgotten_share": 0.0,
+                   "pending_points": n_fresh_points, "A_u": accuracy_on_request(), "seconds": 0.0})
     k_default = n_clusters or max(1, math.ceil(n_fresh_points / 10))
     for rnd in range(1, max_rounds + 1):
         if not pending or (n_fresh_points and forgotten_points / n_fresh_points >= delta):
@@ -597,13 +605,16 @@ def _cluster_rounds(fresh, units, pr, y, feats, head64, rows, unit_row, unit_pro
             "new_regions": len(rows.masks) - before_rows,
             "forgotten_share": forgotten_points / n_fresh_points if n_fresh_points else 1.0,
             "pending_points": n_fresh_points - forgotten_points,
+            "A_u": accuracy_on_request(),
             "seconds": time.perf_counter() - t_round,
         })
     if pending and (delta >= 1.0):
         t_round = time.perf_counter()
         add_region_patches(list(pending))  # stragglers: Theorem 1 for each
+        n_stragglers = len(pending)
+        pending = []
         rounds.append({
-            "round": len(rounds) + 1, "clusters": 0, "representatives": 0, "new_regions": len(pending),
-            "forgotten_share": 1.0, "pending_points": 0, "seconds": time.perf_counter() - t_round,
-            "fallback": "per-point",
+            "round": len(rounds), "clusters": 0, "representatives": 0, "new_regions": n_stragglers,
+            "forgotten_share": 1.0, "pending_points": 0, "A_u": accuracy_on_request(),
+            "seconds": time.perf_counter() - t_round, "fallback": "per-point",
         })

@@ -18,6 +18,12 @@ sample id. ``record_candidates`` limits recording to the steps whose batch holds
 candidate point (the paper's "batches that include the unlearning data"); only candidates can
 then be forgotten. Recovery steps are recorded under the same rule, so later requests also undo
 them. Only parameters are recorded (no buffers such as BatchNorm statistics).
+
+``request_sets`` is the memory-light mode for experiments whose requests are known at training time
+(the paper's setup: "the parameter updates for each batch that includes the unlearning data"):
+instead of one vector per step it keeps, per request set, the running sum of the updates of the
+steps whose batch holds a point of that set (one float64 vector per set). ``forget`` must then be
+called with exactly one of those sets, once.
 """
 
 from __future__ import annotations
@@ -58,6 +64,8 @@ class Amnesiac(UnlearningMethod):
     record_candidates : array-like of int or None, default=None
         Record only steps whose batch contains one of these training-set indices; ``None`` records
         every step (needed when any point may be forgotten, which is the memory-heavy case).
+    request_sets : list of array-like of int, or None, default=None
+        Known future requests: keep one summed update per set instead of per-step records.
 
     Attributes
     ----------
@@ -85,9 +93,10 @@ class Amnesiac(UnlearningMethod):
         "record_candidates": _candidates_or_none,
     }
 
-    def __init__(self, *, recovery_epochs: int = 1, record_candidates=None):
+    def __init__(self, *, recovery_epochs: int = 1, record_candidates=None, request_sets=None):
         self.recovery_epochs = recovery_epochs
         self.record_candidates = record_candidates
+        self.request_sets = request_sets
 
     def _train_recording(self, model: nn.Module, rows: torch.Tensor, recipe, phase: str) -> None:
         """``train_model``'s loop on ``X_[rows]``, recording the steps selected by ``record_candidates``."""
@@ -101,7 +110,13 @@ class Amnesiac(UnlearningMethod):
             for i in range(0, len(X), recipe.batch_size):
                 idx = perm[i: i + recipe.batch_size]
                 ids = rows[idx]
-                record = self._candidate_mask is None or bool(self._candidate_mask[ids].any())
+                if self._set_masks is not None and phase == "train":
+                    hits = self._set_masks[:, ids].any(dim=1)
+                    record = bool(hits.any())
+                else:
+                    hits = None
+                    record = self._set_masks is None and (
+                        self._candidate_mask is None or bool(self._candidate_mask[ids].any()))
                 if record:
                     with torch.no_grad():
                         before = parameters_to_vector(params).clone()
@@ -109,7 +124,11 @@ class Amnesiac(UnlearningMethod):
                 loss = nn.functional.cross_entropy(model(X[idx]), y[idx])
                 loss.backward()
                 opt.step()
-                if record:
+                if record and hits is not None:
+                    with torch.no_grad():
+                        update = parameters_to_vector(params).to(torch.float64) - before.to(torch.float64)
+                        self._set_sums[hits] += update
+                elif record:
                     with torch.no_grad():
                         update = (parameters_to_vector(params) - before).to(torch.float32)
                     self.batch_updates_.append(update)
@@ -136,6 +155,18 @@ class Amnesiac(UnlearningMethod):
             self._candidate_mask[cand] = True
         self.batch_ids_, self.batch_updates_, self.batch_phase_ = [], [], []
         model = build_model(self.spec_, seed=self.recipe_.seed)
+        self._set_masks = None
+        if self.request_sets is not None:
+            sets = [torch.as_tensor(np.asarray(s), dtype=torch.int64) for s in self.request_sets]
+            if not sets or any(len(s) == 0 or int(s.min()) < 0 or int(s.max()) >= self.n_train_ for s in sets):
+                raise param_error("request_sets", "Amnesiac.fit", f"a non-empty list of non-empty index arrays "
+                                  f"in [0, {self.n_train_ - 1}]", "an invalid set")
+            self._set_masks = torch.zeros(len(sets), self.n_train_, dtype=torch.bool)
+            for j, st in enumerate(sets):
+                self._set_masks[j, st] = True
+            n_params = sum(p.numel() for p in model.parameters())
+            self._set_sums = torch.zeros(len(sets), n_params, dtype=torch.float64)
+            self._set_used = torch.zeros(len(sets), dtype=torch.bool)
         with torch.no_grad():
             self.initial_parameters_ = parameters_to_vector(model.parameters()).detach().clone().to(torch.float32)
         self._train_recording(model, torch.arange(self.n_train_), self.recipe_, "train")
@@ -154,6 +185,8 @@ class Amnesiac(UnlearningMethod):
         return steps[~self.batch_removed_[steps]]
 
     def _forget(self, idx: torch.Tensor, keep: torch.Tensor) -> dict:
+        if self._set_masks is not None:
+            return self._forget_request_set(idx, keep)
         if self._candidate_mask is not None and not bool(self._candidate_mask[idx].all()):
             missing = idx[~self._candidate_mask[idx]]
             raise InputValidationError(
@@ -187,3 +220,27 @@ class Amnesiac(UnlearningMethod):
             "recovery_epochs": int(self.recovery_epochs),
             "recorded_steps": len(self.batch_updates_),
         }
+
+    def _forget_request_set(self, idx: torch.Tensor, keep: torch.Tensor) -> dict:
+        want = torch.zeros(self.n_train_, dtype=torch.bool)
+        want[idx] = True
+        match = (self._set_masks == want).all(dim=1).nonzero().flatten()
+        if len(match) == 0 or bool(self._set_used[match[0]]):
+            raise InputValidationError(
+                "With request_sets, forget must be called once with exactly one of the declared sets. HINT: fit "
+                "with record_candidates=None (records every step) to forget arbitrary points.")
+        j = int(match[0])
+        model = copy.deepcopy(self._model)
+        params = list(model.parameters())
+        with torch.no_grad():
+            theta = parameters_to_vector(params).to(torch.float64)
+            vector_to_parameters((theta - self._set_sums[j]).to(params[0].dtype), params)
+        if self.recovery_epochs > 0:
+            recipe = dataclasses.replace(self.recipe_, epochs=self.recovery_epochs,
+                                         seed=derive_seed(self.recipe_.seed, 2, self._n_forget_calls))
+            self._train_recording(model, keep.nonzero().flatten(), recipe, f"recovery-{self._n_forget_calls}")
+        self._set_used[j] = True
+        model.eval()
+        self._model = model
+        return {"request_set": j, "removed_update_norm": float(self._set_sums[j].norm()),
+                "recovery_epochs": int(self.recovery_epochs)}

@@ -1,0 +1,345 @@
+"""The paper's experiments (§V), one function each, writing CSV + Markdown tables and PNG figures.
+
+* ``table3``: methods × |D_U| × (A_tes, A_res, A_u-b, A_u-a), plus membership inference (Table IV)
+  and both phases' times (Figure 3), all from the same runs.
+* ``fig4`` / ``fig5``: A_u per round of Algorithm 1 against K and against |D_U|.
+* ``table5``: whole-class unlearning (see :func:`prune_unlearn.forget_class`).
+
+Every run writes ``config.json`` (full configuration, seeds, library versions, machine) next to
+its results, and multi-seed runs report mean ± std.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import os
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from ._progress import progress_bar
+from .data import Dataset, load_dataset
+from .evaluation import accuracy, predict
+from .forget import forget
+from .models import default_architecture
+from .privacy import mean_loss, mia_auc_tpr, mia_recall
+from .training import recipe_for, train_from_spec
+
+__all__ = ["ExperimentConfig", "run_table3", "run_convergence", "machine_description", "EXPERIMENTS"]
+
+METHODS = ("prune", "retrain", "sisa", "amnesiac", "fu")
+# The paper's numbers for the same cells (Table III, MNIST / Fashion-MNIST, |D_U| = 500; Table IV, |D_U| = 100)
+PAPER = {
+    "table4_mia_recall_after": {"retrain": {"mnist": 83.00, "fashion-mnist": 77.40},
+                                "sisa": {"mnist": 91.00, "fashion-mnist": 75.00},
+                                "amnesiac": {"mnist": 0.00, "fashion-mnist": 0.00},
+                                "fu": {"mnist": 88.90, "fashion-mnist": 78.30},
+                                "prune": {"mnist": 1.01, "fashion-mnist": 0.00}},
+}
+
+
+@dataclass
+class ExperimentConfig:
+    """Everything a run depends on; written to ``config.json``."""
+
+    dataset: str
+    data_dir: str | None = None
+    sizes: tuple = (100, 200, 300, 500)
+    seeds: int = 1
+    methods: tuple = METHODS
+    prune_strategy: str = "per-point"
+    prune_bound: str = "box"
+    epsilon: float = 0.05
+    epochs: int | None = None          # override the recipe's epochs (all methods)
+    sisa_shards: int = 5
+    sisa_slices: int = 5
+    amnesiac_recovery_epochs: int = 1
+    fu_damping: float = 0.01
+    fu_hessian_samples: int | None = 5000
+    fu_cg_iterations: int = 100
+    mia_eval_size: int = 1000
+    extra: dict = field(default_factory=dict)
+
+
+def machine_description() -> dict:
+    import numpy
+    import scipy
+    import sklearn
+
+    return {
+        "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "python": platform.python_version(), "prune_unlearn": __version__, "torch": torch.__version__,
+        "numpy": numpy.__version__, "scipy": scipy.__version__, "scikit-learn": sklearn.__version__,
+    }
+
+
+def _mia(model, X_u, y_u, X_train_rest, y_train_rest, X_out, y_out) -> dict:
+    """Yeom et al.: member iff loss ≤ mean training loss; plus AUC and TPR@1%FPR of D_U vs held-out."""
+    threshold = mean_loss(model, X_train_rest, y_train_rest)
+    scores = mia_auc_tpr(model, X_u, y_u, X_out, y_out)
+    return {"mia_recall": mia_recall(model, X_u, y_u, threshold), "mia_auc": scores.auc,
+            "mia_tpr_at_1pct_fpr": scores.tpr_at_1pct_fpr}
+
+
+def _metrics(before, after, ds: Dataset, idx, X_rem, y_rem, X_out, y_out, mia_members) -> dict:
+    X_u, y_u = ds.X_train[idx], ds.y_train[idx]
+    row = {
+        "A_tes": accuracy(predict(after, ds.X_test), ds.y_test),
+        "A_res": accuracy(predict(after, X_rem), y_rem),
+        "A_u_b": accuracy(predict(before, X_u), y_u),
+        "A_u_a": accuracy(predict(after, X_u), y_u),
+    }
+    Xm, ym = mia_members
+    b = _mia(before, X_u, y_u, Xm, ym, X_out, y_out)
+    a = _mia(after, X_u, y_u, Xm, ym, X_out, y_out)
+    row.update({f"{k}_before": v for k, v in b.items()})
+    row.update({f"{k}_after": v for k, v in a.items()})
+    return row
+
+
+def _baseline(name: str, cfg: ExperimentConfig, request_sets):
+    from .baselines import create_baseline
+
+    if name == "sisa":
+        return create_baseline("sisa", shards=cfg.sisa_shards, slices=cfg.sisa_slices)
+    if name == "amnesiac":
+        return create_baseline("amnesiac", recovery_epochs=cfg.amnesiac_recovery_epochs, request_sets=request_sets)
+    if name == "fu":
+        return create_baseline("fu", damping=cfg.fu_damping, hessian_samples=cfg.fu_hessian_samples,
+                               cg_iterations=cfg.fu_cg_iterations)
+    return create_baseline(name)
+
+
+def run_table3(cfg: ExperimentConfig, out_dir: str | Path, *, progress: bool = False, log=print) -> dict:
+    """Table III (+ Table IV and Figure 3 from the same runs) for one data set."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ds = load_dataset(cfg.dataset, cfg.data_dir)
+    spec = default_architecture(ds.name, ds.input_dim, ds.num_classes, ds.input_shape)
+    rows = []
+    sizes = sorted(int(n) for n in cfg.sizes)
+    for seed in range(cfg.seeds):
+        recipe = recipe_for(ds.name, seed=seed, epochs=cfg.epochs)
+        gen = torch.Generator().manual_seed(seed)
+        perm = torch.randperm(len(ds.y_train), generator=gen)
+        requests = {n: perm[:n] for n in sizes}  # nested: the requests of the paper's rows grow
+        out_perm = torch.randperm(len(ds.y_test), generator=gen)[: cfg.mia_eval_size]
+        X_out, y_out = ds.X_test[out_perm], ds.y_test[out_perm]
+        log(f"[seed {seed}] training the base model: {spec['kind']} with {recipe}")
+        t = time.perf_counter()
+        base = train_from_spec(spec, ds.X_train, ds.y_train, recipe, progress=progress).model
+        base_train_seconds = time.perf_counter() - t
+        log(f"[seed {seed}] base model trained in {base_train_seconds:.1f} s, test accuracy "
+            f"{accuracy(predict(base, ds.X_test), ds.y_test):.4f}")
+        fitted = {}
+        for name in cfg.methods:
+            if name in ("prune", "retrain"):
+                continue
+            log(f"[seed {seed}] fitting {name} …")
+            fitted[name] = _baseline(name, cfg, [requests[n] for n in sizes]).fit(spec, ds.X_train, ds.y_train, recipe)
+            log(f"[seed {seed}] {name} trained in {fitted[name].train_seconds_:.1f} s")
+        for n in sizes:
+            idx = requests[n]
+            X_rem, y_rem = ds.remaining(idx)
+            members = (X_rem[: 5000], y_rem[: 5000])  # the attacker's known members, for the threshold
+            for name in cfg.methods:
+                if name == "prune":
+                    res = forget(base, ds.X_train[idx], labels=ds.y_train[idx], strategy=cfg.prune_strategy,
+                                 bound=cfg.prune_bound, epsilon=cfg.epsilon, seed=seed,
+                                 domain=(ds.domain_lower, ds.domain_upper))
+                    before, after = base, res.model
+                    train_s, unlearn_s = base_train_seconds, res.report.unlearn_seconds
+                    extra = {"n_certified_region": res.report.n_certified_region,
+                             "patch_linf_mean": res.report.patch_linf_mean}
+                elif name == "retrain":
+                    t = time.perf_counter()
+                    after = train_from_spec(spec, X_rem, y_rem, recipe).model
+                    before, train_s, unlearn_s, extra = base, base_train_seconds, time.perf_counter() - t, {}
+                else:
+                    method = copy.deepcopy(fitted[name])
+                    before = copy.deepcopy(method.model_)
+                    result = method.forget(idx)
+                    after, train_s, unlearn_s = result.model, result.train_seconds, result.unlearn_seconds
+                    extra = {k: v for k, v in result.info.items() if isinstance(v, (int, float, bool))}
+                row = {"dataset": ds.name, "seed": seed, "n": n, "method": name, "train_seconds": train_s,
+                       "unlearn_seconds": unlearn_s,
+                       **_metrics(before, after, ds, idx, X_rem, y_rem, X_out, y_out, members), **extra}
+                rows.append(row)
+                log(f"[seed {seed}] |D_U|={n:4d} {name:9s} A_tes {row['A_tes']:.4f} A_res {row['A_res']:.4f} "
+                    f"A_u {row['A_u_b']:.3f}->{row['A_u_a']:.3f} MIA recall {row['mia_recall_before']:.3f}->"
+                    f"{row['mia_recall_after']:.3f} unlearn {unlearn_s:.2f} s")
+            # retraining time of this |D_U| normalises both phases (Figure 3)
+            retrain_rows = [r for r in rows if r["seed"] == seed and r["n"] == n and r["method"] == "retrain"]
+            if retrain_rows:
+                ref = retrain_rows[0]["unlearn_seconds"]
+                for r in rows:
+                    if r["seed"] == seed and r["n"] == n:
+                        r["train_phase_vs_retrain"] = r["train_seconds"] / ref
+                        r["unlearn_phase_vs_retrain"] = r["unlearn_seconds"] / ref
+    result = {"config": asdict(cfg), "machine": machine_description(), "rows": rows}
+    _write_table3(result, out, ds.name)
+    return result
+
+
+def _mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def _write_table3(result: dict, out: Path, name: str) -> None:
+    rows = result["rows"]
+    (out / "config.json").write_text(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=1))
+    (out / f"table3-{name}.json").write_text(json.dumps(result, indent=1))
+    keys = sorted({k for r in rows for k in r}, key=lambda k: (k not in ("dataset", "seed", "n", "method"), k))
+    with open(out / f"table3-{name}.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    sizes = sorted({r["n"] for r in rows})
+    lines = [f"## Table III — {name} (accuracy %, mean ± std over seeds)", "",
+             "| |D_U| | metric | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
+    for n in sizes:
+        for metric in ("A_tes", "A_res", "A_u_b", "A_u_a"):
+            cells = [_mean_std([100 * r[metric] for r in rows if r["n"] == n and r["method"] == m]) for m in methods]
+            lines.append(f"| {n} | {metric} | " + " | ".join(cells) + " |")
+    lines += ["", f"## Table IV — {name}: membership-inference recall on D_U (%), before → after", "",
+              "| |D_U| | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+    for n in sizes:
+        cells = []
+        for m in methods:
+            sel = [r for r in rows if r["n"] == n and r["method"] == m]
+            cells.append(f"{_mean_std([100 * r['mia_recall_before'] for r in sel])} → "
+                         f"{_mean_std([100 * r['mia_recall_after'] for r in sel])}")
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    lines += ["", f"Attack AUC / TPR at 1% FPR of D_U against held-out test points, after unlearning:", "",
+              "| |D_U| | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+    for n in sizes:
+        cells = []
+        for m in methods:
+            sel = [r for r in rows if r["n"] == n and r["method"] == m]
+            cells.append(f"{_mean_std([r['mia_auc_after'] for r in sel])} / "
+                         f"{_mean_std([100 * r['mia_tpr_at_1pct_fpr_after'] for r in sel])}%")
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    if any("unlearn_phase_vs_retrain" in r for r in rows):
+        lines += ["", f"## Figure 3 — {name}: time of each phase ÷ retraining time", "",
+                  "| |D_U| | method | training phase | unlearning phase | total | unlearning seconds |",
+                  "|---|---|---|---|---|---|"]
+        for n in sizes:
+            for m in methods:
+                sel = [r for r in rows if r["n"] == n and r["method"] == m and "unlearn_phase_vs_retrain" in r]
+                if sel:
+                    tr = [r["train_phase_vs_retrain"] for r in sel]
+                    ul = [r["unlearn_phase_vs_retrain"] for r in sel]
+                    lines.append(f"| {n} | {m} | {_mean_std(tr)} | {_mean_std(ul)} | "
+                                 f"{_mean_std([a + b for a, b in zip(tr, ul)])} | "
+                                 f"{_mean_std([r['unlearn_seconds'] for r in sel])} |")
+        _plot_fig3(rows, methods, sizes, out / f"fig3-{name}.png", name)
+    (out / f"table3-{name}.md").write_text("\n".join(lines) + "\n")
+
+
+def _plot_fig3(rows, methods, sizes, path: Path, name: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(sizes), figsize=(3.2 * len(sizes), 3.2), sharey=True, squeeze=False)
+    for ax, n in zip(axes[0], sizes):
+        tr, ul = [], []
+        for m in methods:
+            sel = [r for r in rows if r["n"] == n and r["method"] == m and "unlearn_phase_vs_retrain" in r]
+            tr.append(statistics.mean(r["train_phase_vs_retrain"] for r in sel) if sel else 0)
+            ul.append(statistics.mean(r["unlearn_phase_vs_retrain"] for r in sel) if sel else 0)
+        ax.bar(methods, tr, label="training phase")
+        ax.bar(methods, ul, bottom=tr, label="unlearning phase")
+        ax.set_title(f"{name}, |D_U| = {n}")
+        ax.tick_params(axis="x", rotation=45)
+    axes[0][0].set_ylabel("time ÷ retraining time")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run_convergence(dataset: str, out_dir: str | Path, *, vary: str, values, fixed: int, data_dir=None,
+                    seeds: int = 1, bound: str = "box", epochs: int | None = None, max_rounds: int = 10,
+                    log=print) -> dict:
+    """Figures 4 and 5: A_u after each round of Algorithm 1, varying K (``vary="K"``, |D_U| = ``fixed``)
+    or |D_U| (``vary="n"``, K = ``fixed``). Stragglers are not patched per point (``delta`` < 1 would
+    stop early; we run the rounds out to show convergence)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ds = load_dataset(dataset, data_dir)
+    spec = default_architecture(ds.name, ds.input_dim, ds.num_classes, ds.input_shape)
+    curves = []
+    for seed in range(seeds):
+        recipe = recipe_for(ds.name, seed=seed, epochs=epochs)
+        base = train_from_spec(spec, ds.X_train, ds.y_train, recipe).model
+        perm = torch.randperm(len(ds.y_train), generator=torch.Generator().manual_seed(seed))
+        for v in values:
+            n, k = (fixed, v) if vary == "K" else (v, fixed)
+            idx = perm[:n]
+            res = forget(base, ds.X_train[idx], labels=ds.y_train[idx], strategy="cluster", n_clusters=k,
+                         bound=bound, seed=seed, max_rounds=max_rounds, delta=1.0)
+            rounds = [r for r in res.report.rounds if "fallback" not in r]
+            curves.append({"seed": seed, "n": n, "K": k, "A_u": [r["A_u"] for r in rounds],
+                           "seconds": [r["seconds"] for r in rounds],
+                           "stragglers_patched_per_point": sum(r["new_regions"] for r in res.report.rounds
+                                                               if "fallback" in r)})
+            log(f"[seed {seed}] |D_U|={n} K={k}: A_u per round {[round(a, 3) for a in curves[-1]['A_u']]}")
+    fig_name = "fig4" if vary == "K" else "fig5"
+    result = {"dataset": ds.name, "vary": vary, "fixed": fixed, "values": list(values), "bound": bound,
+              "machine": machine_description(), "curves": curves}
+    (out / f"{fig_name}-{ds.name}.json").write_text(json.dumps(result, indent=1))
+    _plot_convergence(result, out / f"{fig_name}-{ds.name}.png")
+    lines = [f"## {'Figure 4' if vary == 'K' else 'Figure 5'} — {ds.name}: A_u (%) after each round of Algorithm 1 "
+             f"({'|D_U|' if vary == 'K' else 'K'} = {fixed}, bound = {bound})", "",
+             f"| {vary} | " + " | ".join(f"round {i}" for i in range(max_rounds + 1)) + " |",
+             "|---|" + "---|" * (max_rounds + 1)]
+    for v in values:
+        sel = [c for c in curves if (c["K"] if vary == "K" else c["n"]) == v]
+        length = max(len(c["A_u"]) for c in sel)
+        cells = []
+        for i in range(max_rounds + 1):
+            vals = [100 * (c["A_u"][i] if i < len(c["A_u"]) else c["A_u"][-1]) for c in sel]
+            cells.append(_mean_std(vals) if i < length else "")
+        lines.append(f"| {v} | " + " | ".join(cells) + " |")
+    (out / f"{fig_name}-{ds.name}.md").write_text("\n".join(lines) + "\n")
+    return result
+
+
+def _plot_convergence(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    key = "K" if result["vary"] == "K" else "n"
+    for v in result["values"]:
+        sel = [c for c in result["curves"] if c[key] == v]
+        length = max(len(c["A_u"]) for c in sel)
+        mean = [statistics.mean(100 * (c["A_u"][i] if i < len(c["A_u"]) else c["A_u"][-1]) for c in sel)
+                for i in range(length)]
+        ax.plot(range(length), mean, marker="o", label=f"{'K' if key == 'K' else '|D_U|'} = {v}")
+    ax.set_xlabel("round of Algorithm 1")
+    ax.set_ylabel("A_u (%)")
+    ax.set_title(f"{result['dataset']}: convergence")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+EXPERIMENTS = ("table3", "table4", "fig3", "fig4", "fig5", "table5")
