@@ -102,3 +102,22 @@ def test_forget_from_a_user_state_dict(tmp_path, digits):
                                    "--count", "5", "--out", str(tmp_path / "o3")])
     assert res.exit_code == 1 and "also pass --layers" in res.output
     assert not (tmp_path / "o2").exists() and not (tmp_path / "o3").exists()
+
+
+def test_audit_command_passes_then_rejects_a_tampered_certificate(trained, tmp_path):
+    path, _ = trained
+    out = tmp_path / "out"
+    res = CliRunner().invoke(cli, ["forget", "--model", str(path), "--data", "digits", "--count", "8",
+                                   "--bound", "dual", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    args = ["audit", "--model", str(out / "patched.safetensors"), "--certificate", str(out / "certificate.json"),
+            "--data", "digits", "--indices", str(out / "forget_indices.txt"), "--samples", "3"]
+    res = CliRunner().invoke(cli, args + ["--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["passed"] is True
+    cert = json.loads((out / "certificate.json").read_text())
+    cert["regions"][0]["margin"] *= 100
+    cert["claims"] = [dict(c, margin=cert["regions"][0]["margin"]) if c["region"] == 0 else c for c in cert["claims"]]
+    (out / "certificate.json").write_text(json.dumps(cert))
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 3 and "FAILED" in res.output and "FAIL bounds [region 0]" in res.output

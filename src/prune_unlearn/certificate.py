@@ -9,9 +9,10 @@ hold at the point (float64 computation, float32 model checked).
 
 from __future__ import annotations
 
+import copy
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -67,19 +68,36 @@ class Certificate:
     regions: list = field(default_factory=list)
     claims: list = field(default_factory=list)
     failed: list = field(default_factory=list)
+    proof: dict | None = None
     library_version: str = ""
     format_version: int = CERTIFICATE_FORMAT_VERSION
     kind: str = CERTIFICATE_KIND
+    # Lagrange multipliers (R, C, N) float32 behind the dual/LP region claims; saved beside the JSON.
+    multipliers: Any = field(default=None, repr=False, compare=False)
 
     # --- serialisation ------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        return _jsonable(asdict(self))
+        data = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "multipliers"}
+        return _jsonable(copy.deepcopy(data))
+
+    def proof_path(self, path: str | Path) -> Path:
+        path = Path(path)
+        return path.with_name(path.stem + ".proof.safetensors")
 
     def to_json(self, path: str | Path | None = None, indent: int | None = 1) -> str:
-        text = json.dumps(self.to_dict(), indent=indent, sort_keys=False)
+        """The JSON text; with ``path``, also writes it (and the multipliers beside it) atomically."""
+        data = self.to_dict()
+        if path is not None and self.multipliers is not None and data.get("proof"):
+            data["proof"]["file"] = self.proof_path(path).name
+        text = json.dumps(data, indent=indent, sort_keys=False)
         if path is not None:
-            from .serialization import atomic_write_text
+            from .serialization import _atomic_replace, atomic_write_text
 
+            if self.multipliers is not None:
+                from safetensors.torch import save_file
+
+                tensors = {"multipliers": self.multipliers.contiguous()}
+                _atomic_replace(self.proof_path(path), lambda tmp: save_file(tensors, tmp))
             atomic_write_text(Path(path), text + "\n")
         return text
 
@@ -94,7 +112,7 @@ class Certificate:
                 f"Certificate format_version {data.get('format_version')!r} is not supported "
                 f"(this library reads version {CERTIFICATE_FORMAT_VERSION})."
             )
-        required = [f for f in cls.__dataclass_fields__]
+        required = [f for f in cls.__dataclass_fields__ if f != "multipliers"]
         missing = [k for k in required if k not in data]
         if missing:
             raise FormatError(f"The certificate does not have the key(s) {', '.join(map(repr, missing))}.")
@@ -102,11 +120,24 @@ class Certificate:
 
     @classmethod
     def from_json(cls, path: str | Path) -> "Certificate":
+        """Read a certificate, and its multipliers file when the certificate names one and it is present."""
         try:
             data = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise FormatError(f"Cannot read certificate {path}: {exc}") from None
-        return cls.from_dict(data)
+        cert = cls.from_dict(data)
+        proof = cert.proof or {}
+        proof_file = Path(path).parent / proof["file"] if proof.get("file") else None
+        if proof_file is not None and proof_file.is_file():
+            from safetensors import SafetensorError
+            from safetensors.torch import load_file
+
+            try:
+                mult = load_file(str(proof_file))["multipliers"]
+            except (SafetensorError, OSError, KeyError) as exc:
+                raise FormatError(f"Cannot read the proof file {proof_file}: {exc}") from None
+            object.__setattr__(cert, "multipliers", mult)
+        return cert
 
     # --- summaries ----------------------------------------------------------------------------
     @property

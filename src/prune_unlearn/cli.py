@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -323,6 +324,49 @@ def demo(out, count, strategy, bound, epsilon, target, delta, clusters, seed, as
     total = time.perf_counter() - t0
     _emit({**result.report.to_dict(), "files": files, "demo_seconds": total}, as_json,
           result.report.summary() + f"\nwrote {', '.join(files.values())}  (demo took {total:.1f} s)")
+
+
+@cli.command(name="audit")
+@click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="The patched model (.safetensors).")
+@click.option("--certificate", "cert_path", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              required=True, help="certificate.json (its .proof.safetensors is read from beside it).")
+@click.option("--data", "data_name", default=None, help="Data set of the forgotten points (with --indices).")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+@click.option("--indices", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="Training-set indices of the forgotten points (e.g. forget_indices.txt).")
+@click.option("--mode", type=click.Choice(["white-box", "black-box"]), default="white-box", show_default=True)
+@click.option("--samples", type=click.IntRange(min=0), default=20, show_default=True,
+              help="Regions re-solved by exact LP.")
+@click.option("--exhaustive", is_flag=True, help="Re-solve every region by exact LP.")
+@seed_option
+@json_option
+@handle_errors
+def audit_cmd(model_path, cert_path, data_name, data_dir, indices, mode, samples, exhaustive, seed, as_json):
+    """Re-check a certificate against a patched model from scratch; exit 3 if any claim is rejected.
+
+    Example: prune audit --model forgot/patched.safetensors --certificate forgot/certificate.json --data digits --indices forgot/forget_indices.txt
+    """
+    from .audit import audit
+    from .certificate import Certificate
+    from .serialization import load
+
+    if (data_name is None) != (indices is None):
+        raise click.UsageError("Use --data and --indices together (the forgotten points), or neither.")
+    cert = Certificate.from_json(cert_path)
+    model = load(model_path)
+    points = labels = extra = None
+    if data_name is not None:
+        from .data import load_dataset
+
+        ds = load_dataset(data_name, data_dir)
+        idx = _read_indices(indices, len(ds.y_train))
+        points, labels, extra = ds.X_train[idx], ds.y_train[idx], ds.X_test
+    result = audit(model, cert, points=points, labels=labels, mode=mode, lp_samples=samples, exhaustive=exhaustive,
+                   locality_inputs=extra, seed=seed)
+    _emit(result.to_dict(), as_json, result.summary())
+    if not result.passed:
+        sys.exit(3)
 
 
 @cli.command()

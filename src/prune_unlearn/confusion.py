@@ -47,11 +47,17 @@ _REL_SAFETY = 1e-9
 
 @dataclass
 class MarginBounds:
-    """``upper[p, l] ≥ max over region p of f_l − f_t`` (``-inf`` at ``l = t``), and the method used."""
+    """``upper[p, l] ≥ max over region p of f_l − f_t`` (``-inf`` at ``l = t``), and the method used.
+
+    ``multipliers`` (P, C, N), float32 values ≥ 0, are the Lagrange multipliers the bound was
+    evaluated at (``dual``/``lp``; ``None`` for ``box``, whose multipliers are 0): a proof anyone can
+    re-check with the weak-duality formula, whatever optimiser found them.
+    """
 
     upper: torch.Tensor
     method: str
     iterations: int = 0
+    multipliers: torch.Tensor | None = None
 
 
 def _box_max(r: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,6 +119,7 @@ def margin_upper_bounds(
     """
     p = masks.shape[0]
     out = torch.empty(p, head.num_classes, dtype=torch.float64)
+    mult = torch.zeros(p, head.num_classes, masks.shape[1], dtype=torch.float32) if method != "box" else None
     iterations = 0
     for start in range(0, p, chunk_size):
         sl = slice(start, min(p, start + chunk_size))
@@ -123,14 +130,18 @@ def margin_upper_bounds(
         if method == "box":
             ub, _ = _dual_value(head, m, rows, signs, w0_rows, q, None, lower, upper)
         elif method == "dual":
-            ub, iterations = _dual_bound(head, m, rows, signs, w0_rows, q, th, lower, upper, dual_steps, dual_lr)
+            ub, mu, iterations = _dual_bound(head, m, rows, signs, w0_rows, q, th, lower, upper, dual_steps, dual_lr)
+            mult[sl] = mu
         elif method == "lp":
-            ub = _lp_bound(head, m, th, tg, rows, signs, w0_rows, q, lower, upper)
+            ub, mu = _lp_bound(head, m, th, tg, rows, signs, w0_rows, q, lower, upper)
+            mult[sl] = mu
         else:
             raise ValueError(f"unknown bound method {method!r}")
         ub[torch.arange(len(tg)), tg] = float("-inf")
         out[sl] = ub
-    return MarginBounds(out, method, iterations)
+        if mult is not None:
+            mult[torch.arange(start, sl.stop), tg] = 0  # the target's own row bounds nothing
+    return MarginBounds(out, method, iterations, mult)
 
 
 def _dual_bound(head, masks, rows, signs, w0_rows, q, thresholds, lower, upper, steps, lr):
@@ -144,7 +155,7 @@ def _dual_bound(head, masks, rows, signs, w0_rows, q, thresholds, lower, upper, 
     n = masks.shape[1]
     box, r64 = _dual_value(head, masks, rows, signs, w0_rows, q, None, lower, upper)
     if n == 0 or steps == 0:
-        return box, 0
+        return box, torch.zeros(p, c, n, dtype=torch.float32), 0
     h32 = head.to(torch.float32)
     rows32, signs32, q32, w032 = rows.float(), signs.float(), q.float(), w0_rows.float()
     lo32, hi32 = lower.float(), upper.float()
@@ -173,8 +184,11 @@ def _dual_bound(head, masks, rows, signs, w0_rows, q, thresholds, lower, upper, 
         better = value < best_val
         best_val = torch.where(better, value, best_val)
         best_mu = torch.where(better.unsqueeze(-1), mu, best_mu)
+    # The proof stores float32 multipliers: evaluate the bound at exactly those values.
     sound, _ = _dual_value(head, masks, rows, signs, w0_rows, q, best_mu.to(torch.float64), lower, upper)
-    return torch.minimum(box, sound), steps
+    use_box = box <= sound
+    best_mu[use_box] = 0  # μ = 0 is the box bound
+    return torch.minimum(box, sound), best_mu, steps
 
 
 def _lp_bound(head, masks, thresholds, targets, rows, signs, w0_rows, q, lower, upper):
@@ -183,6 +197,7 @@ def _lp_bound(head, masks, thresholds, targets, rows, signs, w0_rows, q, lower, 
 
     p, c = rows.shape[0], rows.shape[1]
     result = torch.empty(p, c, dtype=torch.float64)
+    multipliers = torch.zeros(p, c, masks.shape[1], dtype=torch.float32)
     a_all, c_all = region_halfspaces(head, masks)
     lo_np, hi_np = lower.numpy(), upper.numpy()
     inf = highspy.kHighsInf
@@ -211,12 +226,14 @@ def _lp_bound(head, masks, thresholds, targets, rows, signs, w0_rows, q, lower, 
             if duals.shape != (n_rows,):
                 raise RuntimeError(f"HiGHS returned no duals ({lp.getModelStatus()}) for region {i}, label {lab}")
             mus.append(np.abs(duals))
-        mu = torch.tensor(np.stack(mus), dtype=torch.float64).unsqueeze(0)
-        # Both sign conventions give sound bounds for μ ≥ 0; keep the smaller one (the true dual).
+        # |row dual| is the multiplier of the ≥ row whatever HiGHS's sign convention; rounded to float32
+        # (as stored in the proof) it is still ≥ 0, so the bound evaluated at it stays sound.
+        mu = torch.tensor(np.stack(mus), dtype=torch.float32).to(torch.float64).unsqueeze(0)
         v_pos, _ = _dual_value(head, masks[i : i + 1], rows[i : i + 1], signs[i : i + 1], w0_rows[i : i + 1],
                                q[i : i + 1], mu, lower, upper)
         result[i] = v_pos[0]
-    return result
+        multipliers[i] = mu[0].to(torch.float32)
+    return result, multipliers
 
 
 def _new_highs():

@@ -166,8 +166,10 @@ class _Rows:
     margin: list = field(default_factory=list)
     code: list = field(default_factory=list)
     robust: list = field(default_factory=list)
+    mu: list = field(default_factory=list)  # Lagrange multipliers (C, N) of dual/LP claims, else None
 
-    def add(self, **kw):
+    def add(self, mu=None, **kw):
+        self.mu.append(mu)
         for k, v in kw.items():
             getattr(self, k).append(v)
 
@@ -227,7 +229,7 @@ def _region_patches(head, masks, min_slack, f32_error, targets, lower, upper, bo
     values = confusion_patch(bounds.upper, targets, float32_aware_epsilon(bounds.upper, epsilon))
     margins = patch_margins(bounds.upper, targets, values)
     robust = FLOAT32_SAFETY * f32_error <= (threshold - 1.0 / lam.to(torch.float64))
-    return lam, threshold, values, margins, robust
+    return lam, threshold, values, margins, robust, bounds.multipliers
 
 
 def _point_margin(logits64: torch.Tensor, labels: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -404,7 +406,7 @@ def forget(
         ids = torch.tensor(unit_ids, dtype=torch.int64)
         reps = torch.stack([units.members[u][0] for u in unit_ids])
         tg = _choose_targets(target, units.excluded[ids], pr.logits[reps], rng, keep_targets)
-        lam, th, vals, margins, robust = _region_patches(
+        lam, th, vals, margins, robust, mult = _region_patches(
             head64, units.masks[ids], units.min_slack[ids], units.f32_error[ids], tg, lower, upper, bound,
             epsilon, dual_steps)
         for k, u in enumerate(unit_ids):
@@ -412,7 +414,8 @@ def forget(
             unit_proved[u] = "region"
             rows.add(masks=units.masks[u], lam=float(lam[k]), values=vals[k], targets=int(tg[k]),
                      excluded=units.excluded[u], min_slack=float(units.min_slack[u]), threshold=float(th[k]),
-                     margin=float(margins[k]), code=BOUND_CODES[bound], robust=bool(robust[k]))
+                     margin=float(margins[k]), code=BOUND_CODES[bound], robust=bool(robust[k]),
+                     mu=mult[k] if mult is not None else None)
         bar.update(len(unit_ids))
 
     t0 = time.perf_counter()
@@ -482,7 +485,13 @@ def forget(
             "bound": bound_names[row],
         })
 
-    certificate = build_certificate(patched, lower, upper, domain_source, epsilon, claims, failed)
+    multipliers = None
+    if any(m is not None for m in rows.mu):
+        multipliers = torch.zeros(len(patch_set), num_classes, head64.num_hidden, dtype=torch.float32)
+        for k, m in enumerate(rows.mu):
+            if m is not None:
+                multipliers[offset + k] = m
+    certificate = build_certificate(patched, lower, upper, domain_source, epsilon, claims, failed, multipliers)
     unlearn_seconds = time.perf_counter() - t_start  # everything but the optional evaluation below
 
     values = patch_set.values[offset:].cpu() if len(new_set) else torch.zeros(0, num_classes)
@@ -507,7 +516,8 @@ def forget(
     return ForgetResult(patched, report, certificate)
 
 
-def build_certificate(patched: PatchedModel, lower, upper, domain_source, epsilon, claims, failed) -> Certificate:
+def build_certificate(patched: PatchedModel, lower, upper, domain_source, epsilon, claims, failed,
+                      multipliers: torch.Tensor | None = None) -> Certificate:
     ps = patched.patches
     regions = []
     masks = ps.masks()
@@ -538,7 +548,15 @@ def build_certificate(patched: PatchedModel, lower, upper, domain_source, epsilo
         regions=regions,
         claims=claims,
         failed=failed,
+        proof=None if multipliers is None else {
+            "kind": "lagrange-multipliers",
+            "about": "multipliers[r, l, i] ≥ 0 for region r, label l, hidden neuron i: the weak-duality bound "
+                     "of max (f_l − f_t) over region r evaluated at them is the bound behind the claim",
+            "shape": list(multipliers.shape),
+            "sha256": patches_sha256({"multipliers": multipliers}),
+        },
         library_version=__version__,
+        multipliers=multipliers,
     )
 
 
