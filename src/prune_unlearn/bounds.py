@@ -1,20 +1,38 @@
-"""Interval bound propagation (IBP) through the prefix ``M_p``: the domain box in feature space.
+"""Bound propagation: IBP through the prefix ``M_p``, and IBP/CROWN through the Linear/ReLU head ``M_c``.
+
+Prefix (first section): the domain box in feature space.
 
 A feature-space region certificate is sound for the original inputs as long as the feature box
 contains the image of the input box; interval arithmetic guarantees that. Monotone layers
 (ReLU, max-pooling) map bounds elementwise; affine layers (Linear, Conv, average pooling, eval-mode
 batch norm) map a centre/radius pair as ``(f(c), |A| r)``.
+
+Head (second section, "CROWN"): batched float64 interval and CROWN (linear) bounds of the head's
+pre-activations and logits over per-point boxes, certified L∞ radii around points, and the hidden
+neurons whose sign is stable on such a ball (for whole-class unlearning, DESIGN §3).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .errors import UnsupportedModelError
+from .errors import InputValidationError, UnsupportedModelError
+from .regions import affine_logits
 
-__all__ = ["interval_bounds", "interval_feature_box"]
+__all__ = [
+    "CrownBounds",
+    "certified_radius",
+    "crown_head_bounds",
+    "ibp_head_bounds",
+    "interval_bounds",
+    "interval_feature_box",
+    "margin_lower_bounds",
+    "stable_neurons",
+]
 
 
 def _affine_abs(layer: nn.Module, radius: torch.Tensor) -> torch.Tensor:
@@ -71,7 +89,7 @@ def _interval_graph(module: nn.Module, lower: torch.Tensor, upper: torch.Tensor)
     """IBP through a module with its own ``forward``: trace it with torch.fx, interpret with intervals."""
     import operator
 
-    import torch.fx as fx
+    from torch import fx
 
     try:
         graph = fx.symbolic_trace(module)
@@ -133,3 +151,570 @@ def interval_feature_box(prefix: nn.Module, lower, upper, input_shape) -> tuple[
     hi = torch.as_tensor(upper, dtype=torch.float64).expand(shape).clone()
     flo, fhi = interval_bounds(prefix, lo, hi)
     return flo.reshape(-1), fhi.reshape(-1)
+
+
+# =================================================================================================
+# CROWN: linear bound propagation through the Linear/ReLU head ``M_c``
+# =================================================================================================
+#
+# Written here rather than imported: auto_LiRPA (the reference CROWN implementation) cannot be
+# installed next to torch 2.13 — it pins torch < 1.13 and numpy < 2 — so the head's bounds are
+# computed by this self-contained, batched float64 implementation of CROWN (Zhang et al., 2018,
+# "Efficient Neural Network Robustness Certification with General Activation Functions").
+#
+# Notation: the head has Linear layers ``W_0 … W_{L-1}`` (``HeadNetwork.weights``); hidden layer
+# ``i`` holds the pre-activations ``z_i = W_i a_{i-1} + b_i`` (``a_{-1} = h``, ``a_i = ReLU(z_i)``)
+# and the logits are ``W_{L-1} a_{L-2} + b_{L-1}``. Every function is batched over P points, each
+# with its own box ``lower[p] ≤ h ≤ upper[p]``.
+#
+# Rounding: bounds are evaluated in float64 and widened outward by ``_CROWN_REL_SAFETY`` times the
+# absolute size of the terms they sum (the convention of ``confusion._REL_SAFETY``), which covers
+# the float64 rounding of the bound evaluation itself (~1e-16 relative per term).
+
+_CROWN_REL_SAFETY = 1e-10
+# Elements per temporary (P_chunk × rows × width) in the backward passes: bounds memory use.
+_CROWN_CHUNK_ELEMENTS = 1 << 22
+
+
+@dataclass
+class CrownBounds:
+    """CROWN bounds over a batch of boxes.
+
+    Attributes
+    ----------
+    hidden_lower, hidden_upper : (P, N) float64 — bounds of every hidden pre-activation, hidden
+        layers concatenated in order (split with ``HeadNetwork.split_hidden``); (P, 0) for a head
+        without hidden layers.
+    out_lower, out_upper : (P, K) float64 — bounds of ``spec @ logits`` (the logits themselves,
+        K = C, when no ``spec`` is given).
+    """
+
+    hidden_lower: torch.Tensor
+    hidden_upper: torch.Tensor
+    out_lower: torch.Tensor
+    out_upper: torch.Tensor
+
+
+def _box_batch(head, lower, upper) -> tuple[torch.Tensor, torch.Tensor]:
+    """``lower, upper`` as float64 (P, d) tensors; refuse inverted boxes and non-finite values."""
+    lo = torch.as_tensor(lower).to(torch.float64)
+    hi = torch.as_tensor(upper).to(torch.float64)
+    if lo.dim() == 1:
+        lo = lo.unsqueeze(0)
+    if hi.dim() == 1:
+        hi = hi.unsqueeze(0)
+    lo, hi = torch.broadcast_tensors(lo, hi)
+    if lo.dim() != 2 or lo.shape[1] != head.input_dim:
+        raise InputValidationError(
+            f"Boxes must have shape (P, {head.input_dim}) (the head's input dimension); got {tuple(lo.shape)}."
+        )
+    if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()):
+        raise InputValidationError("Box bounds must be finite.")
+    if (lo > hi).any():
+        raise InputValidationError("Every box needs lower ≤ upper elementwise.")
+    return lo.contiguous(), hi.contiguous()
+
+
+def _interval_affine(w, b, lo, hi):
+    """Sound interval image of ``h ↦ h Wᵀ + b`` over the boxes ``[lo, hi]`` (P, n)."""
+    c, r = (lo + hi) / 2, (hi - lo) / 2
+    wa = w.abs()
+    zc = torch.addmm(b, c, w.T) if c.dim() == 2 else c @ w.T + b
+    zr = r @ wa.T
+    safety = _CROWN_REL_SAFETY * ((c.abs() + r) @ wa.T + zr + b.abs())
+    return zc - zr - safety, zc + zr + safety
+
+
+@torch.no_grad()
+def ibp_head_bounds(head, lower, upper):
+    """Interval bounds (IBP) of the head's hidden pre-activations and logits over per-point boxes.
+
+    Parameters
+    ----------
+    head : HeadNetwork
+    lower, upper : (P, d) tensors (or (d,), broadcast) — one box per point.
+
+    Returns
+    -------
+    hidden : list of ``(l_i, u_i)``, one (P, n_i) float64 pair per hidden layer (empty for a head
+        without hidden layers).
+    out : ``(l_out, u_out)``, (P, C) float64 bounds of the logits.
+    """
+    lo, hi = _box_batch(head, lower, upper)
+    hidden = []
+    last = len(head.weights) - 1
+    for i, (w, b) in enumerate(zip(head.weights, head.biases)):
+        if i > 0:
+            lo, hi = torch.relu(lo), torch.relu(hi)
+        lo, hi = _interval_affine(w, b, lo, hi)
+        if i < last:
+            hidden.append((lo, hi))
+    return hidden, (lo, hi)
+
+
+def _relu_relaxation(lo: torch.Tensor, hi: torch.Tensor):
+    """CROWN's linear relaxation ``α z ≤ ReLU(z) ≤ s z + t`` on ``[lo, hi]`` (elementwise, (P, n)).
+
+    Stable neurons are exact (``α = s = 1`` if ``lo ≥ 0``; ``α = s = 0`` if ``hi ≤ 0``). Unstable ones
+    (``lo < 0 < hi``) get the chord ``s = hi / (hi − lo)``, ``t = −s·lo`` above, and the adaptive lower
+    slope ``α = 1 if hi ≥ −lo else 0`` below (the one of the two that leaves the smaller area).
+    Returns ``(α, s, t, unstable)``.
+    """
+    active = lo >= 0
+    unstable = (lo < 0) & (hi > 0)
+    one = active.to(lo.dtype)
+    denom = torch.where(unstable, hi - lo, torch.ones_like(lo))
+    slope_up = torch.where(unstable, hi / denom, one)
+    shift_up = torch.where(unstable, -slope_up * lo, torch.zeros_like(lo))
+    slope_lo = torch.where(unstable, (hi >= -lo).to(lo.dtype), one)
+    return slope_lo, slope_up, shift_up, unstable
+
+
+class _Chunk:
+    """Per-chunk constants of the input box: centre, radius and their images under ``W_0``."""
+
+    def __init__(self, head, lo, hi):
+        self.centre, self.radius = (lo + hi) / 2, (hi - lo) / 2
+        w0 = head.weights[0]
+        self.w0c = self.centre @ w0.T                                   # W_0 c, (m, n_0)
+        self.w0c_abs_max = (self.centre.abs() @ w0.abs().T).amax(dim=1)  # ‖|W_0||c|‖∞, (m,)
+
+
+def _relax_step(a, relax_i):
+    """``a · ReLU(z_i) ≥ a' · z_i + shift``: lower relaxation where ``a ≥ 0``, upper where ``a < 0``."""
+    slope_lo, slope_up, shift_up, _ = relax_i
+    neg = a.clamp(max=0)
+    shift = torch.bmm(neg, shift_up.unsqueeze(2)).squeeze(2)  # ≤ 0
+    neg.mul_((slope_up - slope_lo).unsqueeze(1))
+    return torch.addcmul(neg, a, slope_lo.unsqueeze(1)), shift
+
+
+def _backward_lower(head, start: int, coeff, bias, relax, box: _Chunk):
+    """Lower bounds of ``coeff · a_{start-1} + bias`` over the boxes, by one CROWN backward pass.
+
+    ``coeff`` (m, K, n_{start-1}) multiplies the post-activations of hidden layer ``start − 1`` (the
+    input ``h`` itself when ``start == 0``); ``bias`` (m, K); ``relax[i]`` is the relaxation of hidden
+    layer ``i``. Each ReLU is replaced by its lower relaxation where the coefficient is ≥ 0 and by
+    its upper relaxation where it is < 0, which gives a linear lower bound ``A h + β`` valid on the
+    box; it is concretised as ``A·c − |A|·r + β`` (centre ``c``, radius ``r``). ``mag`` collects an
+    upper bound of the absolute size of every summed term, for the rounding safety.
+    """
+    mag = bias.abs()
+    a = coeff
+    l1 = None
+    for i in range(start - 1, -1, -1):
+        a, shift = _relax_step(a, relax[i])  # coefficient on z_i
+        b_i = head.biases[i]
+        bias = bias + shift + a @ b_i
+        l1 = torch.linalg.vector_norm(a, 1, dim=-1)
+        mag = mag - shift + l1 * b_i.abs().max()
+        if i > 0:
+            a = a @ head.weights[i]  # coefficient on a_{i-1}
+    if start > 0:
+        # ``a`` multiplies z_0 = W_0 h + b_0: A = a W_0. A·c and a bound of |A|·|c| come from the
+        # n_0-sized side; only |A|·r needs A itself.
+        lin = torch.bmm(a, box.w0c.unsqueeze(2)).squeeze(2)
+        cmag = l1 * box.w0c_abs_max.unsqueeze(1)
+        a = a @ head.weights[0]
+    else:
+        lin = torch.bmm(a, box.centre.unsqueeze(2)).squeeze(2)
+        cmag = torch.linalg.vector_norm(a, 1, dim=-1) * box.centre.abs().amax(dim=1, keepdim=True)
+    rad = torch.bmm(a.abs_(), box.radius.unsqueeze(2)).squeeze(2)
+    return lin + bias - rad - _CROWN_REL_SAFETY * (mag + rad + cmag)
+
+
+def _second_layer_bounds(head, idx, relax0, box: _Chunk):
+    """CROWN bounds of hidden layer 1's neurons ``idx`` (m, U) (all when None), lower and upper.
+
+    One backward pass serves both: with ``D = diag(s)`` (the upper slopes of layer 0),
+    the lower bound's coefficient on ``z_0`` is ``W⁺α + W⁻s = W D + W⁺(α − s)`` and the upper's is
+    ``W D + W⁻(α − s)``, where ``α − s`` vanishes on stable neurons. So ``(W D) W_0``, the costly
+    product, is shared and each side adds a correction of rank (number of unstable layer-0 neurons).
+    Same values as two separate passes, up to rounding.
+    """
+    w1, b1, w0, b0 = head.weights[1], head.biases[1], head.weights[0], head.biases[0]
+    slope_lo, slope_up, shift_up, unstable0 = relax0
+    m = slope_up.shape[0]
+    if idx is None:
+        rows, brows = w1.expand(m, -1, -1), b1.expand(m, -1)
+    else:
+        rows = w1.index_select(0, idx.reshape(-1)).view(m, idx.shape[1], -1)
+        brows = b1[idx]
+    shared = rows * slope_up.unsqueeze(1)                                   # W D, (m, U, n_0)
+    l1 = torch.linalg.vector_norm(shared, 1, dim=-1)
+    base = torch.bmm(shared, (box.w0c + b0).unsqueeze(2)).squeeze(2) + brows  # (W D)·(W_0 c + b_0) + b_1
+    big = shared @ w0                                                        # (W D) W_0, (m, U, d)
+    u0 = int(unstable0.sum(dim=1).max()) if unstable0.numel() else 0
+    sides = []
+    if u0 == 0:
+        rad = torch.bmm(big.abs_(), box.radius.unsqueeze(2)).squeeze(2)
+        zero = torch.zeros_like(base)
+        sides = [(zero, zero, zero, rad), (zero, zero, zero, rad)]
+    else:
+        idx0 = torch.topk(unstable0.to(torch.int8), u0, dim=1, sorted=False).indices  # (m, u0)
+        wu = rows.gather(2, idx0.unsqueeze(1).expand(-1, rows.shape[1], -1))     # (m, U, u0)
+        d_alpha = (slope_lo - slope_up).gather(1, idx0).unsqueeze(1)             # α − s, 0 if stable
+        t_u = shift_up.gather(1, idx0).unsqueeze(2)
+        z_u = (box.w0c + b0).gather(1, idx0).unsqueeze(2)                        # (W_0 c + b_0) on idx0
+        w0_u = w0.index_select(0, idx0.reshape(-1)).view(m, u0, -1)              # (m, u0, d)
+        pos = wu.clamp(min=0)
+        neg = wu - pos
+        for k, (corr_w, off_w) in enumerate(((pos, neg), (neg, pos))):
+            corr = corr_w * d_alpha
+            offset = torch.bmm(off_w, t_u).squeeze(2)  # lower: W⁻·t (≤ 0); upper: W⁺·t (≥ 0)
+            coeff_h = torch.baddbmm(big, corr, w0_u) if k == 0 else big.baddbmm_(corr, w0_u)
+            rad = torch.bmm(coeff_h.abs_(), box.radius.unsqueeze(2)).squeeze(2)
+            sides.append((torch.bmm(corr, z_u).squeeze(2), offset,
+                          torch.linalg.vector_norm(corr, 1, dim=-1), rad))
+    out = []
+    for sign, (corr_val, offset, corr_l1, rad) in zip((-1.0, 1.0), sides):
+        centre_val = base + corr_val + offset
+        mag = (brows.abs() + (l1 + corr_l1) * (b0.abs().max() + box.w0c_abs_max.unsqueeze(1))
+               + offset.abs() + rad)
+        out.append(centre_val + sign * (rad + _CROWN_REL_SAFETY * mag))
+    return out[0], out[1]
+
+
+def _spec_interval(spec, lo, hi):
+    """Interval bounds of ``spec @ v`` for ``v`` in the boxes ``[lo, hi]`` (P, C); spec (P, K, C).
+
+    Rows with a single ``±1`` entry are exact (no rounding), so they get no safety: with the
+    identity spec the result is exactly ``[lo, hi]``.
+    """
+    pos, neg = spec.clamp(min=0), spec.clamp(max=0)
+    lo3, hi3 = lo.unsqueeze(2), hi.unsqueeze(2)
+    out_lo = (torch.bmm(pos, lo3) + torch.bmm(neg, hi3)).squeeze(2)
+    out_hi = (torch.bmm(pos, hi3) + torch.bmm(neg, lo3)).squeeze(2)
+    exact = ((spec != 0).sum(dim=2) <= 1) & ((spec == 0) | (spec.abs() == 1)).all(dim=2)
+    safety = _CROWN_REL_SAFETY * torch.bmm(spec.abs(), torch.maximum(lo.abs(), hi.abs()).unsqueeze(2)).squeeze(2)
+    safety = safety.masked_fill(exact, 0.0)
+    return out_lo - safety, out_hi + safety
+
+
+def _as_spec(head, spec, p: int) -> torch.Tensor:
+    c = head.num_classes
+    if spec is None:
+        return torch.eye(c, dtype=torch.float64).expand(p, c, c)
+    s = torch.as_tensor(spec).to(torch.float64)
+    if s.dim() == 2:
+        s = s.unsqueeze(0)
+    if s.dim() != 3 or s.shape[2] != c or s.shape[0] not in (1, p):
+        raise InputValidationError(f"spec must have shape (P, K, {c}) or (K, {c}); got {tuple(s.shape)}.")
+    return s.expand(p, -1, -1)
+
+
+def _crown(head, lo, hi, spec, *, want_upper: bool, refine_stable: bool, known=None):
+    """CROWN with CROWN intermediate bounds, intersected with IBP at every layer (see crown_head_bounds).
+
+    With ``refine_stable=False`` the backward passes of hidden layers run only for the neurons that
+    the reference bounds (IBP, intersected with ``known``) leave unstable, padded per chunk to the
+    largest count; the other neurons keep their reference bounds. The relaxation of a stable
+    neuron does not depend on its bounds, so with ``known=None`` the output bounds and every
+    neuron's stability are the same as with ``refine_stable=True``.
+
+    ``known``: optional ``(lower, upper)`` (P, N) hidden bounds already proven on boxes that contain
+    these ones (e.g. from a larger radius); they are intersected in too, which stays sound.
+    Points are processed in chunks of similar unstable counts, to bound memory and padding.
+    """
+    p, d = lo.shape
+    ibp_hidden, ibp_out = ibp_head_bounds(head, lo, hi)
+    ref = list(ibp_hidden)
+    if known is not None:
+        for k, (kl, ku) in enumerate(zip(head.split_hidden(known[0]), head.split_hidden(known[1]))):
+            ref[k] = (torch.maximum(ref[k][0], kl), torch.minimum(ref[k][1], ku))
+    spec = _as_spec(head, spec, p)
+    k_out = spec.shape[1]
+    sizes = head.hidden_sizes
+    n_hidden = len(sizes)
+    width = max([d] + sizes)
+    # Rows per point in its widest backward pass.
+    rows = torch.full((p,), k_out * (2 if want_upper else 1), dtype=torch.long)
+    for k in range(1, n_hidden):
+        count = torch.full((p,), sizes[k]) if refine_stable else ((ref[k][0] < 0) & (ref[k][1] > 0)).sum(dim=1)
+        rows = torch.maximum(rows, 2 * count)
+    order = torch.argsort(rows, stable=True)
+    rows_sorted = rows[order].tolist()
+
+    hid_lo = [torch.empty(p, n, dtype=torch.float64) for n in sizes]
+    hid_hi = [torch.empty(p, n, dtype=torch.float64) for n in sizes]
+    out_lo = torch.empty(p, k_out, dtype=torch.float64)
+    out_hi = torch.empty(p, k_out, dtype=torch.float64) if want_upper else None
+    s0 = 0
+    while s0 < p:
+        s1 = s0 + 1
+        while s1 < p and (s1 + 1 - s0) * rows_sorted[s1] * width <= _CROWN_CHUNK_ELEMENTS:
+            s1 += 1
+        sl = order[s0:s1]
+        s0 = s1
+        m = len(sl)
+        box = _Chunk(head, lo.index_select(0, sl), hi.index_select(0, sl))
+        relax = []
+        for k in range(n_hidden):
+            l_k, u_k = ref[k][0].index_select(0, sl), ref[k][1].index_select(0, sl)
+            if k > 0:  # layer 0 is affine in h: its IBP bounds are already exact (= CROWN)
+                idx = None  # neurons to refine, (m, U); None: all of them
+                refine = True
+                if not refine_stable:
+                    unstable = (l_k < 0) & (u_k > 0)
+                    u_max = int(unstable.sum(dim=1).max())
+                    refine = u_max > 0
+                    if refine and u_max < 0.8 * sizes[k]:  # else all rows: cheaper than gathering
+                        idx = torch.topk(unstable.to(torch.int8), u_max, dim=1, sorted=False).indices
+                if refine:
+                    if k == 1:
+                        c_lo, c_hi = _second_layer_bounds(head, idx, relax[0], box)
+                    else:
+                        w, b = head.weights[k], head.biases[k]
+                        if idx is None:
+                            rows_w, rows_b = w.expand(m, -1, -1), b.expand(m, -1)
+                        else:
+                            rows_w = w.index_select(0, idx.reshape(-1)).view(m, idx.shape[1], -1)
+                            rows_b = b[idx]
+                        bound = _backward_lower(head, k, torch.cat([rows_w, -rows_w], dim=1),
+                                                torch.cat([rows_b, -rows_b], dim=1), relax, box)
+                        c_lo, c_hi = bound[:, :rows_w.shape[1]], -bound[:, rows_w.shape[1]:]
+                    if idx is None:
+                        l_k, u_k = torch.maximum(l_k, c_lo), torch.minimum(u_k, c_hi)
+                    else:
+                        l_k.scatter_(1, idx, torch.maximum(l_k.gather(1, idx), c_lo))
+                        u_k.scatter_(1, idx, torch.minimum(u_k.gather(1, idx), c_hi))
+            hid_lo[k][sl], hid_hi[k][sl] = l_k, u_k
+            relax.append(_relu_relaxation(l_k, u_k))
+        # Output: spec @ logits = (spec W_{L-1}) a_{L-2} + spec b_{L-1}.
+        s = spec.index_select(0, sl) if spec.stride(0) else spec[:m]
+        rows_w, rows_b = s @ head.weights[-1], s @ head.biases[-1]
+        if want_upper:
+            rows_w, rows_b = torch.cat([rows_w, -rows_w], dim=1), torch.cat([rows_b, -rows_b], dim=1)
+        bound = _backward_lower(head, n_hidden, rows_w, rows_b, relax, box)
+        i_lo, i_hi = _spec_interval(s, ibp_out[0].index_select(0, sl), ibp_out[1].index_select(0, sl))
+        out_lo[sl] = torch.maximum(bound[:, :k_out], i_lo)
+        if want_upper:
+            out_hi[sl] = torch.minimum(-bound[:, k_out:], i_hi)
+    cat = (lambda ts: torch.cat(ts, dim=1)) if sizes else (lambda ts: torch.zeros(p, 0, dtype=torch.float64))
+    return cat(hid_lo), cat(hid_hi), out_lo, out_hi
+
+
+@torch.no_grad()
+def crown_head_bounds(head, lower, upper, *, spec=None, refine_stable: bool = True) -> CrownBounds:
+    """CROWN bounds of every hidden pre-activation and of ``spec @ logits`` over per-point boxes.
+
+    The variant is CROWN with CROWN intermediate bounds: hidden layers are bounded in order, each by
+    a backward pass through the ReLU relaxations of the layers before it (chord above; adaptive
+    slope 1 if ``u ≥ −l`` else 0 below), built from the already computed bounds. At every layer the
+    CROWN bounds are intersected elementwise with the IBP bounds (:func:`ibp_head_bounds`), so they
+    are never looser than IBP; the first hidden layer is affine in the input, where both are exact.
+    Linear bounds are concretised over the box with ``A·c ± |A|·r`` and widened outward by a
+    relative rounding safety, so every bound is sound (never tighter than the truth).
+
+    Parameters
+    ----------
+    head : HeadNetwork
+    lower, upper : (P, d) — one box per point ((d,) broadcasts).
+    spec : optional (P, K, C) or (K, C) matrix; the output bounds are of ``spec @ logits``
+        (default: the identity, i.e. bounds of the logits).
+    refine_stable : if False, skip the backward passes for neurons IBP already proves stable (they
+        keep their IBP bounds). The output bounds and every neuron's sign stability are unchanged;
+        only those neurons' numeric bounds may be looser. Much faster when few neurons are unstable.
+
+    Returns
+    -------
+    CrownBounds with ``hidden_lower/hidden_upper`` (P, N) and ``out_lower/out_upper`` (P, K).
+    """
+    lo, hi = _box_batch(head, lower, upper)
+    hl, hu, ol, ou = _crown(head, lo, hi, spec, want_upper=True, refine_stable=refine_stable)
+    return CrownBounds(hl, hu, ol, ou)
+
+
+def _margin_spec(num_classes: int, labels: torch.Tensor) -> torch.Tensor:
+    """Rows ``e_y − e_l`` for every ``l`` (row ``y`` is zero), (P, C, C)."""
+    eye = torch.eye(num_classes, dtype=torch.float64)
+    return eye[labels].unsqueeze(1) - eye.unsqueeze(0)
+
+
+def _labels(head, labels, p: int) -> torch.Tensor:
+    y = torch.as_tensor(labels).reshape(-1).long()
+    if y.shape[0] != p:
+        raise InputValidationError(f"Expected {p} labels, got {y.shape[0]}.")
+    if p and (y.min() < 0 or y.max() >= head.num_classes):
+        raise InputValidationError(f"Labels must lie in [0, {head.num_classes}).")
+    return y
+
+
+def _margin_lower(head, lo, hi, y, known=None):
+    """Margin lower bounds (P, C) and the hidden bounds (P, N) pair they were computed with."""
+    hl, hu, out, _ = _crown(head, lo, hi, _margin_spec(head.num_classes, y), want_upper=False,
+                            refine_stable=False, known=known)
+    out[torch.arange(len(y)), y] = float("inf")
+    return out, (hl, hu)
+
+
+@torch.no_grad()
+def margin_lower_bounds(head, lower, upper, labels) -> torch.Tensor:
+    """CROWN lower bounds of the margins ``f_y − f_l`` over per-point boxes, (P, C) float64.
+
+    Entry ``[p, l]`` bounds ``min_{h ∈ box_p} f_y(h) − f_l(h)`` from below (spec rows ``e_y − e_l``),
+    with ``+inf`` at ``l = y``. Class ``y`` is certified on box ``p`` iff the whole row is ``> 0``.
+    Uses :func:`crown_head_bounds`' CROWN (IBP-stable neurons are not refined: same output bounds).
+    """
+    lo, hi = _box_batch(head, lower, upper)
+    return _margin_lower(head, lo, hi, _labels(head, labels, lo.shape[0]))[0]
+
+
+def _ball(x, radius, dom_lo, dom_hi):
+    r = radius.unsqueeze(1)
+    return torch.maximum(x - r, dom_lo), torch.minimum(x + r, dom_hi)
+
+
+def _points_and_domain(head, x, lower, upper):
+    x = torch.as_tensor(x).to(torch.float64)
+    if x.dim() == 1:
+        x = x.unsqueeze(0)
+    if x.dim() != 2 or x.shape[1] != head.input_dim:
+        raise InputValidationError(f"Points must have shape (P, {head.input_dim}); got {tuple(x.shape)}.")
+    dom_lo, dom_hi = _box_batch(head, lower, upper)
+    dom_lo, dom_hi = dom_lo.expand_as(x).contiguous(), dom_hi.expand_as(x).contiguous()
+    if not torch.isfinite(x).all():
+        raise InputValidationError("Points must be finite.")
+    if ((x < dom_lo) | (x > dom_hi)).any():
+        raise InputValidationError("Every point must lie inside its domain box [lower, upper].")
+    return x, dom_lo, dom_hi
+
+
+def _probe(head, x, y, signs, pts, radius, blo, bhi) -> torch.Tensor:
+    """Whether the head mispredicts at a corner ``x − ρ·sign(∇(f_y − f_l))`` (clipped to the box)."""
+    c, d = head.num_classes, x.shape[1]
+    step = max(1, _CROWN_CHUNK_ELEMENTS // (c * d))
+    hit = torch.empty(len(pts), dtype=torch.bool)
+    for s0 in range(0, len(pts), step):
+        sl = slice(s0, s0 + step)
+        q = pts[sl]
+        corner = x[q].unsqueeze(1) - radius[sl].view(-1, 1, 1) * signs[q]
+        corner = torch.minimum(torch.maximum(corner, blo[sl].unsqueeze(1)), bhi[sl].unsqueeze(1))
+        _, logits = head.forward(corner.reshape(-1, d))
+        logits = logits.view(len(q), c, c)
+        own = logits.gather(2, y[q].view(-1, 1, 1).expand(-1, c, 1))
+        hit[sl] = (logits > own).any(dim=2).any(dim=1)
+    return hit
+
+
+@torch.no_grad()
+def certified_radius(head, x, labels, lower, upper, *, max_radius=None, iterations: int = 20,
+                     tol: float = 1e-6) -> torch.Tensor:
+    """Largest L∞ radius, found by bisection, on which CROWN proves the head predicts ``labels``.
+
+    For each point ``x[p]`` the ball is ``[max(x − ρ, lower), min(x + ρ, upper)]`` (the ball
+    intersected with the domain box). The search keeps a bracket ``[lo, hi]`` per point, with
+    ``lo`` always a proven radius; each iteration evaluates the midpoints of all unfinished points
+    in one batched CROWN call (:func:`margin_lower_bounds`) and moves ``lo`` up where every margin
+    bound is ``> 0``, ``hi`` down otherwise. A point is finished after ``iterations`` steps or once
+    ``hi − lo ≤ tol``.
+
+    Two things make the search fast without touching soundness:
+
+    * Probe: before CROWN, each midpoint ball is probed at the corners ``x − ρ·sign(∇(f_y − f_l)(x))``
+      (one per competing label, clipped to the box). If the head already mispredicts at one of
+      them, no sound method can certify that radius, so CROWN is skipped (the midpoint fails).
+    * Reuse: the hidden bounds CROWN proves at a failed radius (the point's new ``hi``) stay valid
+      on every smaller ball around the same point, so later CROWN calls intersect them in (see
+      ``known`` in :func:`_crown`): neurons already proven stable need no backward pass, and the
+      others start from tighter bounds. This can only tighten the bounds, so a radius proven here
+      may be marginally larger than what a fresh :func:`margin_lower_bounds` call proves.
+
+    Parameters
+    ----------
+    head : HeadNetwork
+    x : (P, d) points inside the domain box; labels : (P,) classes to certify.
+    lower, upper : the domain box, (d,) or (P, d).
+    max_radius : float or (P,) tensor, optional — upper end of the search. Default: the radius
+        beyond which the ball covers the whole domain box, ``max_j max(x_j − lower_j, upper_j − x_j)``.
+    iterations : number of bisection steps (CROWN calls); tol : absolute bracket width to stop at.
+
+    Returns
+    -------
+    (P,) float64 — the largest proven radius (``lo``): 0 where the head does not predict ``y`` at
+    ``x`` itself with a positive margin. Exact at ``ρ = 0`` (the box is the point). The bisection
+    assumes certification is monotone in ``ρ``, which CROWN's relaxations do not strictly
+    guarantee; the returned radius is always one that was proven.
+    """
+
+    x, dom_lo, dom_hi = _points_and_domain(head, x, lower, upper)
+    p = x.shape[0]
+    y = _labels(head, labels, p)
+    if int(iterations) != iterations or iterations < 0 or not tol >= 0:
+        raise InputValidationError(f"iterations must be an integer ≥ 0 and tol ≥ 0; got {iterations!r}, {tol!r}.")
+    if max_radius is None:
+        max_r = torch.maximum(x - dom_lo, dom_hi - x).amax(dim=1)
+    else:
+        max_r = torch.as_tensor(max_radius, dtype=torch.float64).expand(p).clone()
+        if not (torch.isfinite(max_r).all() and (max_r >= 0).all()):
+            raise InputValidationError("max_radius must be finite and ≥ 0.")
+    max_r = max_r.to(torch.float64)
+    z, logits = head.forward(x)
+    others = logits.clone()
+    others[torch.arange(p), y] = -float("inf")
+    ok = logits[torch.arange(p), y] > others.amax(dim=1) if head.num_classes > 1 else torch.ones(p, dtype=torch.bool)
+    lo = torch.zeros(p, dtype=torch.float64)
+    hi = torch.where(ok, max_r, lo)
+    if not ok.any():
+        return lo
+    # Attack directions: signs of the gradients of f_y − f_l at x (exact on x's linear region),
+    # kept as int8 (P, C, d); computed in chunks of points to bound memory.
+    signs = torch.empty(p, head.num_classes, x.shape[1], dtype=torch.int8)
+    step = max(1, _CROWN_CHUNK_ELEMENTS // (head.num_classes * x.shape[1]))
+    for s0 in range(0, p, step):
+        sl = slice(s0, s0 + step)
+        w_logits, _ = affine_logits(head, z[sl] > 0)
+        grads = w_logits[torch.arange(w_logits.shape[0]), y[sl]].unsqueeze(1) - w_logits
+        signs[sl] = torch.sign(grads).to(torch.int8)
+    # Hidden bounds proven at each point's current ``hi`` (a failed radius): the ball of every later
+    # midpoint lies inside that ball, so they stay valid there and spare CROWN most stable neurons.
+    n = head.num_hidden
+    known_lo = torch.full((p, n), -float("inf"), dtype=torch.float64)
+    known_hi = torch.full((p, n), float("inf"), dtype=torch.float64)
+    # Probes stop once they fail at a radius ≥ the midpoint (smaller balls rarely hold a corner
+    # counterexample that a larger one did not).
+    clear = torch.zeros(p, dtype=torch.float64)
+    for _ in range(iterations):
+        todo = torch.nonzero(ok & (hi - lo > tol)).squeeze(1)
+        if todo.numel() == 0:
+            break
+        mid = (lo[todo] + hi[todo]) / 2
+        blo, bhi = _ball(x[todo], mid, dom_lo[todo], dom_hi[todo])
+        yt = y[todo]
+        beaten = torch.zeros(len(todo), dtype=torch.bool)
+        probe = torch.nonzero(mid > clear[todo]).squeeze(1)
+        if probe.numel():
+            # A concrete counterexample in the ball settles "not certified" without CROWN.
+            hit = _probe(head, x, y, signs, todo[probe], mid[probe], blo[probe], bhi[probe])
+            beaten[probe] = hit
+            clear[todo[probe][~hit]] = mid[probe][~hit]
+        certified = torch.zeros(len(todo), dtype=torch.bool)
+        run = torch.nonzero(~beaten).squeeze(1)
+        if run.numel():
+            pts = todo[run]
+            bounds, (hl, hu) = _margin_lower(head, blo[run], bhi[run], yt[run], known=(known_lo[pts], known_hi[pts]))
+            cert = (bounds > 0).all(dim=1)
+            certified[run] = cert
+            failed = pts[~cert]
+            known_lo[failed], known_hi[failed] = hl[~cert], hu[~cert]
+        lo[todo[certified]] = mid[certified]
+        hi[todo[~certified]] = mid[~certified]
+    return lo
+
+
+@torch.no_grad()
+def stable_neurons(head, x, radius, lower, upper) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hidden neurons whose sign CROWN proves constant on the ball of ``radius`` around each point.
+
+    The ball is ``[max(x − radius, lower), min(x + radius, upper)]``; ``radius`` is a float or (P,).
+    Returns bool (P, N) masks ``(stable_active, stable_inactive)``: pre-activation lower bound ``> 0``,
+    resp. upper bound ``< 0`` (hidden layers concatenated as in ``HeadNetwork.forward``). Computed
+    with :func:`crown_head_bounds`' CROWN (``refine_stable=False``: the same masks).
+    """
+    x, dom_lo, dom_hi = _points_and_domain(head, x, lower, upper)
+    r = torch.as_tensor(radius, dtype=torch.float64).expand(x.shape[0])
+    if not (torch.isfinite(r).all() and (r >= 0).all()):
+        raise InputValidationError("radius must be finite and ≥ 0.")
+    blo, bhi = _ball(x, r, dom_lo, dom_hi)
+    hl, hu, _, _ = _crown(head, blo, bhi, None, want_upper=False, refine_stable=False)
+    return hl > 0, hu < 0
