@@ -403,7 +403,7 @@ def _as_spec(head, spec, p: int) -> torch.Tensor:
     return s.expand(p, -1, -1)
 
 
-def _crown(head, lo, hi, spec, *, want_upper: bool, refine_stable: bool, known=None):
+def _crown(head, lo, hi, spec, *, want_upper: bool, refine_stable: bool, known=None, intermediate: str = "crown"):
     """CROWN with CROWN intermediate bounds, intersected with IBP at every layer (see crown_head_bounds).
 
     With ``refine_stable=False`` the backward passes of hidden layers run only for the neurons that
@@ -451,7 +451,10 @@ def _crown(head, lo, hi, spec, *, want_upper: bool, refine_stable: bool, known=N
         relax = []
         for k in range(n_hidden):
             l_k, u_k = ref[k][0].index_select(0, sl), ref[k][1].index_select(0, sl)
-            if k > 0:  # layer 0 is affine in h: its IBP bounds are already exact (= CROWN)
+            # layer 0 is affine in h: its IBP bounds are already exact (= CROWN). With
+            # intermediate="ibp" (CROWN-IBP) deeper layers keep their interval bounds: one backward pass
+            # (the output's) instead of one per hidden layer, far cheaper and somewhat looser.
+            if k > 0 and intermediate == "crown":
                 idx = None  # neurons to refine, (m, U); None: all of them
                 refine = True
                 if not refine_stable:
@@ -540,10 +543,10 @@ def _labels(head, labels, p: int) -> torch.Tensor:
     return y
 
 
-def _margin_lower(head, lo, hi, y, known=None):
+def _margin_lower(head, lo, hi, y, known=None, intermediate: str = "crown"):
     """Margin lower bounds (P, C) and the hidden bounds (P, N) pair they were computed with."""
     hl, hu, out, _ = _crown(head, lo, hi, _margin_spec(head.num_classes, y), want_upper=False,
-                            refine_stable=False, known=known)
+                            refine_stable=False, known=known, intermediate=intermediate)
     out[torch.arange(len(y)), y] = float("inf")
     return out, (hl, hu)
 
@@ -599,7 +602,7 @@ def _probe(head, x, y, signs, pts, radius, blo, bhi) -> torch.Tensor:
 
 @torch.no_grad()
 def certified_radius(head, x, labels, lower, upper, *, max_radius=None, iterations: int = 20,
-                     tol: float = 1e-6) -> torch.Tensor:
+                     tol: float = 1e-6, intermediate: str = "crown") -> torch.Tensor:
     """Largest L∞ radius, found by bisection, on which CROWN proves the head predicts ``labels``.
 
     For each point ``x[p]`` the ball is ``[max(x − ρ, lower), min(x + ρ, upper)]`` (the ball
@@ -628,6 +631,9 @@ def certified_radius(head, x, labels, lower, upper, *, max_radius=None, iteratio
     max_radius : float or (P,) tensor, optional — upper end of the search. Default: the radius
         beyond which the ball covers the whole domain box, ``max_j max(x_j − lower_j, upper_j − x_j)``.
     iterations : number of bisection steps (CROWN calls); tol : absolute bracket width to stop at.
+    intermediate : "crown" (default; CROWN bounds for every hidden layer) or "ibp" (CROWN-IBP: interval
+        bounds for the hidden layers, linear bound propagation for the output only; much faster on
+        wide heads, smaller radii).
 
     Returns
     -------
@@ -692,7 +698,8 @@ def certified_radius(head, x, labels, lower, upper, *, max_radius=None, iteratio
         run = torch.nonzero(~beaten).squeeze(1)
         if run.numel():
             pts = todo[run]
-            bounds, (hl, hu) = _margin_lower(head, blo[run], bhi[run], yt[run], known=(known_lo[pts], known_hi[pts]))
+            bounds, (hl, hu) = _margin_lower(head, blo[run], bhi[run], yt[run], known=(known_lo[pts], known_hi[pts]),
+                                             intermediate=intermediate)
             cert = (bounds > 0).all(dim=1)
             certified[run] = cert
             failed = pts[~cert]
@@ -703,7 +710,7 @@ def certified_radius(head, x, labels, lower, upper, *, max_radius=None, iteratio
 
 
 @torch.no_grad()
-def stable_neurons(head, x, radius, lower, upper) -> tuple[torch.Tensor, torch.Tensor]:
+def stable_neurons(head, x, radius, lower, upper, *, intermediate: str = "crown") -> tuple[torch.Tensor, torch.Tensor]:
     """Hidden neurons whose sign CROWN proves constant on the ball of ``radius`` around each point.
 
     The ball is ``[max(x − radius, lower), min(x + radius, upper)]``; ``radius`` is a float or (P,).
@@ -716,5 +723,5 @@ def stable_neurons(head, x, radius, lower, upper) -> tuple[torch.Tensor, torch.T
     if not (torch.isfinite(r).all() and (r >= 0).all()):
         raise InputValidationError("radius must be finite and ≥ 0.")
     blo, bhi = _ball(x, r, dom_lo, dom_hi)
-    hl, hu, _, _ = _crown(head, blo, bhi, None, want_upper=False, refine_stable=False)
+    hl, hu, _, _ = _crown(head, blo, bhi, None, want_upper=False, refine_stable=False, intermediate=intermediate)
     return hl > 0, hu < 0
