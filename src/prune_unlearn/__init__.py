@@ -23,6 +23,7 @@ from .errors import (
     UnsupportedModelError,
 )
 from .forget import ForgetResult, Report, forget
+from .ledger import Ledger
 from .models import build_model
 from .patches import PatchedModel, PatchSet
 from .serialization import load, load_info, save
@@ -38,6 +39,7 @@ __all__ = [
     "save",
     "load",
     "load_info",
+    "Ledger",
     "load_dataset",
     "Dataset",
     "build_model",
