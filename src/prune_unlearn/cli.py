@@ -428,3 +428,11 @@ def main() -> None:  # console-script entry point
 
 if __name__ == "__main__":
     main()
+
+
+# Commands defined beside their libraries; registered last because they import helpers from this module.
+from .export_cli import register as _register_export  # noqa: E402
+from .ledger_cli import register as _register_ledger  # noqa: E402
+
+_register_export(cli)
+_register_ledger(cli)
