@@ -23,6 +23,8 @@ from .errors import (
     UnsupportedModelError,
 )
 from .forget import ForgetResult, Report, forget
+from .whole_class import forget_class
+from .audit import AuditResult, audit
 from .ledger import Ledger
 from .models import build_model
 from .patches import PatchedModel, PatchSet
@@ -31,6 +33,9 @@ from .training import Recipe, train_model
 
 __all__ = [
     "forget",
+    "forget_class",
+    "audit",
+    "AuditResult",
     "ForgetResult",
     "Report",
     "Certificate",

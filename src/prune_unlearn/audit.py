@@ -235,6 +235,9 @@ def _check_hashes(model: PatchedModel, cert: Certificate, result: AuditResult) -
     result.add("hashes", "base model", got == cert.model_sha256,
                "" if got == cert.model_sha256 else f"weights hash {got[:16]}… ≠ certificate's {cert.model_sha256[:16]}…")
     tensors = {k: v.detach().cpu() for k, v in model.patches.tensors().items()}
+    cps = model.class_patches
+    if cps is not None and len(cps):
+        tensors.update({f"class.{k}": v.detach().cpu() for k, v in cps.tensors().items()})
     got = state_sha256(tensors)
     result.add("hashes", "patch set", got == cert.patches_sha256,
                "" if got == cert.patches_sha256 else f"patch-set hash {got[:16]}… ≠ certificate's {cert.patches_sha256[:16]}…")
@@ -271,6 +274,8 @@ def _check_regions(model: PatchedModel, cert: Certificate, result: AuditResult, 
     codes = ps.bound_names()
     lo, hi = (t.numpy() for t in box_from_description(cert.domain))
     ws, bs = _weights(model)
+    cps = model.class_patches
+    class_values = cps.values.detach().cpu().double().numpy() if cps is not None and len(cps) else None
     if len(cert.regions) != len(ps):
         result.add("regions", "patch set", False, f"certificate lists {len(cert.regions)} regions, the model has {len(ps)}")
     claimed_regions = sorted({c["region"] for c in cert.claims if c["proved"] == "region"})
@@ -318,6 +323,8 @@ def _check_regions(model: PatchedModel, cert: Certificate, result: AuditResult, 
             result.add("bounds", subject, False, "no multipliers for a dual/LP claim")
             continue
         upper, size = _upper_bounds(A, c, W, w, signs, theta[r], t, mu, lo, hi)
+        if class_values is not None:  # each class-patch group adds at most max(0, d_g[l] − d_g[t]) to f_l − f_t
+            upper = upper + np.maximum(class_values - class_values[:, t:t + 1], 0).sum(axis=0)
         lead = values[r, t] - values[r] - upper
         lead[t] = np.inf
         tol = _REL_TOL * (1 + size + np.abs(values[r]).max())
@@ -357,10 +364,11 @@ def _check_points(model, cert: Certificate, points, labels, result: AuditResult,
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     with torch.no_grad():
         pred = torch.cat([model(x[i: i + 4096].to(device)).argmax(1).cpu() for i in range(0, len(x), 4096)])
-        region = support = None
+        region = support = class_cover = None
         if white_box and isinstance(model, PatchedModel):
             region, support = model.covering_region(x.to(device))
             region, support = region.cpu(), support.cpu()
+            class_cover = (model.class_support(x.to(device)) > 0).any(dim=1).cpu()
     y = torch.as_tensor(labels) if labels is not None else None
     for i in range(len(x)):
         h = point_sha256(x[i])
@@ -376,7 +384,10 @@ def _check_points(model, cert: Certificate, points, labels, result: AuditResult,
             problems.append(f"the certificate claims label {claim['label']}, the data holder says {label}")
         if int(pred[i]) == label:
             problems.append(f"the model still predicts its label {label}")
-        if region is not None:
+        if region is not None and claim["region"] < 0:  # whole-class claim: a class support must cover it
+            if not (bool(class_cover[i]) or int(region[i]) >= 0):
+                problems.append("no patch covers the point")
+        elif region is not None:
             if int(region[i]) != claim["region"]:
                 problems.append(f"covered by region {int(region[i])}, the certificate says {claim['region']}")
             elif float(support[i]) != 1.0:
@@ -422,8 +433,12 @@ def _check_locality(model: PatchedModel, cert: Certificate, result: AuditResult,
         z = torch.cat(preacts, dim=1) if preacts else logits.new_zeros(len(h), 0)
         region, value = ps.support(z)
         patched = ps.apply(preacts, logits)
+        outside = value == 0
+        cps = model.class_patches
+        if cps is not None and len(cps):  # whole-class supports change outputs by design; skip what they cover
+            patched = cps.apply(z, patched)
+            outside &= (cps.group_support(z) == 0).all(dim=1)
         dense = torch.cat([ps.support_dense(z[i: i + 256]) for i in range(0, len(z), 256)]) if len(ps) else None
-    outside = value == 0
     same = torch.equal(patched[outside], logits[outside])
     result.add("locality", f"{int(outside.sum())} unsupported inputs", same,
                "" if same else "some unsupported input's logits differ from the base model's")

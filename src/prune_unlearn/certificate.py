@@ -156,3 +156,12 @@ class Certificate:
 
 def patches_sha256(tensors: dict[str, torch.Tensor]) -> str:
     return state_sha256(tensors)
+
+
+def patches_digest(patched) -> str:
+    """SHA-256 of everything a patched model adds to its base: point patches, and class patches if any."""
+    tensors = {k: v.detach().cpu() for k, v in patched.patches.tensors().items()}
+    cps = getattr(patched, "class_patches", None)
+    if cps is not None and len(cps):
+        tensors.update({f"class.{k}": v.detach().cpu() for k, v in cps.tensors().items()})
+    return state_sha256(tensors)

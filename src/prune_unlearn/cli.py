@@ -326,6 +326,70 @@ def demo(out, count, strategy, bound, epsilon, target, delta, clusters, seed, as
           result.report.summary() + f"\nwrote {', '.join(files.values())}  (demo took {total:.1f} s)")
 
 
+@cli.command(name="forget-class")
+@click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Saved base model (.safetensors from `prune train`).")
+@data_options
+@click.option("--label", type=click.IntRange(min=0), required=True, help="The class to forget.")
+@click.option("--radius-scale", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="Widening of each member's CROWN-certified ball (more generalisation, more side effects).")
+@click.option("--radius", type=click.Choice(["per-member", "calibrated"]), default="per-member", show_default=True,
+              help="per-member: CROWN bisection per member (Algorithm 2); calibrated: one radius from a sample.")
+@click.option("--max-relaxed", type=click.IntRange(min=0), default=1024, show_default=True,
+              help="Most CROWN-relaxed supports per round.")
+@click.option("--target", default="random", show_default=True, help="'random' or a label to push the class to.")
+@click.option("--bound", type=click.Choice(["box", "dual", "lp"]), default="box", show_default=True)
+@seed_option
+@click.option("--retrain", is_flag=True, help="Also retrain without the class and report the time ratio.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for patched.safetensors, report.json, certificate.json.")
+@json_option
+@silent_option
+@handle_errors
+def forget_class_cmd(model_path, data_name, data_dir, label, radius_scale, radius, max_relaxed, target, bound, seed,
+                     retrain, out, as_json, silent):
+    """Forget a whole class (Algorithm 2): CROWN-relaxed supports generalise to unseen class points.
+
+    Example: prune forget-class --model mnist.safetensors --data mnist --label 3 --out forgot-3/
+    """
+    from .data import load_dataset
+    from .serialization import save
+    from .whole_class import forget_class
+
+    model = load_model_file(model_path, None)
+    ds = load_dataset(data_name, data_dir)
+    tgt = target if target == "random" else int(target) if target.isdigit() else target
+    cls = ds.y_train == label
+    result = forget_class(model, label, ds.X_train[cls], target=tgt, radius_scale=radius_scale, radius=radius,
+                          max_relaxed=max_relaxed, bound=bound, seed=seed, domain=(ds.domain_lower, ds.domain_upper),
+                          train_data=(ds.X_train, ds.y_train), test_data=(ds.X_test, ds.y_test),
+                          progress=_progress(silent, as_json))
+    report = result.report
+    if retrain:
+        from .models import architecture_of
+        from .training import recipe_for, train_from_spec
+
+        spec = architecture_of(model)
+        if spec is None:
+            from .errors import InputValidationError
+
+            raise InputValidationError("--retrain needs a model built by prune (its architecture is recorded).")
+        report = report.with_retraining(train_from_spec(spec, ds.X_train[~cls], ds.y_train[~cls],
+                                                        recipe_for(ds.name, seed=seed)).seconds)
+    out.mkdir(parents=True, exist_ok=True)
+    save(result.model, out / "patched.safetensors", info={"dataset": ds.name, "forgotten_class": label})
+    report.to_json(out / "report.json")
+    result.certificate.to_json(out / "certificate.json")
+    e = report.extra
+    human = (f"forgot class {label} of {ds.name}: {report.n_forgotten}/{report.n_forget} training points "
+             f"mispredicted in {report.unlearn_seconds:.1f} s\n"
+             f"A_u {100 * e['A_u_before']:.2f} -> {100 * e['A_u_after']:.2f}   A_tes_u {100 * e['A_tes_u_before']:.2f} -> "
+             f"{100 * e['A_tes_u_after']:.2f}\nA_res {100 * e['A_res_before']:.2f} -> {100 * e['A_res_after']:.2f}   "
+             f"A_tes_r {100 * e['A_tes_r_before']:.2f} -> {100 * e['A_tes_r_after']:.2f}   changed on other classes: "
+             f"train {e['changed_other_train']}, test {e['changed_other_test']}")
+    _emit(report.to_dict(), as_json, human)
+
+
 @cli.command(name="audit")
 @click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="The patched model (.safetensors).")
@@ -381,10 +445,12 @@ def audit_cmd(model_path, cert_path, data_name, data_dir, indices, mode, samples
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Override the training recipe's epochs.")
 @click.option("--trials", type=click.IntRange(min=1), default=20, show_default=True,
               help="Random class labels drawn for table5.")
+@click.option("--radius-scale", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="table5: widening of each member's CROWN-certified ball.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("results"), show_default=True,
               help="Results folder (a subfolder per data set).")
 @handle_errors
-def bench(experiment, data_name, data_dir, seeds, sizes, methods, k_values, bound, epochs, trials, out):
+def bench(experiment, data_name, data_dir, seeds, sizes, methods, k_values, bound, epochs, trials, radius_scale, out):
     """Reproduce one of the paper's tables or figures; writes CSV, Markdown, PNG and config.json.
 
     table3, table4 and fig3 come from the same runs (Table III, IV, Figure 3).
@@ -418,7 +484,7 @@ def bench(experiment, data_name, data_dir, seeds, sizes, methods, k_values, boun
     else:
         from .experiments import run_table5
 
-        run_table5(data_name, dest, data_dir=data_dir, trials=trials, epochs=epochs, log=log)
+        run_table5(data_name, dest, data_dir=data_dir, trials=trials, epochs=epochs, radius_scale=radius_scale, log=log)
         click.echo(str(dest / f"table5-{data_name}.md"))
 
 

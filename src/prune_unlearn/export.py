@@ -48,7 +48,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from . import __version__
-from .certificate import Certificate, box_from_description, patches_sha256
+from .certificate import Certificate, box_from_description, patches_digest
 from .domain import _is_reshape_only
 from .errors import CertificateError, InputValidationError, PruneError, UnsupportedModelError
 from .patches import BOUND_CODES, PatchedModel
@@ -108,6 +108,10 @@ def _check_patched(patched, head_only: bool) -> PatchedModel:
         raise InputValidationError(
             f"Export needs a PatchedModel (the model returned by forget, or a file saved from it); got "
             f"{type(patched).__name__}.")
+    if patched.class_patches is not None and len(patched.class_patches):
+        raise UnsupportedModelError(
+            "This model carries whole-class patches (relaxed supports), which the verifier normal form does not "
+            "express yet; only point patches are exported.")
     if not head_only and not _is_reshape_only(patched.split.prefix):
         raise UnsupportedModelError(
             "The model's prefix before the Linear/ReLU head does more than flatten, and only the head can be "
@@ -376,7 +380,7 @@ def domain_box(patched: PatchedModel, domain=None) -> tuple[torch.Tensor, torch.
     """
     d = patched.split.feature_dim
     if isinstance(domain, Certificate):
-        if domain.patches_sha256 != patches_sha256(patched.patches.tensors()):
+        if domain.patches_sha256 != patches_digest(patched):
             raise CertificateError("The certificate is for a different patch set than this model's "
                                    "(patches_sha256 differs).")
         lo, hi = box_from_description(domain.domain)

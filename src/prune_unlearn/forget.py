@@ -38,14 +38,14 @@ from ._validation import (
     check_positive_int,
     check_seed,
 )
-from .certificate import Certificate, describe_box, patches_sha256
+from .certificate import Certificate, describe_box, patches_digest, patches_sha256
 from .domain import feature_box
 from .confusion import BOUND_METHODS, confusion_patch, float32_aware_epsilon, margin_upper_bounds, patch_margins
 from .errors import InputValidationError, UnsupportedModelError
 from .evaluation import unlearning_metrics
 from .patches import BOUND_CODES, PatchedModel, PatchSet
 from .regions import HeadNetwork, pack_patterns, pattern_words, point_regions
-from .split import ModelSplit, split_model, verify_split
+from .split import split_model, verify_split
 
 __all__ = ["forget", "ForgetResult", "Report", "STRATEGIES", "TARGET_RULES"]
 
@@ -105,6 +105,7 @@ class Report:
     rounds: list = field(default_factory=list)
     timings: dict = field(default_factory=dict)
     failed: list = field(default_factory=list)
+    extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -219,15 +220,30 @@ def _choose_targets(rule: str, excluded: torch.Tensor, logits: torch.Tensor, rng
     return torch.tensor(targets, dtype=torch.int64)
 
 
-def _region_patches(head, masks, min_slack, f32_error, targets, lower, upper, bound, epsilon, dual_steps):
-    """Certified constant patches for regions: returns λ, θ, values, margins, robust flags."""
+def class_patch_offsets(class_patches) -> torch.Tensor | None:
+    """``O[t, l] = Σ_g max(0, d_g[l] − d_g[t])``: the most whole-class patches can add to ``f_l − f_t``
+    anywhere (each group's support lies in [0, 1]); ``None`` without class patches."""
+    if class_patches is None or class_patches.num_groups == 0:
+        return None
+    d = class_patches.values.detach().cpu().to(torch.float64)             # (G, C)
+    return (d.unsqueeze(1) - d.unsqueeze(2)).clamp(min=0).sum(dim=0)       # (C_t, C_l)
+
+
+def _region_patches(head, masks, min_slack, f32_error, targets, lower, upper, bound, epsilon, dual_steps,
+                    offsets=None):
+    """Certified constant patches for regions: returns λ, θ, values, margins, robust flags, multipliers.
+
+    ``offsets`` (C, C) adds what whole-class patches can contribute to each ``f_l − f_t`` on top of
+    the base model, so region claims stay sound on a model that also carries class patches.
+    """
     lam = (GATE_HEADROOM / min_slack).to(torch.float32)
     lam = torch.where(torch.isfinite(lam), lam, torch.full_like(lam, 1.0))  # no hidden layer: gate unused
     threshold = CERTIFIED_FACTOR / lam.to(torch.float64)
     threshold = torch.where(torch.isfinite(min_slack), threshold, torch.zeros_like(threshold))
     bounds = margin_upper_bounds(head, masks, threshold, targets, lower, upper, bound, dual_steps=dual_steps)
-    values = confusion_patch(bounds.upper, targets, float32_aware_epsilon(bounds.upper, epsilon))
-    margins = patch_margins(bounds.upper, targets, values)
+    upper_bounds = bounds.upper if offsets is None else bounds.upper + offsets[targets]
+    values = confusion_patch(upper_bounds, targets, float32_aware_epsilon(upper_bounds, epsilon))
+    margins = patch_margins(upper_bounds, targets, values)
     robust = FLOAT32_SAFETY * f32_error <= (threshold - 1.0 / lam.to(torch.float64))
     return lam, threshold, values, margins, robust, bounds.multipliers
 
@@ -287,6 +303,9 @@ def _validate(model, points, labels, strategy, bound, epsilon, target, seed, del
         if head is not None and head != model.head:
             raise InputValidationError("Do not pass head= for a PatchedModel: it keeps the head it was patched on.")
         base, prior, head = model.base, model.patches, model.head
+        if model.class_patches is not None and len(model.class_patches) and strategy == "cluster":
+            raise InputValidationError("strategy='cluster' is not available on a model that carries whole-class "
+                                       "patches. HINT: use strategy='per-point'.")
     else:
         base, prior = model, None
     if base.training:
@@ -361,6 +380,8 @@ def forget(
     t_start = time.perf_counter()
     base, prior, head, x = _validate(model, points, labels, strategy, bound, epsilon, target, seed, delta,
                                      n_clusters, max_rounds, head)
+    class_patches = model.class_patches if isinstance(model, PatchedModel) else None
+    offsets = class_patch_offsets(class_patches)
     split = split_model(base, head)
     num_classes = split.num_classes
     input_shape = tuple(x.shape[1:])
@@ -408,7 +429,7 @@ def forget(
         tg = _choose_targets(target, units.excluded[ids], pr.logits[reps], rng, keep_targets)
         lam, th, vals, margins, robust, mult = _region_patches(
             head64, units.masks[ids], units.min_slack[ids], units.f32_error[ids], tg, lower, upper, bound,
-            epsilon, dual_steps)
+            epsilon, dual_steps, offsets)
         for k, u in enumerate(unit_ids):
             unit_row[u] = len(rows.masks)
             unit_proved[u] = "region"
@@ -444,7 +465,7 @@ def forget(
         offset = int((~replaced).sum())
     else:
         patch_set, offset = new_set, 0
-    patched = PatchedModel(base, patch_set, head=head).to(device)
+    patched = PatchedModel(base, patch_set, head=head, class_patches=class_patches).to(device)
     patched.eval()
 
     # Check every forgotten point on the float32 model, exactly as it will be served.
@@ -541,7 +562,7 @@ def build_certificate(patched: PatchedModel, lower, upper, domain_source, epsilo
     split = patched.split
     return Certificate(
         model_sha256=model_sha256(patched.base),
-        patches_sha256=patches_sha256(ps.tensors()),
+        patches_sha256=patches_digest(patched),
         epsilon=float(epsilon),
         domain={"space": "head input (features)", "source": domain_source, **describe_box(lower, upper)},
         head={"name": patched.head, "layer_sizes": [split.feature_dim, *split.hidden_sizes, split.num_classes]},

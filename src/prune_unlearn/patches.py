@@ -25,7 +25,7 @@ from torch import nn
 from .regions import unpack_patterns
 from .split import ModelSplit, split_model
 
-__all__ = ["PatchSet", "PatchedModel", "BOUND_CODES"]
+__all__ = ["PatchSet", "ClassPatchSet", "PatchedModel", "BOUND_CODES"]
 
 # How each region's claim was proven; stored per region as a small integer.
 BOUND_CODES = {"box": 0, "dual": 1, "lp": 2, "point": 3}
@@ -243,6 +243,108 @@ class PatchSet(nn.Module):
         return f"regions={len(self)}, hidden={self.num_hidden}, classes={self.num_classes}"
 
 
+class ClassPatchSet(nn.Module):
+    """Relaxed supports for whole-class unlearning (Algorithm 2, Eq. 11).
+
+    Support ``r`` constrains only the neurons in its ``stable`` set (those CROWN proves sign-stable on
+    a ball around a class member): ``n'_r(h) = ReLU(Σ_{i∈S_r} clamp(λ_r s_i z_i(h), 0, 1) − |S_r| + 1)``.
+    Supports are grouped by the round of Algorithm 2 that created them; group ``g`` adds
+    ``max_{r∈g} n'_r(h) · d_g`` (Eq. 11 with a constant patch), groups add up. Relaxed supports cover
+    inputs of other linear regions by design (that is how the effect generalises to unseen points of
+    the class), so they carry no locality promise; changes elsewhere are measured, not excluded.
+
+    Buffers: ``patterns``/``stable`` (R, ceil(N/8)) uint8 packed, ``gate_lambda`` (R,), ``group`` (R,),
+    ``values`` (G, C) float32, ``targets`` (G,), ``label`` (1,) the forgotten class.
+    """
+
+    _BUFFERS = ("patterns", "stable", "gate_lambda", "group", "values", "targets", "label")
+
+    def __init__(self, num_hidden: int, num_classes: int, **tensors: torch.Tensor):
+        super().__init__()
+        self.num_hidden = int(num_hidden)
+        self.num_classes = int(num_classes)
+        nbytes = (self.num_hidden + 7) // 8
+        defaults = {
+            "patterns": torch.zeros(0, nbytes, dtype=torch.uint8),
+            "stable": torch.zeros(0, nbytes, dtype=torch.uint8),
+            "gate_lambda": torch.zeros(0, dtype=torch.float32),
+            "group": torch.zeros(0, dtype=torch.int64),
+            "values": torch.zeros(0, self.num_classes, dtype=torch.float32),
+            "targets": torch.zeros(0, dtype=torch.int64),
+            "label": torch.full((1,), -1, dtype=torch.int64),
+        }
+        unknown = set(tensors) - set(defaults)
+        if unknown:
+            raise TypeError(f"unknown ClassPatchSet fields: {sorted(unknown)}")
+        for name, default in defaults.items():
+            self.register_buffer(name, tensors.get(name, default).to(default.dtype).contiguous())
+        r = self.patterns.shape[0]
+        if not (self.stable.shape[0] == self.gate_lambda.shape[0] == self.group.shape[0] == r):
+            raise ValueError("ClassPatchSet fields disagree on the number of supports")
+        if r and int(self.group.max()) >= self.values.shape[0]:
+            raise ValueError("ClassPatchSet.group refers to a missing group")
+        self._index()
+
+    def _index(self) -> None:
+        active = unpack_patterns(self.patterns.cpu(), self.num_hidden)
+        stable = unpack_patterns(self.stable.cpu(), self.num_hidden)
+        sf, spf = stable.to(torch.float32), (stable & active).to(torch.float32)
+        dev = self.patterns.device
+        # disagreements on the stable set: a·S − 2 a·(S∧P) + |S∧P| (exact integers in float32)
+        self.register_buffer("_disagree", (sf - 2 * spf).T.contiguous().to(dev), persistent=False)
+        self.register_buffer("_disagree_const", spf.sum(dim=1).to(dev), persistent=False)
+        self.register_buffer("_stable", stable.to(dev), persistent=False)
+        self.register_buffer("_stable_count", stable.sum(dim=1).to(dev), persistent=False)
+
+    def __len__(self) -> int:
+        return int(self.patterns.shape[0])
+
+    @property
+    def num_groups(self) -> int:
+        return int(self.values.shape[0])
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {name: getattr(self, name) for name in self._BUFFERS}
+
+    def group_support(self, preacts: torch.Tensor) -> torch.Tensor:
+        """(B, G) support of each group: the largest support value among its relaxed supports."""
+        b = preacts.shape[0]
+        out = torch.zeros(b, self.num_groups, dtype=preacts.dtype, device=preacts.device)
+        if len(self) == 0 or b == 0:
+            return out
+        dtype = torch.float32 if preacts.device.type == "cpu" else torch.float64
+        active = (preacts > 0).to(dtype)
+        for start in range(0, b, 4096):  # bound the (rows × supports) temporaries
+            rows = slice(start, start + 4096)
+            dis = active[rows] @ self._disagree.to(dtype) + self._disagree_const.to(dtype)
+            pair_b, pair_r = (dis == 0).nonzero(as_tuple=True)
+            if pair_b.numel() == 0:
+                continue
+            z = preacts[rows][pair_b].abs()
+            lam = self.gate_lambda[pair_r].to(preacts.dtype).unsqueeze(1)
+            gates = torch.where(self._stable[pair_r], torch.clamp(lam * z, 0.0, 1.0), torch.zeros_like(z))
+            value = torch.relu(gates.sum(dim=1) - (self._stable_count[pair_r].to(z.dtype) - 1))
+            # Eq. 11: the largest support of each group (several supports of one group may cover a row)
+            flat = out[rows].view(-1)
+            flat.scatter_reduce_(0, pair_b * self.num_groups + self.group[pair_r], value, reduce="amax")
+        return out
+
+    def apply(self, preacts: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """``logits + Σ_g max_{r∈g} n'_r · d_g``; rows with no support are returned bit for bit."""
+        if len(self) == 0:
+            return logits
+        support = self.group_support(preacts)
+        rows = (support > 0).any(dim=1).nonzero().flatten()
+        if rows.numel() == 0:
+            return logits
+        out = logits.clone()
+        out[rows] = logits[rows] + support[rows] @ self.values.to(logits.dtype)
+        return out
+
+    def extra_repr(self) -> str:
+        return f"supports={len(self)}, groups={self.num_groups}, label={int(self.label[0])}"
+
+
 class PatchedModel(nn.Module):
     """``M_p ⊕ (M_c + Σ_k c_k)``: the base model with patch networks on its head's output.
 
@@ -250,10 +352,12 @@ class PatchedModel(nn.Module):
     patched region. Inputs outside every patched region get exactly the base model's logits.
     """
 
-    def __init__(self, base: nn.Module, patches: PatchSet, head: str | None = None):
+    def __init__(self, base: nn.Module, patches: PatchSet, head: str | None = None,
+                 class_patches: "ClassPatchSet | None" = None):
         super().__init__()
         self.base = base
         self.patches = patches
+        self.class_patches = class_patches
         self.head = head
         split = split_model(base, head)
         if patches.num_hidden != sum(split.hidden_sizes) or patches.num_classes != split.num_classes:
@@ -270,13 +374,27 @@ class PatchedModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self._split.features(x)
         preacts, logits = self._split.head_forward(h)
-        return self.patches.apply(preacts, logits)
+        out = self.patches.apply(preacts, logits)
+        if self.class_patches is not None and len(self.class_patches):
+            out = self.class_patches.apply(_stack_preacts(preacts, logits), out)
+        return out
 
     @torch.no_grad()
     def covering_region(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """For each input, the patched region that supports it (-1 if none) and the support value."""
+        """For each input, the patched region that supports it (-1 if none) and the support value.
+
+        Point patches only; see :meth:`class_support` for whole-class patches.
+        """
         preacts, logits = self._split.head_forward(self._split.features(x))
         return self.patches.support(_stack_preacts(preacts, logits))
+
+    @torch.no_grad()
+    def class_support(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, G) support of each whole-class patch group (zeros without class patches)."""
+        preacts, logits = self._split.head_forward(self._split.features(x))
+        if self.class_patches is None:
+            return logits.new_zeros(logits.shape[0], 0)
+        return self.class_patches.group_support(_stack_preacts(preacts, logits))
 
     def unpatched(self) -> nn.Module:
         """The base model ``M`` without any patch."""

@@ -29,7 +29,7 @@ from . import __version__
 from ._hashing import state_sha256
 from .errors import FormatError
 from .models import architecture_of, build_model
-from .patches import PatchedModel, PatchSet
+from .patches import ClassPatchSet, PatchedModel, PatchSet
 
 __all__ = ["save", "load", "load_info", "atomic_write_text", "MODEL_FORMAT_VERSION"]
 
@@ -94,6 +94,10 @@ def save(model: nn.Module, path: str | Path, *, info: dict[str, Any] | None = No
         tensors.update({f"patches.{k}": v.detach().cpu().contiguous().clone() for k, v in ps.tensors().items()})
         header["head"] = patched.head
         header["patches"] = {"regions": len(ps), "num_hidden": ps.num_hidden, "num_classes": ps.num_classes}
+        cps = patched.class_patches
+        if cps is not None:
+            tensors.update({f"class_patches.{k}": v.detach().cpu().contiguous().clone() for k, v in cps.tensors().items()})
+            header["class_patches"] = {"supports": len(cps), "groups": cps.num_groups}
     header["tensors_sha256"] = state_sha256(tensors)
     metadata = {_HEADER_KEY: json.dumps(header)}
     _atomic_replace(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
@@ -163,9 +167,12 @@ def load(path: str | Path, *, base: nn.Module | None = None) -> nn.Module:
         raise FormatError(f"{path} has unknown kind {header['kind']!r}.")
     meta = header.get("patches") or {}
     fields = {k[len("patches."):]: v for k, v in tensors.items() if k.startswith("patches.")}
+
+    class_fields = {k[len("class_patches."):]: v for k, v in tensors.items() if k.startswith("class_patches.")}
     try:
         ps = PatchSet(meta["num_hidden"], meta["num_classes"], **fields)
-        patched = PatchedModel(module, ps, head=header.get("head"))
+        cps = ClassPatchSet(meta["num_hidden"], meta["num_classes"], **class_fields) if class_fields else None
+        patched = PatchedModel(module, ps, head=header.get("head"), class_patches=cps)
     except (KeyError, TypeError, ValueError) as exc:
         raise FormatError(f"The patch set in {path} is malformed: {exc}") from None
     return patched.eval()
