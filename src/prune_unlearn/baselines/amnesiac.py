@@ -64,6 +64,9 @@ class Amnesiac(UnlearningMethod):
     record_candidates : array-like of int or None, default=None
         Record only steps whose batch contains one of these training-set indices; ``None`` records
         every step (needed when any point may be forgotten, which is the memory-heavy case).
+    recovery_steps : int or None, default=None
+        If set, the recovery training is this many SGD steps (batches) instead of ``recovery_epochs``
+        epochs: the "short" recovery of the original paper.
     request_sets : list of array-like of int, or None, default=None
         Known future requests: keep one summed update per set instead of per-step records.
 
@@ -90,24 +93,32 @@ class Amnesiac(UnlearningMethod):
 
     _parameter_constraints: ClassVar[dict] = {
         "recovery_epochs": non_negative_int,
+        "recovery_steps": lambda name, caller, v: None if v is None else non_negative_int(name, caller, v),
         "record_candidates": _candidates_or_none,
     }
 
-    def __init__(self, *, recovery_epochs: int = 1, record_candidates=None, request_sets=None):
+    def __init__(self, *, recovery_epochs: int = 1, recovery_steps: int | None = None, record_candidates=None,
+                 request_sets=None):
         self.recovery_epochs = recovery_epochs
+        self.recovery_steps = recovery_steps
         self.record_candidates = record_candidates
         self.request_sets = request_sets
 
-    def _train_recording(self, model: nn.Module, rows: torch.Tensor, recipe, phase: str) -> None:
+    def _train_recording(self, model: nn.Module, rows: torch.Tensor, recipe, phase: str,
+                         max_steps: int | None = None) -> None:
         """``train_model``'s loop on ``X_[rows]``, recording the steps selected by ``record_candidates``."""
         X, y = self.X_[rows], self.y_[rows]
         params = [p for p in model.parameters()]
         model.train()
         opt = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
         gen = torch.Generator().manual_seed(recipe.seed)
-        for _ in range(recipe.epochs):
+        steps = 0
+        for _ in range(recipe.epochs if max_steps is None else max(1, -(-max_steps * recipe.batch_size // len(X)))):
             perm = torch.randperm(len(X), generator=gen)
             for i in range(0, len(X), recipe.batch_size):
+                if max_steps is not None and steps >= max_steps:
+                    break
+                steps += 1
                 idx = perm[i: i + recipe.batch_size]
                 ids = rows[idx]
                 if self._set_masks is not None and phase == "train":
@@ -204,10 +215,7 @@ class Amnesiac(UnlearningMethod):
                 removed += self.batch_updates_[s].to(torch.float64)
             vector_to_parameters((theta - removed).to(params[0].dtype), params)
         n_before = len(self.batch_updates_)
-        if self.recovery_epochs > 0:
-            recipe = dataclasses.replace(self.recipe_, epochs=self.recovery_epochs,
-                                         seed=derive_seed(self.recipe_.seed, 2, self._n_forget_calls))
-            self._train_recording(model, keep.nonzero().flatten(), recipe, f"recovery-{self._n_forget_calls}")
+        self._recover(model, keep)
         self.batch_removed_ = torch.cat(
             [self.batch_removed_, torch.zeros(len(self.batch_updates_) - n_before, dtype=torch.bool)])
         self.batch_removed_[steps] = True
@@ -220,6 +228,15 @@ class Amnesiac(UnlearningMethod):
             "recovery_epochs": int(self.recovery_epochs),
             "recorded_steps": len(self.batch_updates_),
         }
+
+    def _recover(self, model: nn.Module, keep: torch.Tensor) -> None:
+        """The short recovery training on the remaining data (epochs, or ``recovery_steps`` batches)."""
+        if self.recovery_steps == 0 or (self.recovery_steps is None and self.recovery_epochs == 0):
+            return
+        recipe = dataclasses.replace(self.recipe_, epochs=max(self.recovery_epochs, 1),
+                                     seed=derive_seed(self.recipe_.seed, 2, self._n_forget_calls))
+        self._train_recording(model, keep.nonzero().flatten(), recipe, f"recovery-{self._n_forget_calls}",
+                              max_steps=self.recovery_steps)
 
     def _forget_request_set(self, idx: torch.Tensor, keep: torch.Tensor) -> dict:
         want = torch.zeros(self.n_train_, dtype=torch.bool)
@@ -235,10 +252,7 @@ class Amnesiac(UnlearningMethod):
         with torch.no_grad():
             theta = parameters_to_vector(params).to(torch.float64)
             vector_to_parameters((theta - self._set_sums[j]).to(params[0].dtype), params)
-        if self.recovery_epochs > 0:
-            recipe = dataclasses.replace(self.recipe_, epochs=self.recovery_epochs,
-                                         seed=derive_seed(self.recipe_.seed, 2, self._n_forget_calls))
-            self._train_recording(model, keep.nonzero().flatten(), recipe, f"recovery-{self._n_forget_calls}")
+        self._recover(model, keep)
         self._set_used[j] = True
         model.eval()
         self._model = model

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Every benchmark and experiment behind docs/benchmarks.md and docs/results.md, in sequence.
+# Usage: PRUNE_DATA_DIR=../shared/data bash benchmarks/run_all.sh [results]
+set -euo pipefail
+OUT=${1:-results}
+PY=${PY:-.venv/bin/python}
+PRUNE=${PRUNE:-.venv/bin/prune}
+mkdir -p "$OUT"
+log() { echo "== $(date -u +%H:%M:%S) $*"; }
+log core;            $PY benchmarks/bench_core.py --out "$OUT/bench"
+for d in digits mnist fashion-mnist; do
+  log "table3 $d";   $PRUNE bench table3 --data "$d" --out "$OUT"
+done
+for d in digits mnist; do
+  log "fig4 $d";     $PRUNE bench fig4 --data "$d" --out "$OUT"
+  log "fig5 $d";     $PRUNE bench fig5 --data "$d" --out "$OUT"
+done
+log "table5 digits"; $PRUNE bench table5 --data digits --out "$OUT" --radius-scale 1.0
+for d in mnist fashion-mnist; do
+  log "table5 $d";   $PRUNE bench table5 --data "$d" --out "$OUT" --radius-scale 2.0
+done
+log cifar10;         $PY benchmarks/bench_cifar.py --out "$OUT/bench"
+log done
