@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 PRUNE_DATA_DIR ?= $(abspath ../shared/data)
 export PRUNE_DATA_DIR
 
-.PHONY: demo test bench install clean
+.PHONY: demo test bench experiments install clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_core.py --out results/bench
+
+experiments: $(STAMP)
+	PY=$(BIN)/python PRUNE=$(BIN)/prune bash benchmarks/run_all.sh results
 
 clean:
 	rm -rf $(VENV) prune-demo results
