@@ -5,7 +5,6 @@ Exit codes: 0 ok; 1 a refused request (``Error: ...``); 2 usage error.
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 import time
@@ -15,30 +14,9 @@ import click
 import torch
 
 from . import __version__
-from .errors import PruneError
+from ._clickutil import data_options, handle_errors, json_option, read_indices, seed_option, silent_option
 
 # --- shared option bundles -----------------------------------------------------------------------
-
-
-def json_option(f):
-    return click.option("--json", "as_json", is_flag=True,
-                        help="Print exactly one JSON document (the result) to stdout.")(f)
-
-
-def silent_option(f):
-    return click.option("--silent", is_flag=True, help="No progress bars.")(f)
-
-
-def seed_option(f):
-    return click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
-                        help="Random seed (point selection, target labels, clustering, training).")(f)
-
-
-def data_options(f):
-    f = click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-                     help="Folder with the data set's files (default: $PRUNE_DATA_DIR/<name>).")(f)
-    return click.option("--data", "data_name", required=True,
-                        help="Data set name: digits, mnist5k, mnist, fashion-mnist.")(f)
 
 
 def device_option(f):
@@ -98,18 +76,6 @@ def forget_options(f):
     return f
 
 
-def handle_errors(f):
-    """Library errors become one-line ``Error: ...`` messages with exit status 1."""
-    @functools.wraps(f)
-    def wrapper(*args, **kwargs):
-        try:
-            return f(*args, **kwargs)
-        except PruneError as exc:
-            raise click.ClickException(str(exc)) from None
-
-    return wrapper
-
-
 def _progress(silent: bool, as_json: bool) -> bool:
     return not (silent or as_json)
 
@@ -167,30 +133,6 @@ def train(data_name, data_dir, out, epochs, lr, seed, device, as_json, silent):
     _emit({"model": str(out), **info}, as_json,
           f"trained {spec['kind']} on {ds.name} ({dev}) in {result.seconds:.1f} s: "
           f"test accuracy {100 * test_acc:.2f}%, train {100 * train_acc:.2f}% → {out}")
-
-
-def _read_indices(path: Path, n_train: int) -> torch.Tensor:
-    from .errors import InputValidationError
-
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise InputValidationError(f"Cannot read the indices file {path}: {exc}") from None
-    tokens = [t for line in text.splitlines() for t in line.split("#")[0].replace(",", " ").split()]
-    try:
-        idx = [int(t) for t in tokens]
-    except ValueError:
-        bad = next(t for t in tokens if not t.lstrip("-").isdigit())
-        raise InputValidationError(f"The indices file {path} must hold integers; found {bad!r}.") from None
-    if not idx:
-        raise InputValidationError(f"The indices file {path} holds no indices.")
-    out_of_range = [i for i in idx if not 0 <= i < n_train]
-    if out_of_range:
-        raise InputValidationError(f"Indices must be in [0, {n_train - 1}] (training points); got {out_of_range[:5]}.")
-    if len(set(idx)) != len(idx):
-        dup = next(i for i in idx if idx.count(i) > 1)
-        raise InputValidationError(f"Index {dup} appears more than once in {path}.")
-    return torch.tensor(idx, dtype=torch.int64)
 
 
 def run_forget_on_dataset(model, ds, idx, *, strategy, bound, epsilon, target, seed, delta, clusters,
@@ -264,7 +206,7 @@ def forget_cmd(model_path, layers, data_name, data_dir, indices, count, strategy
     model = load_model_file(model_path, layers)
     ds = load_dataset(data_name, data_dir)
     if indices is not None:
-        idx = _read_indices(indices, len(ds.y_train))
+        idx = read_indices(indices, len(ds.y_train))
     else:
         from .errors import InputValidationError
 
@@ -424,7 +366,7 @@ def audit_cmd(model_path, cert_path, data_name, data_dir, indices, mode, samples
         from .data import load_dataset
 
         ds = load_dataset(data_name, data_dir)
-        idx = _read_indices(indices, len(ds.y_train))
+        idx = read_indices(indices, len(ds.y_train))
         points, labels, extra = ds.X_train[idx], ds.y_train[idx], ds.X_test
     result = audit(model, cert, points=points, labels=labels, mode=mode, lp_samples=samples, exhaustive=exhaustive,
                    locality_inputs=extra, seed=seed)
@@ -496,7 +438,7 @@ if __name__ == "__main__":
     main()
 
 
-# Commands defined beside their libraries; registered last because they import helpers from this module.
+# Commands defined beside their libraries (they share _clickutil's option bundles).
 from .export_cli import register as _register_export  # noqa: E402
 from .ledger_cli import register as _register_ledger  # noqa: E402
 

@@ -66,6 +66,7 @@ class ExperimentConfig:
     fu_damping: float = 0.01
     fu_hessian_samples: int | None = 5000
     fu_cg_iterations: int = 100
+    fu_step_scale: float = 1.0
     mia_eval_size: int = 1000
     extra: dict = field(default_factory=dict)
 
@@ -94,11 +95,15 @@ def _mia(model, X_u, y_u, X_train_rest, y_train_rest, X_out, y_out) -> dict:
 
 def _metrics(before, after, ds: Dataset, idx, X_rem, y_rem, X_out, y_out, mia_members) -> dict:
     X_u, y_u = ds.X_train[idx], ds.y_train[idx]
+    tes_b, tes_a = predict(before, ds.X_test), predict(after, ds.X_test)
+    res_b, res_a = predict(before, X_rem), predict(after, X_rem)
     row = {
-        "A_tes": accuracy(predict(after, ds.X_test), ds.y_test),
-        "A_res": accuracy(predict(after, X_rem), y_rem),
+        "A_tes": accuracy(tes_a, ds.y_test),
+        "A_res": accuracy(res_a, y_rem),
         "A_u_b": accuracy(predict(before, X_u), y_u),
         "A_u_a": accuracy(predict(after, X_u), y_u),
+        "changed_tes": int((tes_b != tes_a).sum()),
+        "changed_res": int((res_b != res_a).sum()),
     }
     Xm, ym = mia_members
     b = _mia(before, X_u, y_u, Xm, ym, X_out, y_out)
@@ -118,7 +123,7 @@ def _baseline(name: str, cfg: ExperimentConfig, request_sets):
                                recovery_steps=cfg.amnesiac_recovery_steps, request_sets=request_sets)
     if name == "fu":
         return create_baseline("fu", damping=cfg.fu_damping, hessian_samples=cfg.fu_hessian_samples,
-                               cg_iterations=cfg.fu_cg_iterations)
+                               cg_iterations=cfg.fu_cg_iterations, step_scale=cfg.fu_step_scale)
     return create_baseline(name)
 
 

@@ -14,26 +14,14 @@ Files written to ``--out``:
 
 from __future__ import annotations
 
-import functools
 import json
 from pathlib import Path
 
 import click
 
-from .errors import PruneError
+from ._clickutil import handle_errors
 
 __all__ = ["export", "register"]
-
-
-def _handle_errors(f):
-    @functools.wraps(f)
-    def wrapper(*args, **kwargs):
-        try:
-            return f(*args, **kwargs)
-        except PruneError as exc:
-            raise click.ClickException(str(exc)) from None
-
-    return wrapper
 
 
 @click.command(name="export")
@@ -59,7 +47,7 @@ def _handle_errors(f):
 @click.option("--timeout", type=click.IntRange(min=1), default=300, show_default=True,
               help="Timeout (s) written to instances.csv.")
 @click.option("--json", "as_json", is_flag=True, help="Print exactly one JSON document (the result) to stdout.")
-@_handle_errors
+@handle_errors
 def export(model_path, out, want_onnx, want_vnnlib, regions, certificate, constraints, scaling, head_only, opset,
            timeout, as_json):
     """Write a patched model as ONNX in verifier normal form, plus VNN-LIB region properties.

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from .cli import _read_indices, handle_errors, json_option, silent_option
+from ._clickutil import handle_errors, json_option, read_indices, silent_option
 from .ledger import DEFAULT_LEDGER_PATH, STATUSES, Ledger
 
 __all__ = ["register", "request", "process_cmd", "ledger"]
@@ -87,7 +87,7 @@ def add_cmd(ledger_path, requester, index_values, indices_file, points_file, lab
     if by_index:
         indices = list(index_values)
         if indices_file is not None:
-            indices += _read_indices(indices_file, len(data.y_train)).tolist()
+            indices += read_indices(indices_file, len(data.y_train)).tolist()
     with Ledger(ledger_path) as ledger:
         req = ledger.add(requester, indices=indices, points_file=points_file, labels_file=labels_file, sha256=sha256,
                          data=data)

@@ -58,6 +58,16 @@ def _keys_fast(active: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return _combine(active.to(dtype) @ weights.to(dtype))
 
 
+def _register_fields(module: nn.Module, defaults: dict[str, torch.Tensor], given: dict[str, torch.Tensor]) -> None:
+    """Register every field as a buffer, in its default's dtype; missing ones take the default (None too)."""
+    unknown = set(given) - set(defaults)
+    if unknown:
+        raise TypeError(f"unknown {type(module).__name__} fields: {sorted(unknown)}")
+    for name, default in defaults.items():
+        value = given.get(name)
+        module.register_buffer(name, (default if value is None else value).to(default.dtype).contiguous())
+
+
 def _stack_preacts(preacts, logits: torch.Tensor) -> torch.Tensor:
     """All hidden pre-activations as one (B, N) tensor (N = 0 for a head without hidden layers)."""
     if isinstance(preacts, torch.Tensor):
@@ -105,12 +115,7 @@ class PatchSet(nn.Module):
             "bound_code": torch.zeros(0, dtype=torch.uint8),
             "float32_robust": torch.zeros(0, dtype=torch.bool),
         }
-        unknown = set(tensors) - set(defaults)
-        if unknown:
-            raise TypeError(f"unknown PatchSet fields: {sorted(unknown)}")
-        for name, default in defaults.items():
-            t = tensors.get(name, default)
-            self.register_buffer(name, t.to(default.dtype).contiguous())
+        _register_fields(self, defaults, tensors)
         r = self.patterns.shape[0]
         for name in self._BUFFERS:
             if getattr(self, name).shape[0] != r:
@@ -273,11 +278,7 @@ class ClassPatchSet(nn.Module):
             "targets": torch.zeros(0, dtype=torch.int64),
             "label": torch.full((1,), -1, dtype=torch.int64),
         }
-        unknown = set(tensors) - set(defaults)
-        if unknown:
-            raise TypeError(f"unknown ClassPatchSet fields: {sorted(unknown)}")
-        for name, default in defaults.items():
-            self.register_buffer(name, tensors.get(name, default).to(default.dtype).contiguous())
+        _register_fields(self, defaults, tensors)
         r = self.patterns.shape[0]
         if not (self.stable.shape[0] == self.gate_lambda.shape[0] == self.group.shape[0] == r):
             raise ValueError("ClassPatchSet fields disagree on the number of supports")

@@ -25,6 +25,9 @@ class Recipe:
     epochs: int = 20
     weight_decay: float = 0.0
     seed: int = 0
+    # The last ``anneal_epochs`` of ``epochs`` run at lr/10: the final iterate of constant-lr SGD is noisy
+    # (Fashion-MNIST test accuracy varies 87.6–89.5% between seeds); annealing settles it.
+    anneal_epochs: int = 0
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -37,7 +40,11 @@ RECIPES = {
     "digits": Recipe(lr=0.1, epochs=60, batch_size=32),
     "mnist5k": Recipe(lr=0.1, epochs=40),
     "mnist": Recipe(lr=0.1, epochs=20),
-    "fashion-mnist": Recipe(lr=0.1, epochs=30),
+    "fashion-mnist": Recipe(lr=0.1, epochs=30, anneal_epochs=5),
+    "har": Recipe(lr=0.01, epochs=150),
+    "har-uci": Recipe(lr=0.01, epochs=150),
+    "purchase": Recipe(lr=0.01, epochs=150),
+    "cifar10": Recipe(lr=0.01, epochs=100),
 }
 
 
@@ -75,6 +82,9 @@ def train_model(
     start = time.perf_counter()
     bar = progress_bar(range(recipe.epochs), desc="train", unit="epoch", enabled=progress)
     for epoch in bar:
+        if recipe.anneal_epochs and epoch == recipe.epochs - recipe.anneal_epochs:
+            for group in opt.param_groups:
+                group["lr"] = recipe.lr / 10
         perm = torch.randperm(len(X), generator=gen).to(dev)
         total, count = 0.0, 0
         for i in range(0, len(X), recipe.batch_size):

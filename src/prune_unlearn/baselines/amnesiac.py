@@ -113,7 +113,10 @@ class Amnesiac(UnlearningMethod):
         opt = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
         gen = torch.Generator().manual_seed(recipe.seed)
         steps = 0
-        for _ in range(recipe.epochs if max_steps is None else max(1, -(-max_steps * recipe.batch_size // len(X)))):
+        for epoch in range(recipe.epochs if max_steps is None else max(1, -(-max_steps * recipe.batch_size // len(X)))):
+            if max_steps is None and recipe.anneal_epochs and epoch == recipe.epochs - recipe.anneal_epochs:
+                for group in opt.param_groups:  # the same schedule as training.train_model
+                    group["lr"] = recipe.lr / 10
             perm = torch.randperm(len(X), generator=gen)
             for i in range(0, len(X), recipe.batch_size):
                 if max_steps is not None and steps >= max_steps:
