@@ -25,13 +25,7 @@ from prune_unlearn.models import build_model, mlp
 from prune_unlearn.training import Recipe, train_from_spec, train_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models gain nothing from intra-op threads, and on a shared 2-core machine they thrash.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _spec(d, hidden, c):

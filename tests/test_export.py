@@ -46,14 +46,6 @@ RTOL = 1e-4
 # --- fixtures -----------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: one thread is fastest and spares the shared cores
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture(scope="module")
 def tiny(one_thread):
     model = tiny_mlp((4, 8, 8, 3))
     pts = torch.rand(6, 4, generator=torch.Generator().manual_seed(0))

@@ -16,12 +16,7 @@ from prune_unlearn.privacy import (
 from prune_unlearn.training import Recipe, train_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _random_points(n, seed, d=20, c=4):
