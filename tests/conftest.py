@@ -8,6 +8,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
 
+@pytest.fixture(autouse=True)
+def _no_ambient_data_dir(monkeypatch):
+    """`make` exports PRUNE_DATA_DIR for benchmarks; tests that want real files name SHARED themselves, so an
+    ambient value must not let a "missing files" test find the shared copies."""
+    monkeypatch.delenv("PRUNE_DATA_DIR", raising=False)
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine they thrash."""

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -544,8 +545,6 @@ def build_certificate(patched: PatchedModel, lower, upper, domain_source, epsilo
     masks = ps.masks()
     names = ps.bound_names()
     for r in range(len(ps)):
-        import hashlib
-
         regions.append({
             "region": r,
             "pattern_sha256": hashlib.sha256(ps.patterns[r].cpu().numpy().tobytes()).hexdigest(),
@@ -627,7 +626,7 @@ def _cluster_rounds(fresh, units, pr, y, feats, head64, rows, unit_row, unit_pro
             m = units.members[u]
             margin, pred = _point_margin(pr.logits[m], y[m], value.unsqueeze(0).expand(len(m), -1))
             if bool((margin >= epsilon).all()):
-                lam = float(torch.tensor(4.0 / float(units.min_slack[u]), dtype=torch.float32)) \
+                lam = float(torch.tensor(GATE_HEADROOM / float(units.min_slack[u]), dtype=torch.float32)) \
                     if math.isfinite(float(units.min_slack[u])) else 1.0
                 unit_row[u] = len(rows.masks)
                 unit_proved[u] = "point"

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._hashing import point_sha256
+from ._hashing import model_sha256, point_sha256
 from ._progress import progress_bar
 from ._validation import as_float_tensor, check_choice, check_fraction, check_in_box, check_positive_float
 from ._validation import check_positive_int, check_seed
@@ -296,7 +296,7 @@ def forget_class(
                        "bound": "per-point patch" if i in straggler_set else "class patch"})
     unlearn_seconds = time.perf_counter() - t_start
     cert = Certificate(
-        model_sha256=point_result.certificate.model_sha256 if point_result else _base_hash(model),
+        model_sha256=model_sha256(model),
         patches_sha256=patches_digest(patched),
         epsilon=float(epsilon),
         domain={"space": "head input (features)", "source": domain_source, **describe_box(lower, upper)},
@@ -356,9 +356,3 @@ def _exact_rows(rows: dict, pr, group_values, group_targets, label: int, num_cla
         certified_margin=torch.zeros(r, dtype=torch.float64),
         bound_code=torch.full((r,), BOUND_CODES["point"], dtype=torch.uint8),
         float32_robust=torch.zeros(r, dtype=torch.bool))
-
-
-def _base_hash(model: nn.Module) -> str:
-    from ._hashing import model_sha256
-
-    return model_sha256(model)
