@@ -467,3 +467,18 @@ def test_agrees_with_the_bound_propagation_package():
     ours_w = (ours.out_upper - ours.out_lower).mean()
     theirs_w = (theirs.upper - theirs.lower).to(F64).mean()
     assert ours_w <= theirs_w * 1.01 + 1e-9
+
+
+def test_certified_radius_resolves_radii_far_below_the_box_width():
+    """The search falls by factors of 8 before bisecting, so 8 steps find a radius 1,000× smaller than the
+    box (plain halving of [0, max] would return 0 after 8 steps below max/256)."""
+    head, _ = _head((3, 2))
+    x = torch.tensor([[0.5, 0.5, 0.5]], dtype=F64)
+    y = head.forward(x)[1].argmax(1)
+    margin = float(head.forward(x)[1][0, y[0]] - head.forward(x)[1][0, 1 - y[0]])
+    w = head.weights[0][y[0]] - head.weights[0][1 - y[0]]
+    exact = margin / float(w.abs().sum())
+    wide = 1000 * exact
+    lower, upper = torch.full((3,), 0.5 - wide, dtype=F64), torch.full((3,), 0.5 + wide, dtype=F64)
+    r = certified_radius(head, x, y, lower, upper, iterations=8)
+    assert 0.8 * exact <= r[0] <= exact

@@ -82,3 +82,79 @@ def test_class_errors(digits, digits_small_model, forgotten_class):
         forget_class(forgotten_class[2].model, 3, X)
     with pytest.raises(InputValidationError, match="'radius' parameter of forget_class must be one of"):
         forget_class(digits_small_model, 3, X, radius="huge")
+
+
+def _other_class_rows(model, X, label):
+    return model(X).argmax(1) != label
+
+
+def test_decision_gate_keeps_other_classes_bit_for_bit_where_the_relaxed_regions_reach_them(digits, digits_model):
+    """A wide relaxed support reaches inputs of other classes; the decision gate keeps every input the base
+    model does not assign to the class bit for bit, and without the gate those inputs do change."""
+    label = 8
+    X = digits.X_train[digits.y_train == label]
+    common = dict(seed=2, radius_scale=4.0, intermediate="ibp", test_data=(digits.X_test, digits.y_test))
+    gated = forget_class(digits_model, label, X, **common)
+    plain = forget_class(digits_model, label, X, decision_gate=False, **common)
+    assert gated.model.class_patches.gated and not plain.model.class_patches.gated
+    inputs = torch.cat([digits.X_test, digits.X_train[digits.y_train != label]])
+    with torch.no_grad():
+        others = _other_class_rows(digits_model, inputs, label)
+        base = digits_model(inputs)
+        assert torch.equal(gated.model(inputs)[others], base[others])
+        assert not torch.equal(plain.model(inputs)[others], base[others])   # the regions do reach them
+    assert gated.report.extra["reach_other_test"] > 0.05
+    other_test = digits.y_test != label
+    wrongly_as_label = int((digits_model(digits.X_test[other_test]).argmax(1) == label).sum())
+    e, p = gated.report.extra, plain.report.extra
+    assert e["changed_other_test"] <= wrongly_as_label < p["changed_other_test"]   # only the base model's errors
+    assert e["A_tes_r_after"] >= e["A_tes_r_before"] > p["A_tes_r_after"]
+    assert gated.report.extra["A_tes_u_after"] <= 0.1 and gated.report.A_u_after == 0.0
+
+
+def test_members_left_to_exact_rows_and_members_already_mispredicted(digits, digits_small_model):
+    """max_relaxed=0 sends every member to an exact region row of the point patch set (listed in the
+    certificate); a member the base model already mispredicts is claimed as such, and the audit checks it."""
+    label = 4
+    X = torch.cat([digits.X_train[digits.y_train == label][:20], digits.X_train[digits.y_train == 7][:1]])
+    res = forget_class(digits_small_model, label, X, seed=0, max_relaxed=0)
+    assert len(res.model.class_patches) == 0 and len(res.model.patches) > 0
+    assert len(res.certificate.regions) == len(res.model.patches)
+    assert res.certificate.claims[-1]["bound"] == "base model"
+    labels = torch.full((21,), label)
+    result = audit(res.model, res.certificate, points=X, labels=labels)
+    assert result.passed, result.summary()
+    forged = res.certificate.to_dict()
+    forged["claims"][0]["bound"] = "base model"   # the base model predicts this member: the claim is false
+    from prune_unlearn.certificate import Certificate
+    bad = audit(res.model, Certificate.from_dict(forged), points=X, labels=labels)
+    assert not bad.passed and any("already mispredicted" in c.detail for c in bad.failures)
+
+
+def test_intermediate_and_gate_errors(digits, digits_small_model):
+    X = digits.X_train[:5]
+    with pytest.raises(InputValidationError, match="'intermediate' parameter of forget_class must be one of"):
+        forget_class(digits_small_model, 3, X, intermediate="lp")
+    with pytest.raises(InputValidationError, match="'decision_gate' parameter of forget_class must be True or False"):
+        forget_class(digits_small_model, 3, X, decision_gate="yes")
+
+
+def test_version_1_file_reads_as_an_ungated_class_patch_set(tmp_path, forgotten_class):
+    """Files written before the decision gate (format 1, no decision_lambda) still load, ungated."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from prune_unlearn._hashing import state_sha256
+
+    res = forgotten_class[2]
+    path = tmp_path / "v1.safetensors"
+    save(res.model, path)
+    with safe_open(str(path), framework="pt") as fh:
+        header = json.loads(fh.metadata()["prune_unlearn"])
+    tensors = {k: v for k, v in load_file(str(path)).items() if not k.endswith("decision_lambda")}
+    header.update(format_version=1, tensors_sha256=state_sha256(tensors))
+    save_file(tensors, str(path), metadata={"prune_unlearn": json.dumps(header)})
+    old = load(path)
+    assert not old.class_patches.gated and len(old.class_patches) == len(res.model.class_patches)

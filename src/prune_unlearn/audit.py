@@ -364,8 +364,9 @@ def _check_points(model, cert: Certificate, points, labels, result: AuditResult,
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     with torch.no_grad():
         pred = torch.cat([model(x[i: i + 4096].to(device)).argmax(1).cpu() for i in range(0, len(x), 4096)])
-        region = support = class_cover = None
+        region = support = class_cover = base_pred = None
         if white_box and isinstance(model, PatchedModel):
+            base_pred = torch.cat([model.base(x[i: i + 4096].to(device)).argmax(1).cpu() for i in range(0, len(x), 4096)])
             region, support = model.covering_region(x.to(device))
             region, support = region.cpu(), support.cpu()
             class_cover = (model.class_support(x.to(device)) > 0).any(dim=1).cpu()
@@ -384,7 +385,10 @@ def _check_points(model, cert: Certificate, points, labels, result: AuditResult,
             problems.append(f"the certificate claims label {claim['label']}, the data holder says {label}")
         if int(pred[i]) == label:
             problems.append(f"the model still predicts its label {label}")
-        if region is not None and claim["region"] < 0:  # whole-class claim: a class support must cover it
+        if base_pred is not None and claim.get("bound") == "base model":  # forgotten without a patch
+            if int(base_pred[i]) == label:
+                problems.append("claimed as already mispredicted by the base model, but the base model predicts it")
+        elif region is not None and claim["region"] < 0:  # whole-class claim: a class support must cover it
             if not (bool(class_cover[i]) or int(region[i]) >= 0):
                 problems.append("no patch covers the point")
         elif region is not None:
@@ -436,8 +440,8 @@ def _check_locality(model: PatchedModel, cert: Certificate, result: AuditResult,
         outside = value == 0
         cps = model.class_patches
         if cps is not None and len(cps):  # whole-class supports change outputs by design; skip what they cover
-            patched = cps.apply(z, patched)
-            outside &= (cps.group_support(z) == 0).all(dim=1)
+            patched = cps.apply(z, patched, base_logits=logits)
+            outside &= (cps.group_support(z, logits) == 0).all(dim=1)
         dense = torch.cat([ps.support_dense(z[i: i + 256]) for i in range(0, len(z), 256)]) if len(ps) else None
     same = torch.equal(patched[outside], logits[outside])
     result.add("locality", f"{int(outside.sum())} unsupported inputs", same,

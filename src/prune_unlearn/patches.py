@@ -256,13 +256,22 @@ class ClassPatchSet(nn.Module):
     Supports are grouped by the round of Algorithm 2 that created them; group ``g`` adds
     ``max_{r∈g} n'_r(h) · d_g`` (Eq. 11 with a constant patch), groups add up. Relaxed supports cover
     inputs of other linear regions by design (that is how the effect generalises to unseen points of
-    the class), so they carry no locality promise; changes elsewhere are measured, not excluded.
+    the class), so they carry no region-level locality promise.
+
+    Decision gate (``decision_lambda`` > 0): every support is multiplied by
+    ``clamp(λ_d · (f_label(h) − max_{j≠label} f_j(h)), 0, 1)`` of the *base* logits. Algorithm 2's
+    relaxed region stands for "the ball on which the model still predicts the class"; widening it
+    (``radius_scale``) makes it catch inputs of other classes, and the gate cuts exactly those off: an
+    input the base model does not assign to the forgotten class (margin ≤ 0) gets gate 0, so its
+    logits are returned bit for bit. ``decision_lambda`` = 0 (files written before the gate existed)
+    disables it.
 
     Buffers: ``patterns``/``stable`` (R, ceil(N/8)) uint8 packed, ``gate_lambda`` (R,), ``group`` (R,),
-    ``values`` (G, C) float32, ``targets`` (G,), ``label`` (1,) the forgotten class.
+    ``values`` (G, C) float32, ``targets`` (G,), ``label`` (1,) the forgotten class, ``decision_lambda``
+    (1,) float32.
     """
 
-    _BUFFERS = ("patterns", "stable", "gate_lambda", "group", "values", "targets", "label")
+    _BUFFERS = ("patterns", "stable", "gate_lambda", "group", "values", "targets", "label", "decision_lambda")
 
     def __init__(self, num_hidden: int, num_classes: int, **tensors: torch.Tensor):
         super().__init__()
@@ -277,6 +286,7 @@ class ClassPatchSet(nn.Module):
             "values": torch.zeros(0, self.num_classes, dtype=torch.float32),
             "targets": torch.zeros(0, dtype=torch.int64),
             "label": torch.full((1,), -1, dtype=torch.int64),
+            "decision_lambda": torch.zeros(1, dtype=torch.float32),
         }
         _register_fields(self, defaults, tensors)
         r = self.patterns.shape[0]
@@ -307,34 +317,83 @@ class ClassPatchSet(nn.Module):
     def tensors(self) -> dict[str, torch.Tensor]:
         return {name: getattr(self, name) for name in self._BUFFERS}
 
-    def group_support(self, preacts: torch.Tensor) -> torch.Tensor:
-        """(B, G) support of each group: the largest support value among its relaxed supports."""
+    @property
+    def gated(self) -> bool:
+        """Whether supports are confined to the base model's decision region of the forgotten class."""
+        return bool(self.decision_lambda[0] > 0)
+
+    def decision_gate(self, base_logits: torch.Tensor) -> torch.Tensor:
+        """(B,) ``clamp(λ_d · (f_label − max_{j≠label} f_j), 0, 1)`` of the base logits (ones when ungated)."""
+        if not self.gated:
+            return base_logits.new_ones(base_logits.shape[0])
+        label = int(self.label[0])
+        rest = base_logits.clone()
+        rest[:, label] = -float("inf")
+        lead = base_logits[:, label] - rest.max(dim=1).values
+        return torch.clamp(self.decision_lambda.to(base_logits.dtype) * lead, 0.0, 1.0)
+
+    def group_support(self, preacts: torch.Tensor, base_logits: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, G) support of each group: the largest support value among its relaxed supports, times the
+        decision gate (which needs ``base_logits``, the unpatched head's output, when the set is gated)."""
         b = preacts.shape[0]
         out = torch.zeros(b, self.num_groups, dtype=preacts.dtype, device=preacts.device)
         if len(self) == 0 or b == 0:
             return out
+        gate = None
+        if self.gated:
+            if base_logits is None:
+                raise ValueError("this ClassPatchSet has a decision gate: group_support needs the base logits")
+            gate = self.decision_gate(base_logits).to(preacts.dtype)
+            live = (gate > 0).nonzero().flatten()  # gate 0: support 0 whatever the pattern; skip the matmul
+            if live.numel() == 0:
+                return out
+            if live.numel() < b:
+                out[live] = self._ungated_support(preacts[live]) * gate[live].unsqueeze(1)
+                return out
+        out = self._ungated_support(preacts)
+        return out if gate is None else out * gate.unsqueeze(1)
+
+    def _ungated_support(self, preacts: torch.Tensor) -> torch.Tensor:
+        b = preacts.shape[0]
+        out = torch.zeros(b, self.num_groups, dtype=preacts.dtype, device=preacts.device)
         dtype = torch.float32 if preacts.device.type == "cpu" else torch.float64
         active = (preacts > 0).to(dtype)
+        stable = self._stable.to(preacts.dtype)
         for start in range(0, b, 4096):  # bound the (rows × supports) temporaries
             rows = slice(start, start + 4096)
             dis = active[rows] @ self._disagree.to(dtype) + self._disagree_const.to(dtype)
-            pair_b, pair_r = (dis == 0).nonzero(as_tuple=True)
+            pair_r, pair_b = (dis.T == 0).nonzero(as_tuple=True)  # pairs sorted by support
             if pair_b.numel() == 0:
                 continue
-            z = preacts[rows][pair_b].abs()
-            lam = self.gate_lambda[pair_r].to(preacts.dtype).unsqueeze(1)
-            gates = torch.where(self._stable[pair_r], torch.clamp(lam * z, 0.0, 1.0), torch.zeros_like(z))
-            value = torch.relu(gates.sum(dim=1) - (self._stable_count[pair_r].to(z.dtype) - 1))
+            absz = preacts[rows].abs()
+            # On a matching pair every stable neuron has the support's sign, so the support is
+            # ReLU(Σ_{i∈S} clamp(λ|z_i|, 0, 1) − |S| + 1) = ReLU(1 − Σ_{i∈S} ReLU(1 − λ|z_i|)): only
+            # neurons closer than 1/λ to their boundary contribute. One matrix-vector product per support.
+            value = torch.empty(pair_b.shape[0], dtype=preacts.dtype, device=preacts.device)
+            counts = torch.bincount(pair_r, minlength=len(self)).tolist()
+            lams = self.gate_lambda.to(preacts.dtype).tolist()
+            at = 0
+            for r, c in enumerate(counts):
+                if c == 0:
+                    continue
+                seg = slice(at, at + c)
+                deficit = absz[pair_b[seg]].mul_(-lams[r]).add_(1.0).clamp_(min=0.0) @ stable[r]
+                value[seg] = torch.relu(1.0 - deficit)
+                at += c
             # Eq. 11: the largest support of each group (several supports of one group may cover a row)
             flat = out[rows].view(-1)
             flat.scatter_reduce_(0, pair_b * self.num_groups + self.group[pair_r], value, reduce="amax")
         return out
 
-    def apply(self, preacts: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        """``logits + Σ_g max_{r∈g} n'_r · d_g``; rows with no support are returned bit for bit."""
+    def apply(self, preacts: torch.Tensor, logits: torch.Tensor,
+              base_logits: torch.Tensor | None = None) -> torch.Tensor:
+        """``logits + Σ_g gate · max_{r∈g} n'_r · d_g``; rows with no support are returned bit for bit.
+
+        ``base_logits``: the unpatched head's output, for the decision gate (default: ``logits``).
+        """
         if len(self) == 0:
             return logits
-        support = self.group_support(preacts)
+        support = self.group_support(preacts, logits if base_logits is None else base_logits)
         rows = (support > 0).any(dim=1).nonzero().flatten()
         if rows.numel() == 0:
             return logits
@@ -343,7 +402,8 @@ class ClassPatchSet(nn.Module):
         return out
 
     def extra_repr(self) -> str:
-        return f"supports={len(self)}, groups={self.num_groups}, label={int(self.label[0])}"
+        return (f"supports={len(self)}, groups={self.num_groups}, label={int(self.label[0])}, "
+                f"decision_gate={self.gated}")
 
 
 class PatchedModel(nn.Module):
@@ -377,7 +437,7 @@ class PatchedModel(nn.Module):
         preacts, logits = self._split.head_forward(h)
         out = self.patches.apply(preacts, logits)
         if self.class_patches is not None and len(self.class_patches):
-            out = self.class_patches.apply(_stack_preacts(preacts, logits), out)
+            out = self.class_patches.apply(_stack_preacts(preacts, logits), out, base_logits=logits)
         return out
 
     @torch.no_grad()
@@ -395,7 +455,7 @@ class PatchedModel(nn.Module):
         preacts, logits = self._split.head_forward(self._split.features(x))
         if self.class_patches is None:
             return logits.new_zeros(logits.shape[0], 0)
-        return self.class_patches.group_support(_stack_preacts(preacts, logits))
+        return self.class_patches.group_support(_stack_preacts(preacts, logits), logits)
 
     def unpatched(self) -> nn.Module:
         """The base model ``M`` without any patch."""

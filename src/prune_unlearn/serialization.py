@@ -33,7 +33,9 @@ from .patches import ClassPatchSet, PatchedModel, PatchSet
 
 __all__ = ["save", "load", "load_info", "atomic_write_text", "MODEL_FORMAT_VERSION"]
 
-MODEL_FORMAT_VERSION = 1
+# 2: class patches carry ``decision_lambda`` (a version-1 file reads as an ungated class patch set).
+MODEL_FORMAT_VERSION = 2
+READABLE_FORMAT_VERSIONS = (1, 2)
 _HEADER_KEY = "prune_unlearn"
 
 
@@ -124,9 +126,10 @@ def _read(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
         header = json.loads(metadata[_HEADER_KEY])
     except json.JSONDecodeError as exc:
         raise FormatError(f"{path} has a corrupt header: {exc}") from None
-    if header.get("format_version") != MODEL_FORMAT_VERSION:
+    if header.get("format_version") not in READABLE_FORMAT_VERSIONS:
         raise FormatError(f"{path} has model format_version {header.get('format_version')!r}; this library reads "
-                          f"version {MODEL_FORMAT_VERSION}.")
+                          f"versions {', '.join(map(str, READABLE_FORMAT_VERSIONS))}. HINT: upgrade prune-unlearn "
+                          "to read files written by a newer version.")
     for key in ("kind", "architecture", "tensors_sha256"):
         if key not in header:
             raise FormatError(f"The header of {path} does not have the key {key!r}.")
