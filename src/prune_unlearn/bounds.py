@@ -429,7 +429,7 @@ def _crown(head, lo, hi, spec, *, want_upper: bool, refine_stable: bool, known=N
     width = max([d] + sizes)
     # Rows per point in its widest backward pass.
     rows = torch.full((p,), k_out * (2 if want_upper else 1), dtype=torch.long)
-    for k in range(1, n_hidden):
+    for k in range(1, n_hidden if intermediate == "crown" else 1):  # CROWN-IBP: the output's pass only
         count = torch.full((p,), sizes[k]) if refine_stable else ((ref[k][0] < 0) & (ref[k][1] > 0)).sum(dim=1)
         rows = torch.maximum(rows, 2 * count)
     order = torch.argsort(rows, stable=True)

@@ -273,6 +273,7 @@ def forget_class(
         flipped[rep] = True
         to_cover = [i for i in order.tolist() if flipped[i]]
         relaxed_here = 0
+        first = len(sup_patterns)
         uncovered = []  # members whose own relaxed support does not reach 1 at them (e.g. a half-open gate)
         while to_cover and relaxed_here < max_relaxed:
             batch = to_cover[: min(batch_size, max_relaxed - relaxed_here)]
@@ -292,14 +293,26 @@ def forget_class(
                 group=torch.zeros(len(batch), dtype=torch.int64), values=torch.zeros(1, num_classes),
                 targets=torch.tensor([tgt]), label=torch.tensor([label]),
                 decision_lambda=decision_lambda).to(z_all.device)
+            rows_t = torch.tensor(to_cover)  # coverage is only needed where a support is still wanted
             with torch.no_grad():
-                gsupp[:, group] = torch.maximum(gsupp[:, group], new.group_support(z_all, base_logits)[:, 0].cpu())
+                got = new.group_support(z_all[rows_t], base_logits[rows_t])[:, 0].cpu()
+            gsupp[rows_t, group] = torch.maximum(gsupp[rows_t, group], got)
             sup_patterns += list(pr.masks[b])
             sup_stable += list(sa | si)
             sup_lambda += new.gate_lambda.tolist()
             sup_group += [group] * len(batch)
             uncovered += [i for i in batch if gsupp[i, group] != 1]
             to_cover = [i for i in to_cover[len(batch):] if gsupp[i, group] != 1]
+        if len(sup_patterns) > first:  # the group's support at every member, for the bookkeeping below
+            whole = ClassPatchSet(
+                head64.num_hidden, num_classes, patterns=pack_patterns(torch.stack(sup_patterns[first:])),
+                stable=pack_patterns(torch.stack(sup_stable[first:])),
+                gate_lambda=torch.tensor(sup_lambda[first:], dtype=torch.float32),
+                group=torch.zeros(len(sup_patterns) - first, dtype=torch.int64), values=torch.zeros(1, num_classes),
+                targets=torch.tensor([tgt]), label=torch.tensor([label]), decision_lambda=decision_lambda,
+            ).to(z_all.device)
+            with torch.no_grad():
+                gsupp[:, group] = whole.group_support(z_all, base_logits)[:, 0].cpu()
         for i in uncovered + to_cover:  # budget spent: the member's own exact linear region, in the point patch set
             key = pr.masks[i].numpy().tobytes()
             row = exact_rows.setdefault(key, {"members": [], "group": group})
