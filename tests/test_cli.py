@@ -132,3 +132,24 @@ def test_audit_command_passes_then_rejects_a_tampered_certificate(trained, tmp_p
     (out / "certificate.json").write_text(json.dumps(cert))
     res = CliRunner().invoke(cli, args)
     assert res.exit_code == 3 and "FAILED" in res.output and "FAIL bounds [region 0]" in res.output
+
+
+def test_forget_class_command_with_gate_options(trained, tmp_path):
+    path, _ = trained
+    reports = {}
+    for gate in ("--decision-gate", "--no-decision-gate"):
+        out = tmp_path / gate
+        res = CliRunner().invoke(cli, ["forget-class", "--model", str(path), "--data", "digits", "--label", "3",
+                                       "--radius-scale", "4", "--intermediate", "ibp", gate, "--out", str(out),
+                                       "--json"])
+        assert res.exit_code == 0, res.output
+        reports[gate] = json.loads(res.output)
+        assert reports[gate]["A_u_after"] == 0 and (out / "patched.safetensors").is_file()
+        assert json.loads((out / "certificate.json").read_text())["head"]["scope"] == "whole class 3"
+    gated, plain = reports["--decision-gate"]["extra"], reports["--no-decision-gate"]["extra"]
+    assert gated["A_tes_r_after"] >= gated["A_tes_r_before"] and gated["reach_other_test"] > 0
+    assert plain["changed_other_test"] > gated["changed_other_test"]
+    res = CliRunner().invoke(cli, ["forget-class", "--model", str(path), "--data", "digits", "--label", "3",
+                                   "--intermediate", "exact", "--out", str(tmp_path / "bad")])
+    assert res.exit_code == 2 and "'exact' is not one of 'crown', 'ibp'" in res.output
+    assert not (tmp_path / "bad").exists()
