@@ -75,6 +75,13 @@ def _stack_preacts(preacts, logits: torch.Tensor) -> torch.Tensor:
     return torch.cat(list(preacts), dim=1) if preacts else logits.new_zeros(logits.shape[0], 0)
 
 
+def label_lead(logits: torch.Tensor, label: int) -> torch.Tensor:
+    """(B,) ``f_label − max_{j≠label} f_j``: positive where ``label`` is predicted (``+inf`` with one class)."""
+    rest = logits.clone()
+    rest[:, label] = -float("inf")
+    return logits[:, label] - rest.max(dim=1).values
+
+
 class PatchSet(nn.Module):
     """All patches of a model: one row per patched linear region.
 
@@ -326,10 +333,7 @@ class ClassPatchSet(nn.Module):
         """(B,) ``clamp(λ_d · (f_label − max_{j≠label} f_j), 0, 1)`` of the base logits (ones when ungated)."""
         if not self.gated:
             return base_logits.new_ones(base_logits.shape[0])
-        label = int(self.label[0])
-        rest = base_logits.clone()
-        rest[:, label] = -float("inf")
-        lead = base_logits[:, label] - rest.max(dim=1).values
+        lead = label_lead(base_logits, int(self.label[0]))
         return torch.clamp(self.decision_lambda.to(base_logits.dtype) * lead, 0.0, 1.0)
 
     def group_support(self, preacts: torch.Tensor, base_logits: torch.Tensor | None = None) -> torch.Tensor:
@@ -348,14 +352,17 @@ class ClassPatchSet(nn.Module):
             if live.numel() == 0:
                 return out
             if live.numel() < b:
-                out[live] = self._ungated_support(preacts[live]) * gate[live].unsqueeze(1)
+                out[live] = self.relaxed_support(preacts[live]) * gate[live].unsqueeze(1)
                 return out
-        out = self._ungated_support(preacts)
+        out = self.relaxed_support(preacts)
         return out if gate is None else out * gate.unsqueeze(1)
 
-    def _ungated_support(self, preacts: torch.Tensor) -> torch.Tensor:
+    def relaxed_support(self, preacts: torch.Tensor) -> torch.Tensor:
+        """(B, G) support of each group on its relaxed regions alone, without the decision gate."""
         b = preacts.shape[0]
         out = torch.zeros(b, self.num_groups, dtype=preacts.dtype, device=preacts.device)
+        if len(self) == 0 or b == 0:
+            return out
         dtype = torch.float32 if preacts.device.type == "cpu" else torch.float64
         active = (preacts > 0).to(dtype)
         stable = self._stable.to(preacts.dtype)
@@ -450,12 +457,14 @@ class PatchedModel(nn.Module):
         return self.patches.support(_stack_preacts(preacts, logits))
 
     @torch.no_grad()
-    def class_support(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, G) support of each whole-class patch group (zeros without class patches)."""
+    def class_support(self, x: torch.Tensor, *, gated: bool = True) -> torch.Tensor:
+        """(B, G) support of each whole-class patch group (zeros without class patches); ``gated=False``:
+        on the relaxed regions alone, ignoring the decision gate."""
         preacts, logits = self._split.head_forward(self._split.features(x))
         if self.class_patches is None:
             return logits.new_zeros(logits.shape[0], 0)
-        return self.class_patches.group_support(_stack_preacts(preacts, logits), logits)
+        z = _stack_preacts(preacts, logits)
+        return self.class_patches.group_support(z, logits) if gated else self.class_patches.relaxed_support(z)
 
     def unpatched(self) -> nn.Module:
         """The base model ``M`` without any patch."""

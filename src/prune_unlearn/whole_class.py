@@ -47,7 +47,7 @@ from .domain import feature_box
 from .errors import InputValidationError, UnsupportedModelError
 from .evaluation import accuracy, predict
 from .forget import GATE_HEADROOM, ForgetResult, Report, _region_patches, build_certificate, forget
-from .patches import ClassPatchSet, PatchedModel, PatchSet
+from .patches import ClassPatchSet, PatchedModel, PatchSet, _stack_preacts, label_lead
 from .regions import HeadNetwork, pack_patterns, point_regions
 from .split import split_model, verify_split
 
@@ -79,19 +79,14 @@ def class_metrics(base: nn.Module, patched: nn.Module, label: int, *, train=None
     return out
 
 
-@torch.no_grad()
 def _relaxed_reach(patched: nn.Module, X: torch.Tensor) -> float:
     """Share of ``X`` inside some relaxed support, ignoring the decision gate: how far the relaxed regions
     themselves reach into other classes (what the gate, not the regions, keeps unchanged)."""
-    cps = getattr(patched, "class_patches", None)
-    if cps is None or len(cps) == 0 or len(X) == 0:
+    if not isinstance(patched, PatchedModel) or len(X) == 0:
         return 0.0
-    hits = 0
-    for i in range(0, len(X), 4096):
-        xb = X[i: i + 4096].to(next(patched.parameters()).device)
-        preacts, logits = patched.split.head_forward(patched.split.features(xb))
-        z = torch.cat(list(preacts), 1) if preacts else logits.new_zeros(len(xb), 0)
-        hits += int((cps._ungated_support(z) > 0).any(dim=1).sum())
+    device = next(patched.parameters()).device
+    hits = sum(int((patched.class_support(X[i: i + 4096].to(device), gated=False) > 0).any(dim=1).sum())
+               for i in range(0, len(X), 4096))
     return hits / len(X)
 
 
@@ -209,13 +204,9 @@ def forget_class(
     n_crown = 0
     with torch.no_grad():
         preacts, base_logits = split.head_forward(feats)
-        z_all = torch.cat(preacts, 1) if preacts else feats.new_zeros(n, 0)
+        z_all = _stack_preacts(preacts, base_logits)
     base64 = pr.logits.clone()
-    # members the base model already mispredicts are forgotten without a patch
-    own = base64[:, label].clone()
-    rest = base64.clone()
-    rest[:, label] = -float("inf")
-    already = rest.max(dim=1).values - own > 0
+    already = label_lead(base64, label) < 0  # mispredicted by the base model: forgotten without a patch
     pending &= ~already
     gsupp = torch.zeros(n, 0)                       # (n, G) largest relaxed support per group
     exact_extra = torch.zeros(n, num_classes, dtype=torch.float64)
@@ -227,10 +218,7 @@ def forget_class(
         return base64 + gsupp.double() @ vals + exact_extra
 
     def lead_over_label(logits: torch.Tensor) -> torch.Tensor:
-        own = logits[:, label].clone()
-        rest = logits.clone()
-        rest[:, label] = -float("inf")
-        return rest.max(dim=1).values - own
+        return -label_lead(logits, label)
 
     def gate_lambdas(members: torch.Tensor, stable: torch.Tensor) -> torch.Tensor:
         """λ per support: GATE_HEADROOM over the member's smallest slack on the stable neurons."""
@@ -241,6 +229,16 @@ def forget_class(
 
     # λ_d: the gate is fully open once the class leads by DECISION_MARGIN (float32, as evaluated)
     decision_lambda = torch.tensor([1.0 / DECISION_MARGIN if decision_gate else 0.0], dtype=torch.float32)
+
+    def relaxed_set(masks: list, stable: list, lambdas, groups: list, values, targets: list) -> ClassPatchSet:
+        """The class patch set of these relaxed supports (one (N,) mask and stable set each) and group values."""
+        return ClassPatchSet(
+            head64.num_hidden, num_classes,
+            patterns=pack_patterns(torch.stack(masks)) if masks else None,
+            stable=pack_patterns(torch.stack(stable)) if stable else None,
+            gate_lambda=torch.as_tensor(lambdas, dtype=torch.float32), group=torch.as_tensor(groups, dtype=torch.int64),
+            values=values, targets=torch.as_tensor(targets, dtype=torch.int64), label=torch.tensor([label]),
+            decision_lambda=decision_lambda)
 
     t_rounds = time.perf_counter()
     common_radius = None
@@ -287,12 +285,8 @@ def forget_class(
                 sa, si = stable_neurons(head64, h64[b], common_radius * radius_scale, lower, upper,
                                         intermediate="ibp")
             relaxed_here += len(batch)
-            new = ClassPatchSet(
-                head64.num_hidden, num_classes, patterns=pack_patterns(pr.masks[b]), stable=pack_patterns(sa | si),
-                gate_lambda=gate_lambdas(b, sa | si),
-                group=torch.zeros(len(batch), dtype=torch.int64), values=torch.zeros(1, num_classes),
-                targets=torch.tensor([tgt]), label=torch.tensor([label]),
-                decision_lambda=decision_lambda).to(z_all.device)
+            new = relaxed_set(list(pr.masks[b]), list(sa | si), gate_lambdas(b, sa | si), [0] * len(batch),
+                              torch.zeros(1, num_classes), [tgt]).to(z_all.device)
             rows_t = torch.tensor(to_cover)  # coverage is only needed where a support is still wanted
             with torch.no_grad():
                 got = new.group_support(z_all[rows_t], base_logits[rows_t])[:, 0].cpu()
@@ -304,13 +298,8 @@ def forget_class(
             uncovered += [i for i in batch if gsupp[i, group] != 1]
             to_cover = [i for i in to_cover[len(batch):] if gsupp[i, group] != 1]
         if len(sup_patterns) > first:  # the group's support at every member, for the bookkeeping below
-            whole = ClassPatchSet(
-                head64.num_hidden, num_classes, patterns=pack_patterns(torch.stack(sup_patterns[first:])),
-                stable=pack_patterns(torch.stack(sup_stable[first:])),
-                gate_lambda=torch.tensor(sup_lambda[first:], dtype=torch.float32),
-                group=torch.zeros(len(sup_patterns) - first, dtype=torch.int64), values=torch.zeros(1, num_classes),
-                targets=torch.tensor([tgt]), label=torch.tensor([label]), decision_lambda=decision_lambda,
-            ).to(z_all.device)
+            whole = relaxed_set(sup_patterns[first:], sup_stable[first:], sup_lambda[first:],
+                                [0] * (len(sup_patterns) - first), torch.zeros(1, num_classes), [tgt]).to(z_all.device)
             with torch.no_grad():
                 gsupp[:, group] = whole.group_support(z_all, base_logits)[:, 0].cpu()
         for i in uncovered + to_cover:  # budget spent: the member's own exact linear region, in the point patch set
@@ -327,18 +316,8 @@ def forget_class(
                        "pending_points": int(pending.sum()), "A_u": float((lead <= 0).float().mean()),
                        "seconds": time.perf_counter() - t0})
     bar.close()
-    class_set = ClassPatchSet(
-        head64.num_hidden, num_classes,
-        patterns=pack_patterns(torch.stack(sup_patterns)) if sup_patterns else None,
-        stable=pack_patterns(torch.stack(sup_stable)) if sup_stable else None,
-        gate_lambda=torch.tensor(sup_lambda, dtype=torch.float32), group=torch.tensor(sup_group, dtype=torch.int64),
-        values=torch.stack(group_values) if group_values else torch.zeros(0, num_classes),
-        targets=torch.tensor(group_targets, dtype=torch.int64), label=torch.tensor([label]),
-        decision_lambda=decision_lambda,
-    ) if sup_patterns else ClassPatchSet(
-        head64.num_hidden, num_classes, values=torch.stack(group_values) if group_values else None,
-        targets=torch.tensor(group_targets, dtype=torch.int64), label=torch.tensor([label]),
-        decision_lambda=decision_lambda)
+    class_set = relaxed_set(sup_patterns, sup_stable, sup_lambda, sup_group,
+                            torch.stack(group_values) if group_values else torch.zeros(0, num_classes), group_targets)
     point_set = _exact_rows(exact_rows, pr, group_values, group_targets, label, num_classes, head64.num_hidden)
     patched = PatchedModel(model, point_set, head=head, class_patches=class_set).to(device).eval()
     stragglers = pending.nonzero().flatten()
