@@ -62,6 +62,15 @@ def _random_boxes(p, d, gen, max_radius=0.3):
     return centre - radius, centre + radius
 
 
+def _unit_box_points(head, n, gen):
+    """``n`` uniform points of the unit box, the head's hidden pre-activations and predicted labels there,
+    and the box's bounds."""
+    d = head.input_dim
+    x = torch.rand(n, d, generator=gen, dtype=F64)
+    z, logits = head.forward(x)
+    return x, z, logits.argmax(1), torch.zeros(d, dtype=F64), torch.ones(d, dtype=F64)
+
+
 def _box_samples(lo, hi, n, gen):
     """``n`` points of the box ``[lo, hi]`` (d,): all corners (or random ones if d > 8), faces, interior."""
     d = lo.shape[0]
@@ -269,11 +278,7 @@ def test_head_without_hidden_layer_is_exact_on_any_box():
 def test_certified_radius_is_sound(sizes):
     head, _ = _head(sizes)
     gen = torch.Generator().manual_seed(9)
-    d = sizes[0]
-    x = torch.rand(6, d, generator=gen, dtype=F64)
-    _, logits = head.forward(x)
-    y = logits.argmax(1)
-    lower, upper = torch.zeros(d, dtype=F64), torch.ones(d, dtype=F64)
+    x, _, y, lower, upper = _unit_box_points(head, 6, gen)
     radius = certified_radius(head, x, y, lower, upper)
     assert radius.dtype == F64 and radius.shape == (6,)
     max_r = torch.maximum(x - lower, upper - x).amax(1)
@@ -351,11 +356,7 @@ def test_certified_radius_of_a_linear_head_reaches_the_margin_distance():
 def test_stable_neurons_keep_their_sign_on_the_certified_ball(sizes):
     head, _ = _head(sizes)
     gen = torch.Generator().manual_seed(12)
-    d = sizes[0]
-    x = torch.rand(5, d, generator=gen, dtype=F64)
-    z0, logits = head.forward(x)
-    y = logits.argmax(1)
-    lower, upper = torch.zeros(d, dtype=F64), torch.ones(d, dtype=F64)
+    x, z0, y, lower, upper = _unit_box_points(head, 5, gen)
     radius = certified_radius(head, x, y, lower, upper)
     active, inactive = stable_neurons(head, x, radius, lower, upper)
     assert active.shape == (5, head.num_hidden) and active.dtype == torch.bool
@@ -387,9 +388,7 @@ def test_batched_results_equal_per_point_results(sizes):
     labels = torch.randint(0, c, (5,), generator=gen)
     batch = crown_head_bounds(head, lo, hi)
     margins = margin_lower_bounds(head, lo, hi, labels)
-    x = torch.rand(5, d, generator=gen, dtype=F64)
-    y = head.forward(x)[1].argmax(1)
-    lower, upper = torch.zeros(d, dtype=F64), torch.ones(d, dtype=F64)
+    x, _, y, lower, upper = _unit_box_points(head, 5, gen)
     radius = certified_radius(head, x, y, lower, upper)
     active, inactive = stable_neurons(head, x, radius, lower, upper)
     for i in range(5):

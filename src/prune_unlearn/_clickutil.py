@@ -10,7 +10,8 @@ import torch
 
 from .errors import PruneError
 
-__all__ = ["json_option", "silent_option", "seed_option", "data_options", "handle_errors", "read_indices"]
+__all__ = ["json_option", "silent_option", "seed_option", "data_options", "relaxed_support_options", "handle_errors",
+           "read_indices"]
 
 
 def json_option(f):
@@ -32,6 +33,19 @@ def data_options(f):
                      help="Folder with the data set's files (default: $PRUNE_DATA_DIR/<name>).")(f)
     return click.option("--data", "data_name", required=True,
                         help="Data set name: digits, mnist5k, mnist, fashion-mnist.")(f)
+
+
+def relaxed_support_options(f):
+    """How whole-class (Algorithm 2) relaxed supports are built: `forget-class` and `bench table5`."""
+    f = click.option("--decision-gate/--no-decision-gate", default=True, show_default=True,
+                     help="Confine class patches to inputs the base model assigns to the class (other classes' "
+                          "predictions never change); --no-decision-gate is the paper's plain relaxed support.")(f)
+    f = click.option("--intermediate", type=click.Choice(["crown", "ibp"]), default="crown", show_default=True,
+                     help="Hidden-layer bounds of the per-member CROWN calls: full CROWN, or interval bounds "
+                          "(CROWN-IBP: ~7x faster, smaller radii, wants a larger --radius-scale).")(f)
+    return click.option("--radius-scale", type=click.FloatRange(min=0, min_open=True), default=1.0,
+                        show_default=True, help="Widening of each member's CROWN-certified ball (more "
+                        "generalisation; without the decision gate, more side effects).")(f)
 
 
 def handle_errors(f):

@@ -14,7 +14,8 @@ import click
 import torch
 
 from . import __version__
-from ._clickutil import data_options, handle_errors, json_option, read_indices, seed_option, silent_option
+from ._clickutil import data_options, handle_errors, json_option, read_indices, relaxed_support_options, seed_option
+from ._clickutil import silent_option
 
 # --- shared option bundles -----------------------------------------------------------------------
 
@@ -273,18 +274,11 @@ def demo(out, count, strategy, bound, epsilon, target, delta, clusters, seed, as
               help="Saved base model (.safetensors from `prune train`).")
 @data_options
 @click.option("--label", type=click.IntRange(min=0), required=True, help="The class to forget.")
-@click.option("--radius-scale", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
-              help="Widening of each member's CROWN-certified ball (more generalisation, more side effects).")
+@relaxed_support_options
 @click.option("--radius", type=click.Choice(["per-member", "calibrated"]), default="per-member", show_default=True,
               help="per-member: CROWN bisection per member (Algorithm 2); calibrated: one radius from a sample.")
 @click.option("--max-relaxed", type=click.IntRange(min=0), default=1024, show_default=True,
               help="Most CROWN-relaxed supports per round.")
-@click.option("--intermediate", type=click.Choice(["crown", "ibp"]), default="crown", show_default=True,
-              help="Hidden-layer bounds of the per-member CROWN calls: full CROWN, or interval bounds (CROWN-IBP: "
-                   "~7x faster, smaller radii, wants a larger --radius-scale).")
-@click.option("--decision-gate/--no-decision-gate", default=True, show_default=True,
-              help="Confine class patches to inputs the base model assigns to the class (other classes' "
-                   "predictions never change); --no-decision-gate is the paper's plain relaxed support.")
 @click.option("--target", default="random", show_default=True, help="'random' or a label to push the class to.")
 @click.option("--bound", type=click.Choice(["box", "dual", "lp"]), default="box", show_default=True)
 @seed_option
@@ -394,14 +388,7 @@ def audit_cmd(model_path, cert_path, data_name, data_dir, indices, mode, samples
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Override the training recipe's epochs.")
 @click.option("--trials", type=click.IntRange(min=1), default=20, show_default=True,
               help="Random class labels drawn for table5.")
-@click.option("--radius-scale", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
-              help="table5: widening of each member's CROWN-certified ball.")
-@click.option("--intermediate", type=click.Choice(["crown", "ibp"]), default="crown", show_default=True,
-              help="table5: hidden-layer bounds of the per-member CROWN calls: full CROWN, or interval bounds (CROWN-IBP: "
-                   "~7x faster, smaller radii, wants a larger --radius-scale).")
-@click.option("--decision-gate/--no-decision-gate", default=True, show_default=True,
-              help="table5: confine class patches to inputs the base model assigns to the class (other classes' "
-                   "predictions never change); --no-decision-gate is the paper's plain relaxed support.")
+@relaxed_support_options
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("results"), show_default=True,
               help="Results folder (a subfolder per data set).")
 @handle_errors
@@ -409,7 +396,8 @@ def bench(experiment, data_name, data_dir, seeds, sizes, methods, k_values, boun
           intermediate, decision_gate, out):
     """Reproduce one of the paper's tables or figures; writes CSV, Markdown, PNG and config.json.
 
-    table3, table4 and fig3 come from the same runs (Table III, IV, Figure 3).
+    table3, table4 and fig3 come from the same runs (Table III, IV, Figure 3). --radius-scale,
+    --intermediate and --decision-gate apply to table5.
 
     Example: prune bench table3 --data mnist --data-dir ../shared/data/mnist
     """

@@ -221,24 +221,20 @@ def _write_table3(result: dict, out: Path, name: str) -> None:
         for metric in ("A_tes", "A_res", "A_u_b", "A_u_a"):
             cells = [_mean_std([100 * r[metric] for r in rows if r["n"] == n and r["method"] == m]) for m in methods]
             lines.append(f"| {n} | {metric} | " + " | ".join(cells) + " |")
-    lines += ["", f"## Table IV — {name}: membership-inference recall on D_U (%), before → after", "",
-              "| |D_U| | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
-    for n in sizes:
-        cells = []
-        for m in methods:
-            sel = [r for r in rows if r["n"] == n and r["method"] == m]
-            cells.append(f"{_mean_std([100 * r['mia_recall_before'] for r in sel])} → "
-                         f"{_mean_std([100 * r['mia_recall_after'] for r in sel])}")
-        lines.append(f"| {n} | " + " | ".join(cells) + " |")
-    lines += ["", "Attack AUC / TPR at 1% FPR of D_U against held-out test points, after unlearning:", "",
-              "| |D_U| | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
-    for n in sizes:
-        cells = []
-        for m in methods:
-            sel = [r for r in rows if r["n"] == n and r["method"] == m]
-            cells.append(f"{_mean_std([r['mia_auc_after'] for r in sel])} / "
-                         f"{_mean_std([100 * r['mia_tpr_at_1pct_fpr_after'] for r in sel])}%")
-        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+
+    def size_by_method(title: str, cell) -> None:
+        """A |D_U| × method table; ``cell`` formats the rows of one (size, method) pair."""
+        lines.extend(["", title, "", "| |D_U| | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)])
+        for n in sizes:
+            cells = [cell([r for r in rows if r["n"] == n and r["method"] == m]) for m in methods]
+            lines.append(f"| {n} | " + " | ".join(cells) + " |")
+
+    size_by_method(f"## Table IV — {name}: membership-inference recall on D_U (%), before → after",
+                   lambda sel: f"{_mean_std([100 * r['mia_recall_before'] for r in sel])} → "
+                               f"{_mean_std([100 * r['mia_recall_after'] for r in sel])}")
+    size_by_method("Attack AUC / TPR at 1% FPR of D_U against held-out test points, after unlearning:",
+                   lambda sel: f"{_mean_std([r['mia_auc_after'] for r in sel])} / "
+                               f"{_mean_std([100 * r['mia_tpr_at_1pct_fpr_after'] for r in sel])}%")
     if any("unlearn_phase_vs_retrain" in r for r in rows):
         lines += ["", f"## Figure 3 — {name}: time of each phase ÷ retraining time", "",
                   "| |D_U| | method | training phase | unlearning phase | total | unlearning seconds |",
@@ -394,7 +390,8 @@ def run_table5(dataset: str, out_dir: str | Path, *, data_dir=None, trials: int 
             f"A_tes_u {row['A_tes_u_before']:.4f}->{row['A_tes_u_after']:.4f} A_tes_r {row['A_tes_r_before']:.4f}->"
             f"{row['A_tes_r_after']:.4f} reach {row['reach_other_test']:.4f} {row['unlearn_seconds']:.1f} s")
     result = {"dataset": ds.name, "trials": trials, "seed": seed, "radius_scale": radius_scale, "radius": radius,
-              "max_relaxed": max_relaxed, "intermediate": intermediate, "decision_gate": decision_gate, "recipe": recipe.to_dict(), "machine": machine_description(), "rows": rows}
+              "max_relaxed": max_relaxed, "intermediate": intermediate, "decision_gate": decision_gate,
+              "recipe": recipe.to_dict(), "machine": machine_description(), "rows": rows}
     (out / f"table5-{ds.name}.json").write_text(json.dumps(result, indent=1))
     with open(out / f"table5-{ds.name}.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=sorted({k for r in rows for k in r}))
