@@ -136,7 +136,7 @@ def forget_class(
     crown_iterations : bisection steps of the radius search.
     intermediate : {"crown", "ibp"}
         Hidden-layer bounds of the per-member CROWN calls: full CROWN (tightest), or interval bounds
-        (CROWN-IBP: ~7× faster on a 784-256-256 head, smaller radii, so it wants a larger ``radius_scale``).
+        (CROWN-IBP: ~9× faster on a 784-256-256 head, smaller radii, so it wants a larger ``radius_scale``).
     decision_gate : bool, default True
         Confine class patches to inputs the base model assigns to ``label`` (see the module docstring).
     max_relaxed : most CROWN-relaxed supports per round (members beyond it get exact supports).
