@@ -105,3 +105,12 @@ def test_missing_proof_fails_dual_claims(forgotten):
     bare = dataclasses.replace(res.certificate, multipliers=None)
     result = audit(res.model, bare, points=X, labels=y)
     assert any("proof file" in c.detail for c in result.failures)
+
+
+def test_batch_point_hashes_equal_one_at_a_time_hashes():
+    """forget_class hashes thousands of members in one pass; the audit re-hashes them one by one."""
+    from prune_unlearn._hashing import point_sha256, points_sha256
+
+    x = torch.rand(7, 1, 8, 8, dtype=torch.float64)
+    assert points_sha256(x) == [point_sha256(row) for row in x]
+    assert len(set(points_sha256(x))) == 7 and points_sha256(x[:0]) == []

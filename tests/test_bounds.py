@@ -481,3 +481,89 @@ def test_certified_radius_resolves_radii_far_below_the_box_width():
     lower, upper = torch.full((3,), 0.5 - wide, dtype=F64), torch.full((3,), 0.5 + wide, dtype=F64)
     r = certified_radius(head, x, y, lower, upper, iterations=8)
     assert 0.8 * exact <= r[0] <= exact
+
+
+def test_warm_started_float32_search_returns_float64_proven_radii_close_to_the_plain_search():
+    """A guess (good or off by 10×), a relative stop and a float32 search change how the radius is found,
+    not what is promised: every radius returned is proven by a fresh float64 CROWN call, and it lies
+    within the stopping precision of the plain float64 search."""
+    head = _trained_head()
+    gen = torch.Generator().manual_seed(12)
+    x = torch.rand(24, 4, generator=gen, dtype=F64)
+    y = head.forward(x)[1].argmax(1)
+    lower, upper = torch.zeros(4, dtype=F64), torch.ones(4, dtype=F64)
+    plain = certified_radius(head, x, y, lower, upper, iterations=40, tol=0.0)
+    assert torch.all(plain > 0)
+    guess = float(plain.median())
+    for start in (guess, 10 * guess, 0.1 * guess):
+        for dtype in (F64, torch.float32):
+            r = certified_radius(head, x, y, lower, upper, iterations=30, tol=0.0, rtol=0.05, start=start,
+                                 search_dtype=dtype)
+            assert r.dtype == F64
+            blo, bhi = torch.maximum(x - r.unsqueeze(1), lower), torch.minimum(x + r.unsqueeze(1), upper)
+            assert torch.all(margin_lower_bounds(head, blo, bhi, y) > 0)  # proven in float64
+            # within the bracket's precision of the fine search (CROWN is not strictly monotone in ρ)
+            assert torch.all(r <= plain * 1.05 + 1e-12) and torch.all(r >= plain / 1.05 / 1.05), (start, dtype)
+
+
+def test_float32_search_falls_back_to_float64_where_rounding_overshoots(monkeypatch):
+    """Radii the float32 search finds but float64 CROWN cannot prove are searched again in float64."""
+    import prune_unlearn.bounds as B
+
+    head = _trained_head()
+    gen = torch.Generator().manual_seed(13)
+    x = torch.rand(6, 4, generator=gen, dtype=F64)
+    y = head.forward(x)[1].argmax(1)
+    lower, upper = torch.zeros(4, dtype=F64), torch.ones(4, dtype=F64)
+    plain = certified_radius(head, x, y, lower, upper, iterations=30, tol=0.0)
+    real = B._margin_lower
+
+    def optimistic(h, lo, hi, labels, **kw):  # a float32 "proof" of everything: a lying search
+        out, hidden = real(h, lo, hi, labels, **kw)
+        return (out.abs() + 1 if h.dtype == torch.float32 else out), hidden
+
+    redone = []
+
+    def spy(h, xs, *args, **kw):  # the module calls itself through its global name for the redo
+        redone.append(len(xs))
+        return certified_radius(h, xs, *args, **kw)
+
+    monkeypatch.setattr(B, "_margin_lower", optimistic)
+    monkeypatch.setattr(B, "certified_radius", spy)
+    r = certified_radius(head, x, y, lower, upper, iterations=30, tol=0.0, rtol=0.01, search_dtype=torch.float32)
+    monkeypatch.undo()
+    # one redo, for the points whose lie-found radius float64 CROWN does not prove (some it does: there the
+    # whole box is certified)
+    assert len(redone) == 1 and redone[0] >= 1
+    blo, bhi = torch.maximum(x - r.unsqueeze(1), lower), torch.minimum(x + r.unsqueeze(1), upper)
+    assert torch.all(margin_lower_bounds(head, blo, bhi, y) > 0)
+    assert torch.all(r > 0) and torch.all(r <= plain * 1.01 + 1e-12)
+
+
+def test_certified_radius_refuses_bad_search_settings():
+    head, _ = _head((4, 8, 3))
+    x = torch.full((2, 4), 0.5, dtype=F64)
+    y = head.forward(x)[1].argmax(1)
+    lo, hi = torch.zeros(4, dtype=F64), torch.ones(4, dtype=F64)
+    with pytest.raises(InputValidationError, match="start"):
+        certified_radius(head, x, y, lo, hi, start=0.0)
+    with pytest.raises(InputValidationError, match="rtol"):
+        certified_radius(head, x, y, lo, hi, rtol=-0.1)
+    with pytest.raises(InputValidationError, match="search_dtype"):
+        certified_radius(head, x, y, lo, hi, search_dtype=torch.float16)
+    with pytest.raises(InputValidationError, match="intermediate"):
+        certified_radius(head, x, y, lo, hi, intermediate="lp")
+
+
+@pytest.mark.parametrize("sizes", SHAPES[:2] + SHAPES[3:], ids=SHAPE_IDS[:2] + SHAPE_IDS[3:])
+def test_stable_neurons_crown_contains_ibp_and_ibp_mode_is_the_interval_bounds(sizes):
+    head, _ = _head(sizes)
+    gen = torch.Generator().manual_seed(14)
+    x, _, _, lower, upper = _unit_box_points(head, 5, gen)
+    r = torch.full((5,), 0.05, dtype=F64)
+    ca, ci = stable_neurons(head, x, r, lower, upper, intermediate="crown")
+    ia, ii = stable_neurons(head, x, r, lower, upper, intermediate="ibp")
+    assert torch.all(ca >= ia) and torch.all(ci >= ii)  # CROWN proves at least what IBP proves
+    hidden, _ = ibp_head_bounds(head, (x - r.unsqueeze(1)).clamp(min=lower), (x + r.unsqueeze(1)).clamp(max=upper))
+    assert torch.equal(ia, torch.cat([h[0] for h in hidden], dim=1) > 0)
+    assert torch.equal(ii, torch.cat([h[1] for h in hidden], dim=1) < 0)

@@ -158,3 +158,37 @@ def test_version_1_file_reads_as_an_ungated_class_patch_set(tmp_path, forgotten_
     save_file(tensors, str(path), metadata={"prune_unlearn": json.dumps(header)})
     old = load(path)
     assert not old.class_patches.gated and len(old.class_patches) == len(res.model.class_patches)
+
+
+def test_relaxed_support_matches_eq_11_written_out():
+    """The vectorised support (with its exact "some support is already 1" shortcut) against Eq. 11 computed
+    one support and one row at a time: ReLU(Σ_{i∈S} clamp(λ s_i z_i, 0, 1) − |S| + 1), max per group."""
+    from prune_unlearn.patches import ClassPatchSet
+    from prune_unlearn.regions import pack_patterns
+
+    gen = torch.Generator().manual_seed(3)
+    for trial in range(20):
+        n_hidden, n_sup, n_groups = 12 + trial, 3 + 2 * trial, 1 + trial % 3
+        patterns = torch.rand(n_sup, n_hidden, generator=gen) < 0.5
+        stable = torch.rand(n_sup, n_hidden, generator=gen) < 0.7
+        lam = torch.rand(n_sup, generator=gen) * 20 + 0.5
+        group = torch.randint(0, n_groups, (n_sup,), generator=gen)
+        group[:n_groups] = torch.arange(n_groups)
+        sets = ClassPatchSet(n_hidden, 4, patterns=pack_patterns(patterns), stable=pack_patterns(stable),
+                             gate_lambda=lam, group=group, values=torch.randn(n_groups, 4, generator=gen),
+                             targets=torch.zeros(n_groups, dtype=torch.int64), label=torch.tensor([0]))
+        # rows near the supports' patterns (so many match), some deep inside, some near boundaries
+        signs = patterns[torch.randint(0, n_sup, (300,), generator=gen)].float() * 2 - 1
+        z = signs * (0.05 + torch.rand(300, n_hidden, generator=gen)) * 8 * torch.rand(300, 1, generator=gen)
+        flip = torch.rand(300, n_hidden, generator=gen) < 0.03
+        z[flip] = -z[flip]
+        got = sets.relaxed_support(z)
+        want = torch.zeros(300, n_groups, dtype=torch.float64)
+        s = patterns.double() * 2 - 1
+        for r in range(n_sup):
+            terms = (float(lam[r]) * s[r] * z.double()).clamp(0, 1)
+            value = torch.relu(terms[:, stable[r]].sum(dim=1) - int(stable[r].sum()) + 1)
+            want[:, group[r]] = torch.maximum(want[:, group[r]], value)
+        assert (want == 1).any() and ((want > 0) & (want < 1)).any() and (want == 0).any()
+        torch.testing.assert_close(got.double(), want, rtol=0, atol=1e-5)
+        assert torch.equal(got == 1, want == 1)

@@ -18,6 +18,12 @@ def point_sha256(x: torch.Tensor) -> str:
     return hashlib.sha256(tensor_bytes(x.to(torch.float32))).hexdigest()
 
 
+def points_sha256(x: torch.Tensor) -> list[str]:
+    """:func:`point_sha256` of every row of ``x``, with one conversion for the whole batch."""
+    rows = x.detach().to("cpu", torch.float32).contiguous().flatten(start_dim=1).numpy()
+    return [hashlib.sha256(row.tobytes()).hexdigest() for row in rows]
+
+
 def state_sha256(tensors: dict[str, torch.Tensor]) -> str:
     """Hash of named tensors: names, dtypes, shapes and bytes, in sorted name order."""
     h = hashlib.sha256()

@@ -373,22 +373,40 @@ class ClassPatchSet(nn.Module):
             if pair_b.numel() == 0:
                 continue
             absz = preacts[rows].abs()
+            lam_t = self.gate_lambda.to(preacts.dtype)
+            # Shortcut, exact: a support is 1 where none of its stable neurons is within 1/λ of its
+            # boundary, and 1 is the most a support can be. So each (row, group) first tries its single
+            # most lenient matching support (smallest λ); where that is 1, the group's value is 1 and
+            # its other pairs (typically dozens per class member) are never evaluated. The test uses the
+            # same elementwise float operations as the sum below, so it decides "deficit == 0" exactly.
+            key = pair_b * self.num_groups + self.group[pair_r]
+            by_lam = torch.argsort(lam_t[pair_r], stable=True)
+            first = torch.full((int(key.max()) + 1,), key.shape[0], dtype=torch.long, device=key.device)
+            first.scatter_reduce_(0, key[by_lam], torch.arange(key.shape[0], device=key.device), reduce="amin")
+            trial = by_lam[first[first < key.shape[0]]]  # one pair per (row, group) present
+            t_r, t_b = pair_r[trial], pair_b[trial]
+            near = absz[t_b].mul_(-lam_t[t_r].unsqueeze(1)).add_(1.0).clamp_(min=0.0) > 0
+            one = ~(near & self._stable[t_r]).any(dim=1)
+            flat = out[rows].view(-1)
+            flat[key[trial[one]]] = 1.0
+            done = torch.zeros(int(key.max()) + 1, dtype=torch.bool, device=key.device)
+            done[key[trial[one]]] = True
+            rest = ~done[key]
+            pair_r, pair_b = pair_r[rest], pair_b[rest]
+            if pair_b.numel() == 0:
+                continue
             # On a matching pair every stable neuron has the support's sign, so the support is
             # ReLU(Σ_{i∈S} clamp(λ|z_i|, 0, 1) − |S| + 1) = ReLU(1 − Σ_{i∈S} ReLU(1 − λ|z_i|)): only
-            # neurons closer than 1/λ to their boundary contribute. One matrix-vector product per support.
+            # neurons closer than 1/λ to their boundary contribute. All pairs at once, in chunks.
             value = torch.empty(pair_b.shape[0], dtype=preacts.dtype, device=preacts.device)
-            counts = torch.bincount(pair_r, minlength=len(self)).tolist()
-            lams = self.gate_lambda.to(preacts.dtype).tolist()
-            at = 0
-            for r, c in enumerate(counts):
-                if c == 0:
-                    continue
-                seg = slice(at, at + c)
-                deficit = absz[pair_b[seg]].mul_(-lams[r]).add_(1.0).clamp_(min=0.0) @ stable[r]
+            step = max(1, (1 << 22) // max(1, self.num_hidden))
+            for p0 in range(0, pair_b.shape[0], step):
+                seg = slice(p0, p0 + step)
+                r_seg = pair_r[seg]
+                t = absz[pair_b[seg]].mul_(-lam_t[r_seg].unsqueeze(1)).add_(1.0).clamp_(min=0.0)
+                deficit = t.mul_(stable[r_seg]).sum(dim=1)
                 value[seg] = torch.relu(1.0 - deficit)
-                at += c
             # Eq. 11: the largest support of each group (several supports of one group may cover a row)
-            flat = out[rows].view(-1)
             flat.scatter_reduce_(0, pair_b * self.num_groups + self.group[pair_r], value, reduce="amax")
         return out
 

@@ -50,7 +50,8 @@ class HeadNetwork:
         return self.weights[0].dtype
 
     def to(self, dtype: torch.dtype) -> "HeadNetwork":
-        """The same head in another floating-point type (e.g. float32 for fast, unsound-free search)."""
+        """The same head in another floating-point type (e.g. float32 for a fast search whose result is
+        then checked in float64)."""
         return HeadNetwork(tuple(w.to(dtype) for w in self.weights), tuple(b.to(dtype) for b in self.biases))
 
     @property
@@ -74,8 +75,8 @@ class HeadNetwork:
         return list(torch.split(t, self.hidden_sizes, dim=-1)) if self.hidden_sizes else []
 
     def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Plain ReLU forward in float64: ``(pre-activations (n, N), logits (n, C))``."""
-        a = h.to(torch.float64)
+        """Plain ReLU forward in the head's dtype: ``(pre-activations (n, N), logits (n, C))``."""
+        a = h.to(self.dtype)
         zs = []
         for w, b in zip(self.weights[:-1], self.biases[:-1]):
             z = a @ w.T + b
@@ -132,9 +133,9 @@ def masked_backward(
 def affine_logits(head: HeadNetwork, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits on each region as ``W h + w``: ``W`` (P, C, d) and ``w`` (P, C)."""
     p = masks.shape[0]
-    eye = torch.eye(head.num_classes, dtype=torch.float64).expand(p, -1, -1)
+    eye = torch.eye(head.num_classes, dtype=head.dtype).expand(p, -1, -1)
     weight = masked_backward(head, masks, eye)
-    _, offset = masked_forward(head, masks, torch.zeros(p, head.input_dim, dtype=torch.float64))
+    _, offset = masked_forward(head, masks, torch.zeros(p, head.input_dim, dtype=head.dtype))
     return weight, offset
 
 
