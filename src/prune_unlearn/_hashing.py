@@ -13,15 +13,15 @@ def tensor_bytes(t: torch.Tensor) -> bytes:
     return t.detach().to("cpu").contiguous().numpy().tobytes()
 
 
-def point_sha256(x: torch.Tensor) -> str:
-    """Hash of one input as float32 values (the dtype the model sees)."""
-    return hashlib.sha256(tensor_bytes(x.to(torch.float32))).hexdigest()
-
-
 def points_sha256(x: torch.Tensor) -> list[str]:
-    """:func:`point_sha256` of every row of ``x``, with one conversion for the whole batch."""
+    """Hash of every input ``x[i]`` as float32 values (the dtype the model sees), one conversion for all."""
     rows = x.detach().to("cpu", torch.float32).contiguous().flatten(start_dim=1).numpy()
     return [hashlib.sha256(row.tobytes()).hexdigest() for row in rows]
+
+
+def point_sha256(x: torch.Tensor) -> str:
+    """Hash of one input (see :func:`points_sha256`)."""
+    return points_sha256(x.unsqueeze(0))[0]
 
 
 def state_sha256(tensors: dict[str, torch.Tensor]) -> str:

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._hashing import model_sha256, point_sha256, state_sha256
+from ._hashing import model_sha256, points_sha256, state_sha256
 from .certificate import Certificate, box_from_description
 from .errors import CertificateError, InputValidationError
 from .patches import PatchedModel
@@ -371,8 +371,9 @@ def _check_points(model, cert: Certificate, points, labels, result: AuditResult,
             region, support = region.cpu(), support.cpu()
             class_cover = (model.class_support(x.to(device)) > 0).any(dim=1).cpu()
     y = torch.as_tensor(labels) if labels is not None else None
+    hashes = points_sha256(x)
     for i in range(len(x)):
-        h = point_sha256(x[i])
+        h = hashes[i]
         subject = f"point {i} ({h[:12]}…)"
         found = by_hash.get(h)
         if not found:

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from . import __version__
-from ._hashing import model_sha256, point_sha256
+from ._hashing import model_sha256, points_sha256
 from ._progress import progress_bar
 from ._validation import (
     as_float_tensor,
@@ -480,6 +480,7 @@ def forget(
         point_unit[m] = u
     claims, failed = [], []
     bound_names = patch_set.bound_names()
+    hashes = points_sha256(x)
     for i in range(len(x)):
         u = int(point_unit[i])
         reason = None
@@ -492,12 +493,12 @@ def forget(
         elif int(after32[i]) == int(y[i]):
             reason = "the float32 patched model still predicts the label"
         if reason:
-            failed.append({"index": i, "point_sha256": point_sha256(x[i]), "label": int(y[i]), "reason": reason})
+            failed.append({"index": i, "point_sha256": hashes[i], "label": int(y[i]), "reason": reason})
             continue
         row = offset + unit_row[u]
         claims.append({
             "index": i,
-            "point_sha256": point_sha256(x[i]),
+            "point_sha256": hashes[i],
             "label": int(y[i]),
             "target": int(patch_set.targets[row]),
             "predicted_after": int(after32[i]),

@@ -61,7 +61,7 @@ import torch
 from torch import nn
 
 from . import __version__
-from ._hashing import point_sha256, state_sha256
+from ._hashing import point_sha256, points_sha256, state_sha256
 from ._progress import progress_bar
 from ._validation import check_positive_int
 from .errors import FormatError, LedgerError, PruneError
@@ -422,7 +422,7 @@ class _Datasets:
     def training_label(self, ds, x: torch.Tensor) -> int | None:
         """The training label of a point of ``ds`` found by its hash (None if it is not a training point)."""
         if ds.name not in self._labels:
-            self._labels[ds.name] = {point_sha256(p): int(t) for p, t in zip(ds.X_train, ds.y_train)}
+            self._labels[ds.name] = dict(zip(points_sha256(ds.X_train), ds.y_train.tolist()))
         return self._labels[ds.name].get(point_sha256(x))
 
 
@@ -456,7 +456,7 @@ def _describe(spec: Mapping[str, Any], datasets: _Datasets) -> dict:
         X = ds.X_train[torch.tensor(idx)]
         return {"requester": requester, "source": "dataset", "dataset": ds.name, "indices": idx, "file": None,
                 "file_sha256": None, "labels_file": None, "n_points": len(idx),
-                "point_sha256": [point_sha256(x) for x in X], "labels": ds.y_train[torch.tensor(idx)].tolist()}
+                "point_sha256": points_sha256(X), "labels": ds.y_train[torch.tensor(idx)].tolist()}
     path = Path(points_file).resolve()
     X, labels, digest = read_points_file(path)
     if spec.get("sha256") and spec["sha256"].lower() != digest:
@@ -478,7 +478,7 @@ def _describe(spec: Mapping[str, Any], datasets: _Datasets) -> dict:
     return {"requester": requester, "source": "file", "dataset": ds.name if ds is not None else None,
             "indices": None, "file": str(path), "file_sha256": digest,
             "labels_file": str(labels_file) if labels_file else None, "n_points": len(X),
-            "point_sha256": [point_sha256(x) for x in X], "labels": labels.tolist() if labels is not None else None}
+            "point_sha256": points_sha256(X), "labels": labels.tolist() if labels is not None else None}
 
 
 # --- the ledger ------------------------------------------------------------------------------------
@@ -960,7 +960,7 @@ class Ledger:
                     raise LedgerError(f"Request {row.id}: the points file {where} changed since the request was "
                                       f"added (SHA-256 {digest[:12]}…, recorded {rec['file_sha256'][:12]}…). HINT: "
                                       "put back the original file.")
-            if [point_sha256(p) for p in x] != rec["point_sha256"]:
+            if points_sha256(x) != rec["point_sha256"]:
                 raise LedgerError(f"Request {row.id}: its points in {where} no longer match the hashes recorded when "
                                   "it was added. HINT: use the same data set version (and --data-dir) as then.")
             if xs and x.shape[1:] != xs[0].shape[1:]:
