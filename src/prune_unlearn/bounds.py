@@ -407,6 +407,11 @@ def _as_spec(head, spec, p: int) -> torch.Tensor:
     return s.expand(p, -1, -1)
 
 
+def _check_intermediate(intermediate: str) -> None:
+    if intermediate not in ("crown", "ibp"):
+        raise InputValidationError(f"intermediate must be 'crown' or 'ibp'; got {intermediate!r}.")
+
+
 def _crown(head, lo, hi, spec, *, want_upper: bool, refine_stable: bool, known=None, intermediate: str = "crown",
            want_output: bool = True):
     """CROWN with CROWN intermediate bounds, intersected with IBP at every layer (see crown_head_bounds).
@@ -422,8 +427,7 @@ def _crown(head, lo, hi, spec, *, want_upper: bool, refine_stable: bool, known=N
     Points are processed in chunks of similar unstable counts, to bound memory and padding.
     ``want_output=False`` skips the output's backward pass (hidden bounds only; output bounds are None).
     """
-    if intermediate not in ("crown", "ibp"):
-        raise InputValidationError(f"intermediate must be 'crown' or 'ibp'; got {intermediate!r}.")
+    _check_intermediate(intermediate)
     p, d = lo.shape
     ibp_hidden, ibp_out = ibp_head_bounds(head, lo, hi)
     ref = list(ibp_hidden)
@@ -503,10 +507,9 @@ def _crown(head, lo, hi, spec, *, want_upper: bool, refine_stable: bool, known=N
         out_lo[sl] = torch.maximum(bound[:, :k_out], i_lo)
         if want_upper:
             out_hi[sl] = torch.minimum(-bound[:, k_out:], i_hi)
-    cat = (lambda ts: torch.cat(ts, dim=1)) if sizes else (lambda ts: torch.zeros(p, 0, dtype=lo.dtype))
     if not want_output:
         out_lo = out_hi = None
-    return cat(hid_lo), cat(hid_hi), out_lo, out_hi
+    return head.join_hidden(hid_lo, p), head.join_hidden(hid_hi, p), out_lo, out_hi
 
 
 @torch.no_grad()
@@ -790,12 +793,10 @@ def stable_neurons(head, x, radius, lower, upper, *, intermediate: str = "crown"
     if not (torch.isfinite(r).all() and (r >= 0).all()):
         raise InputValidationError("radius must be finite and ≥ 0.")
     blo, bhi = _ball(x, r, dom_lo, dom_hi)
-    if intermediate not in ("crown", "ibp"):
-        raise InputValidationError(f"intermediate must be 'crown' or 'ibp'; got {intermediate!r}.")
+    _check_intermediate(intermediate)
     if intermediate == "ibp":  # CROWN-IBP's hidden bounds are the interval bounds themselves
         hidden = ibp_head_bounds(head, blo, bhi)[0]
-        cat = (lambda ts: torch.cat(ts, dim=1)) if hidden else (lambda ts: torch.zeros(len(x), 0, dtype=torch.float64))
-        hl, hu = cat([h[0] for h in hidden]), cat([h[1] for h in hidden])
+        hl, hu = head.join_hidden([h[0] for h in hidden], len(x)), head.join_hidden([h[1] for h in hidden], len(x))
     else:
         hl, hu, _, _ = _crown(head, blo, bhi, None, want_upper=False, refine_stable=False, want_output=False)
     return hl > 0, hu < 0

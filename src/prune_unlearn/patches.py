@@ -381,7 +381,8 @@ class ClassPatchSet(nn.Module):
             # same elementwise float operations as the sum below, so it decides "deficit == 0" exactly.
             key = pair_b * self.num_groups + self.group[pair_r]
             by_lam = torch.argsort(lam_t[pair_r], stable=True)
-            first = torch.full((int(key.max()) + 1,), key.shape[0], dtype=torch.long, device=key.device)
+            n_keys = int(key.max()) + 1
+            first = torch.full((n_keys,), key.shape[0], dtype=torch.long, device=key.device)
             first.scatter_reduce_(0, key[by_lam], torch.arange(key.shape[0], device=key.device), reduce="amin")
             trial = by_lam[first[first < key.shape[0]]]  # one pair per (row, group) present
             t_r, t_b = pair_r[trial], pair_b[trial]
@@ -389,7 +390,7 @@ class ClassPatchSet(nn.Module):
             one = ~(near & self._stable[t_r]).any(dim=1)
             flat = out[rows].view(-1)
             flat[key[trial[one]]] = 1.0
-            done = torch.zeros(int(key.max()) + 1, dtype=torch.bool, device=key.device)
+            done = torch.zeros(n_keys, dtype=torch.bool, device=key.device)
             done[key[trial[one]]] = True
             rest = ~done[key]
             pair_r, pair_b = pair_r[rest], pair_b[rest]

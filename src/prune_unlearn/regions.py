@@ -74,6 +74,10 @@ class HeadNetwork:
         """Split the last dimension of ``t`` (all hidden neurons) into per-layer blocks."""
         return list(torch.split(t, self.hidden_sizes, dim=-1)) if self.hidden_sizes else []
 
+    def join_hidden(self, blocks: list[torch.Tensor], rows: int) -> torch.Tensor:
+        """Inverse of :meth:`split_hidden` for (rows, n_i) blocks; (rows, 0) for a head without hidden layers."""
+        return torch.cat(blocks, dim=-1) if blocks else torch.zeros(rows, 0, dtype=self.dtype)
+
     def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Plain ReLU forward in the head's dtype: ``(pre-activations (n, N), logits (n, C))``."""
         a = h.to(self.dtype)

@@ -255,7 +255,7 @@ def forget_class(
         radii = certified_radius(head64, h64[sample], y[sample], lower, upper, iterations=crown_iterations)
         n_crown += len(sample)
         common_radius = float(radii.median())
-    proven_radii = []  # radii found so far: their median warm-starts the next batch's search
+    proven_radii = []  # positive radii found so far: their median warm-starts the next batch's search
     for rnd in range(1, max_rounds + 1):
         if n == 0 or not pending.any() or 1 - pending.float().mean().item() >= delta:
             break
@@ -284,11 +284,10 @@ def forget_class(
             b = to_cover[: min(batch_size, max_relaxed - relaxed_here)]
             if common_radius is None:
                 found = torch.cat(proven_radii) if proven_radii else torch.zeros(0)
-                found = found[found > 0]
                 rad = certified_radius(head64, h64[b], y[b], lower, upper, iterations=crown_iterations,
                                        rtol=radius_rtol, intermediate=intermediate, search_dtype=torch.float32,
                                        start=float(found.median()) if len(found) else None)
-                proven_radii.append(rad)
+                proven_radii.append(rad[rad > 0])
                 sa, si = stable_neurons(head64, h64[b], rad * radius_scale, lower, upper, intermediate=intermediate)
                 n_crown += len(b)
             else:
@@ -297,10 +296,9 @@ def forget_class(
             relaxed_here += len(b)
             new = relaxed_set(list(pr.masks[b]), list(sa | si), gate_lambdas(b, sa | si), [0] * len(b),
                               torch.zeros(1, num_classes), [tgt]).to(z_all.device)
-            rows_t = to_cover  # coverage is only needed where a support is still wanted
-            with torch.no_grad():
-                got = new.group_support(z_all[rows_t], base_logits[rows_t])[:, 0].cpu()
-            gsupp[rows_t, group] = torch.maximum(gsupp[rows_t, group], got)
+            with torch.no_grad():  # coverage is only needed where a support is still wanted
+                got = new.group_support(z_all[to_cover], base_logits[to_cover])[:, 0].cpu()
+            gsupp[to_cover, group] = torch.maximum(gsupp[to_cover, group], got)
             sup_patterns += list(pr.masks[b])
             sup_stable += list(sa | si)
             sup_lambda += new.gate_lambda.tolist()
