@@ -17,11 +17,11 @@ from pathlib import Path
 import torch
 
 from prune_unlearn import forget, load_dataset
-from prune_unlearn.domain import data_feature_box
-from prune_unlearn.evaluation import accuracy, predict
-from prune_unlearn.experiments import machine_description
-from prune_unlearn.models import default_architecture
-from prune_unlearn.training import recipe_for, train_from_spec
+from prune_unlearn.core.domain import data_feature_box
+from prune_unlearn.unlearn.metrics import accuracy, predict
+from prune_unlearn.experiments.runner import machine_description
+from prune_unlearn.core.models import default_architecture
+from prune_unlearn.experiments.training import recipe_for, train_from_spec
 
 
 def stratified(y: torch.Tensor, per_class: int, seed: int) -> torch.Tensor:

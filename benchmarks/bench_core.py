@@ -27,9 +27,9 @@ import sklearn.cluster  # noqa: F401  (imported up front: its import time is not
 import torch
 
 from prune_unlearn import forget, load_dataset
-from prune_unlearn.models import default_architecture
-from prune_unlearn.regions import HeadNetwork, region_halfspaces
-from prune_unlearn.training import recipe_for, train_from_spec
+from prune_unlearn.core.models import default_architecture
+from prune_unlearn.core.regions import HeadNetwork, region_halfspaces
+from prune_unlearn.experiments.training import recipe_for, train_from_spec
 
 
 def median_time(fn, repeats: int, warmup: int = 2) -> float:
@@ -83,7 +83,7 @@ def float32_vertex_check(model, patched, X, n_points: int) -> dict:
             continue
         A, c = region_halfspaces(head, masks[r: r + 1])
         s = masks[r].double() * 2 - 1
-        from prune_unlearn.regions import affine_logits
+        from prune_unlearn.core.regions import affine_logits
 
         W, w = affine_logits(head, masks[r: r + 1])
         t = int(ps.targets[r])
@@ -110,7 +110,7 @@ def float32_vertex_check(model, patched, X, n_points: int) -> dict:
 def ledger_throughput(out_dir: Path, n_requests: int = 10_000) -> dict:
     """10,000 one-point requests on a small MLP, processed in batches of 1,000 through the ledger."""
     from prune_unlearn import Ledger, save
-    from prune_unlearn.models import mlp
+    from prune_unlearn.core.models import mlp
 
     torch.manual_seed(0)
     model = mlp(4, [8, 8], 3).eval()

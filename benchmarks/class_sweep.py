@@ -14,10 +14,10 @@ import argparse
 import json
 
 from prune_unlearn import load_dataset
-from prune_unlearn.models import default_architecture
-from prune_unlearn.serialization import load
-from prune_unlearn.training import recipe_for, train_from_spec
-from prune_unlearn.whole_class import forget_class
+from prune_unlearn.core.models import default_architecture
+from prune_unlearn.core.serialization import load
+from prune_unlearn.experiments.training import recipe_for, train_from_spec
+from prune_unlearn.unlearn.whole_class import forget_class
 
 ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 ap.add_argument("--data", default="digits")

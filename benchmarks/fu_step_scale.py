@@ -8,10 +8,10 @@ import copy
 import torch
 
 from prune_unlearn import load_dataset
-from prune_unlearn.baselines import create_baseline
-from prune_unlearn.evaluation import accuracy, predict
-from prune_unlearn.models import default_architecture
-from prune_unlearn.training import recipe_for
+from prune_unlearn.experiments.baselines import create_baseline
+from prune_unlearn.unlearn.metrics import accuracy, predict
+from prune_unlearn.core.models import default_architecture
+from prune_unlearn.experiments.training import recipe_for
 
 ds = load_dataset("mnist")
 spec = default_architecture("mnist", 784, 10)

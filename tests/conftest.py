@@ -34,8 +34,8 @@ def digits():
 @pytest.fixture(scope="session")
 def digits_model(digits):
     """FC(256×256) trained briefly on digits (enough for a realistic region structure)."""
-    from prune_unlearn.models import default_architecture
-    from prune_unlearn.training import Recipe, train_from_spec
+    from prune_unlearn.core.models import default_architecture
+    from prune_unlearn.experiments.training import Recipe, train_from_spec
 
     spec = default_architecture("digits", digits.input_dim, digits.num_classes)
     return train_from_spec(spec, digits.X_train, digits.y_train, Recipe(lr=0.1, epochs=15, batch_size=32)).model
@@ -44,8 +44,8 @@ def digits_model(digits):
 @pytest.fixture(scope="session")
 def digits_small_model(digits):
     """FC(32×32) on digits: small enough for exact LPs over many regions in tests."""
-    from prune_unlearn.models import mlp
-    from prune_unlearn.training import Recipe, train_model
+    from prune_unlearn.core.models import mlp
+    from prune_unlearn.experiments.training import Recipe, train_model
 
     torch.manual_seed(1)
     model = mlp(digits.input_dim, [32, 32], digits.num_classes)

@@ -6,7 +6,7 @@ import torch
 
 from prune_unlearn import Certificate, PatchedModel, forget, load, save
 from prune_unlearn._hashing import state_sha256
-from prune_unlearn.audit import audit
+from prune_unlearn.verify.audit import audit
 from prune_unlearn.errors import CertificateError
 
 

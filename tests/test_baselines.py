@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parameters_to_vector
 
-from prune_unlearn.baselines import (
+from prune_unlearn.experiments.baselines import (
     FU,
     SISA,
     Amnesiac,
@@ -18,11 +18,11 @@ from prune_unlearn.baselines import (
     create_baseline,
     register_baseline,
 )
-from prune_unlearn.baselines.base import derive_seed
-from prune_unlearn.baselines.influence import conjugate_gradient
+from prune_unlearn.experiments.baselines.base import derive_seed
+from prune_unlearn.experiments.baselines.influence import conjugate_gradient
 from prune_unlearn.errors import FormatError, InputValidationError, NotFittedError
-from prune_unlearn.models import build_model, mlp
-from prune_unlearn.training import Recipe, train_from_spec, train_model
+from prune_unlearn.core.models import build_model, mlp
+from prune_unlearn.experiments.training import Recipe, train_from_spec, train_model
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -108,7 +108,7 @@ def test_register_baseline_refuses_to_overwrite_unless_forced():
         register_baseline("mine", Retrain, force=True)
         assert type(create_baseline("mine")) is Retrain
     finally:
-        from prune_unlearn.baselines import registry
+        from prune_unlearn.experiments.baselines import registry
 
         registry._REGISTRY.pop("mine", None)
 

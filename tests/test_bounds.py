@@ -1,4 +1,4 @@
-"""CROWN / IBP bounds of the head, certified radii and stable neurons (``prune_unlearn.bounds``).
+"""CROWN / IBP bounds of the head, certified radii and stable neurons (``prune_unlearn.core.bounds``).
 
 Every claim is checked against something independent: dense sampling (with box corners), a naive
 one-point-at-a-time CROWN written from the textbook formulas, scipy LPs on a single linear region,
@@ -14,7 +14,7 @@ import torch
 from _helpers.models import lp_min_margin, reference_region, tiny_mlp
 from torch import nn
 
-from prune_unlearn.bounds import (
+from prune_unlearn.core.bounds import (
     CrownBounds,
     certified_radius,
     crown_head_bounds,
@@ -23,8 +23,8 @@ from prune_unlearn.bounds import (
     stable_neurons,
 )
 from prune_unlearn.errors import InputValidationError
-from prune_unlearn.regions import HeadNetwork
-from prune_unlearn.split import split_model
+from prune_unlearn.core.regions import HeadNetwork
+from prune_unlearn.core.split import split_model
 
 # (input, hidden…, classes): two hidden layers, one, none, three, and a wide-ish one.
 SHAPES = [(4, 8, 8, 3), (5, 6, 2), (3, 4), (6, 10, 7, 5, 4), (3, 12, 12, 3)]
@@ -508,7 +508,7 @@ def test_warm_started_float32_search_returns_float64_proven_radii_close_to_the_p
 
 def test_float32_search_falls_back_to_float64_where_rounding_overshoots(monkeypatch):
     """Radii the float32 search finds but float64 CROWN cannot prove are searched again in float64."""
-    import prune_unlearn.bounds as B
+    import prune_unlearn.core.bounds as B
 
     head = _trained_head()
     gen = torch.Generator().manual_seed(13)

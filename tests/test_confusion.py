@@ -2,9 +2,9 @@ import pytest
 import torch
 
 from _helpers.models import lp_min_margin, reference_region, tiny_mlp
-from prune_unlearn.confusion import confusion_patch, margin_upper_bounds, patch_margins
-from prune_unlearn.regions import HeadNetwork, point_regions
-from prune_unlearn.split import split_model
+from prune_unlearn.core.confusion import confusion_patch, margin_upper_bounds, patch_margins
+from prune_unlearn.core.regions import HeadNetwork, point_regions
+from prune_unlearn.core.split import split_model
 
 
 def _setup(sizes=(4, 8, 8, 3), n=12, seed=0):

@@ -74,7 +74,7 @@ def test_real_idx_files(name, counts):
 
 
 def test_dataset_names_lists_new_loaders():
-    from prune_unlearn.data import dataset_names
+    from prune_unlearn.experiments.datasets import dataset_names
 
     assert dataset_names() == ["cifar10", "digits", "fashion-mnist", "har", "har-uci", "mnist", "mnist5k", "purchase"]
 
@@ -177,7 +177,7 @@ def _write_image_tar(path: Path, members: dict[str, bytes]):
 
 
 def test_cifar_image_archive_cache_and_corrupt_cache(tmp_path, monkeypatch):
-    import prune_unlearn.data as data_mod
+    import prune_unlearn.experiments.datasets as data_mod
 
     monkeypatch.setenv("PRUNE_CACHE_DIR", str(tmp_path / "cache"))
     members = {"cifar10-images/README.md": b"hello"}

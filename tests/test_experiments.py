@@ -3,7 +3,7 @@ import json
 from click.testing import CliRunner
 
 from prune_unlearn.cli import cli
-from prune_unlearn.experiments import ExperimentConfig, run_convergence, run_table3
+from prune_unlearn.experiments.runner import ExperimentConfig, run_convergence, run_table3
 
 
 def test_table3_runner_writes_tables_figures_and_config(tmp_path):

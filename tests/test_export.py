@@ -26,7 +26,7 @@ from click.testing import CliRunner
 from _helpers.models import TinyConvNet, reference_region, tiny_mlp
 from prune_unlearn import forget, save
 from prune_unlearn.errors import CertificateError, InputValidationError, UnsupportedModelError
-from prune_unlearn.export import (
+from prune_unlearn.verify.export import (
     ALLOWED_OPS,
     ExportError,
     VerifierNormalForm,
@@ -35,10 +35,10 @@ from prune_unlearn.export import (
     verifier_normal_form,
     write_vnnlib,
 )
-from prune_unlearn.export_cli import export as export_cmd
-from prune_unlearn.export_cli import register
-from prune_unlearn.patches import BOUND_CODES
-from prune_unlearn.regions import HeadNetwork, region_halfspaces
+from prune_unlearn.cli.export import export as export_cmd
+from prune_unlearn.cli.export import register
+from prune_unlearn.core.patches import BOUND_CODES
+from prune_unlearn.core.regions import HeadNetwork, region_halfspaces
 
 RTOL = 1e-4
 
@@ -55,8 +55,8 @@ def tiny(one_thread):
 
 @pytest.fixture(scope="module")
 def digits_mlp(digits, one_thread):
-    from prune_unlearn.models import mlp
-    from prune_unlearn.training import Recipe, train_model
+    from prune_unlearn.core.models import mlp
+    from prune_unlearn.experiments.training import Recipe, train_model
 
     torch.manual_seed(1)
     model = mlp(digits.input_dim, [32, 32], digits.num_classes)

@@ -4,8 +4,8 @@ import torch
 from _helpers.models import TinyConvNet, lp_min_margin, reference_region, tiny_mlp
 from prune_unlearn import PatchedModel, forget
 from prune_unlearn.errors import InputValidationError, UnsupportedModelError
-from prune_unlearn.forget import CERTIFIED_FACTOR
-from prune_unlearn.regions import HeadNetwork, point_regions
+from prune_unlearn.unlearn.forget import CERTIFIED_FACTOR
+from prune_unlearn.core.regions import HeadNetwork, point_regions
 
 
 def _forget_indices(n, k, seed=0):

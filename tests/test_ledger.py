@@ -22,12 +22,12 @@ from click.testing import CliRunner
 import prune_unlearn
 from prune_unlearn import load, load_info, save
 from prune_unlearn._hashing import point_sha256
-from prune_unlearn.data import Dataset
+from prune_unlearn.experiments.datasets import Dataset
 from prune_unlearn.errors import LedgerError
-from prune_unlearn.ledger import CRASH_ENV, CRASH_POINTS, Ledger, read_points_file
-from prune_unlearn.ledger_cli import register
-from prune_unlearn.models import mlp
-from prune_unlearn.split import split_model
+from prune_unlearn.ops.ledger import CRASH_ENV, CRASH_POINTS, Ledger, read_points_file
+from prune_unlearn.cli.ledger import register
+from prune_unlearn.core.models import mlp
+from prune_unlearn.core.split import split_model
 
 SRC = str(Path(prune_unlearn.__file__).resolve().parents[1])
 
@@ -296,7 +296,7 @@ def _swap_events(conn):
 
 def _rehash_edited_event(conn):
     """A forger who knows the hash function: edit event 2 and recompute its entry_hash."""
-    from prune_unlearn.ledger import _entry_hash
+    from prune_unlearn.ops.ledger import _entry_hash
 
     eid, kind, created, body, prev = conn.execute(
         "SELECT id, kind, created_at, body, prev_hash FROM events WHERE id = 2").fetchone()
@@ -342,7 +342,7 @@ def test_verify_detects_edited_deleted_or_reordered_rows(world, tamper, first_ba
 
 
 def _process_in_subprocess(ledger_path, model_path, crash_at):
-    code = ("import sys, torch; torch.set_num_threads(1); from prune_unlearn.ledger import Ledger; "
+    code = ("import sys, torch; torch.set_num_threads(1); from prune_unlearn.ops.ledger import Ledger; "
             "Ledger(sys.argv[1]).process(sys.argv[2])")
     env = {**os.environ, "PYTHONPATH": SRC, CRASH_ENV: crash_at}
     return subprocess.run([sys.executable, "-c", code, str(ledger_path), str(model_path)], env=env,
@@ -398,7 +398,7 @@ def test_kill_9_during_undo_recovers(world):
     with Ledger(world.ledger) as ledger:
         ledger.add("a", points_file=world.tmp / "r.npy")
         ledger.process(world.path)
-    code = ("import sys; from prune_unlearn.ledger import Ledger; Ledger(sys.argv[1]).undo(1, sys.argv[2])")
+    code = ("import sys; from prune_unlearn.ops.ledger import Ledger; Ledger(sys.argv[1]).undo(1, sys.argv[2])")
     env = {**os.environ, "PYTHONPATH": SRC, CRASH_ENV: "after_ledger_commit"}
     proc = subprocess.run([sys.executable, "-c", code, str(world.ledger), str(world.path)], env=env,
                           capture_output=True, text=True, timeout=300)

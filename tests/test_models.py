@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from prune_unlearn import forget, load, save
-from prune_unlearn.models import build_model, default_architecture, mlp_from_state_dict, vgg16
-from prune_unlearn.split import split_model, verify_split
+from prune_unlearn.core.models import build_model, default_architecture, mlp_from_state_dict, vgg16
+from prune_unlearn.core.split import split_model, verify_split
 from prune_unlearn.errors import InputValidationError
 
 

@@ -4,8 +4,8 @@ from hypothesis import strategies as st
 
 from _helpers.models import tiny_mlp
 from prune_unlearn import PatchedModel, PatchSet, forget
-from prune_unlearn.regions import pack_patterns
-from prune_unlearn.split import split_model
+from prune_unlearn.core.regions import pack_patterns
+from prune_unlearn.core.split import split_model
 
 
 def _random_patchset(num_hidden, num_classes, masks, gen):
@@ -56,7 +56,7 @@ def test_fast_support_equals_dense_network_formula():
 
 
 def test_hash_collisions_are_resolved_by_exact_comparison(monkeypatch):
-    import prune_unlearn.patches as patches_mod
+    import prune_unlearn.core.patches as patches_mod
 
     zero = lambda active, weights: torch.zeros(len(active), dtype=torch.int64)  # noqa: E731
     monkeypatch.setattr(patches_mod, "_keys_exact", zero)

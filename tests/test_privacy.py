@@ -3,17 +3,17 @@ import pytest
 import torch
 from torch import nn
 
-from prune_unlearn.baselines import MajorityVote
+from prune_unlearn.experiments.baselines import MajorityVote
 from prune_unlearn.errors import InputValidationError
-from prune_unlearn.models import mlp
-from prune_unlearn.privacy import (
+from prune_unlearn.core.models import mlp
+from prune_unlearn.experiments.privacy import (
     loss_threshold_attack,
     mean_loss,
     mia_auc_tpr,
     mia_recall,
     per_example_loss,
 )
-from prune_unlearn.training import Recipe, train_model
+from prune_unlearn.experiments.training import Recipe, train_model
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from _helpers.models import reference_region, tiny_mlp
-from prune_unlearn.regions import (
+from prune_unlearn.core.regions import (
     HeadNetwork,
     affine_logits,
     masked_backward,
@@ -12,7 +12,7 @@ from prune_unlearn.regions import (
     region_halfspaces,
     unpack_patterns,
 )
-from prune_unlearn.split import split_model
+from prune_unlearn.core.split import split_model
 
 SHAPES = [(4, 8, 8, 3), (5, 6, 2), (3, 4), (6, 10, 7, 5, 4)]
 

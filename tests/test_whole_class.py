@@ -2,9 +2,9 @@ import pytest
 import torch
 
 from prune_unlearn import audit, forget, forget_class, load, save
-from prune_unlearn.bounds import certified_radius, stable_neurons
+from prune_unlearn.core.bounds import certified_radius, stable_neurons
 from prune_unlearn.errors import InputValidationError, UnsupportedModelError
-from prune_unlearn.regions import HeadNetwork
+from prune_unlearn.core.regions import HeadNetwork
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +126,7 @@ def test_members_left_to_exact_rows_and_members_already_mispredicted(digits, dig
     assert result.passed, result.summary()
     forged = res.certificate.to_dict()
     forged["claims"][0]["bound"] = "base model"   # the base model predicts this member: the claim is false
-    from prune_unlearn.certificate import Certificate
+    from prune_unlearn.verify.certificate import Certificate
     bad = audit(res.model, Certificate.from_dict(forged), points=X, labels=labels)
     assert not bad.passed and any("already mispredicted" in c.detail for c in bad.failures)
 
@@ -163,8 +163,8 @@ def test_version_1_file_reads_as_an_ungated_class_patch_set(tmp_path, forgotten_
 def test_relaxed_support_matches_eq_11_written_out():
     """The vectorised support (with its exact "some support is already 1" shortcut) against Eq. 11 computed
     one support and one row at a time: ReLU(Σ_{i∈S} clamp(λ s_i z_i, 0, 1) − |S| + 1), max per group."""
-    from prune_unlearn.patches import ClassPatchSet
-    from prune_unlearn.regions import pack_patterns
+    from prune_unlearn.core.patches import ClassPatchSet
+    from prune_unlearn.core.regions import pack_patterns
 
     gen = torch.Generator().manual_seed(3)
     for trial in range(20):

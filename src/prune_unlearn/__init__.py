@@ -8,10 +8,10 @@ regions keeps exactly the base model's output.
 >>> patched, report, certificate = forget(model, X_u, labels=y_u)  # doctest: +SKIP
 """
 
-__version__ = "0.1.0"
+from ._version import __version__
 
-from .certificate import Certificate
-from .data import Dataset, load_dataset
+from .verify.certificate import Certificate
+from .experiments.datasets import Dataset, load_dataset
 from .errors import (
     CertificateError,
     DataError,
@@ -22,14 +22,14 @@ from .errors import (
     PruneError,
     UnsupportedModelError,
 )
-from .forget import ForgetResult, Report, forget
-from .whole_class import forget_class
-from .audit import AuditResult, audit
-from .ledger import Ledger
-from .models import build_model
-from .patches import PatchedModel, PatchSet
-from .serialization import load, load_info, save
-from .training import Recipe, train_model
+from .unlearn.forget import ForgetResult, Report, forget
+from .unlearn.whole_class import forget_class
+from .verify.audit import AuditResult, audit
+from .ops.ledger import Ledger
+from .core.models import build_model, default_architecture
+from .core.patches import PatchedModel, PatchSet
+from .core.serialization import load, load_info, save
+from .experiments.training import Recipe, recipe_for, train_from_spec, train_model
 
 __all__ = [
     "forget",
@@ -48,7 +48,10 @@ __all__ = [
     "load_dataset",
     "Dataset",
     "build_model",
+    "default_architecture",
     "train_model",
+    "train_from_spec",
+    "recipe_for",
     "Recipe",
     "PruneError",
     "InputValidationError",

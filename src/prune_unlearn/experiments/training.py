@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ._progress import progress_bar
-from .models import build_model
+from .._progress import progress_bar
+from ..core.models import build_model
 
 __all__ = ["Recipe", "RECIPES", "TrainResult", "train_model", "train_from_spec", "recipe_for"]
 

@@ -37,9 +37,9 @@ import torch
 from torch import nn
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
-from .._validation import param_error
-from ..errors import InputValidationError
-from ..models import build_model
+from ..._validation import param_error
+from ...errors import InputValidationError
+from ...core.models import build_model
 from .base import UnlearningMethod, derive_seed, non_negative_int
 
 __all__ = ["Amnesiac"]

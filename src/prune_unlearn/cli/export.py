@@ -19,7 +19,7 @@ from pathlib import Path
 
 import click
 
-from ._clickutil import handle_errors
+from .options import handle_errors
 
 __all__ = ["export", "register"]
 
@@ -56,11 +56,11 @@ def export(model_path, out, want_onnx, want_vnnlib, regions, certificate, constr
 
     Example: prune export --model forgot/patched.safetensors --certificate forgot/certificate.json --out vnn/
     """
-    from .certificate import Certificate
-    from .errors import InputValidationError
-    from .export import DEFAULT_OPSET, _check_region_claim, _check_regions, domain_box, export_onnx, write_vnnlib
-    from .patches import BOUND_CODES, PatchedModel
-    from .serialization import atomic_write_text, load
+    from ..verify.certificate import Certificate
+    from ..errors import InputValidationError
+    from ..verify.export import DEFAULT_OPSET, _check_region_claim, _check_regions, domain_box, export_onnx, write_vnnlib
+    from ..core.patches import BOUND_CODES, PatchedModel
+    from ..core.serialization import atomic_write_text, load
 
     if not (want_onnx or want_vnnlib):
         want_onnx = want_vnnlib = True

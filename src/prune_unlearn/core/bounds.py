@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .errors import InputValidationError, UnsupportedModelError
+from ..errors import InputValidationError, UnsupportedModelError
 from .regions import affine_logits
 
 __all__ = [

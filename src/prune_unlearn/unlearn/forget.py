@@ -26,10 +26,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import __version__
-from ._hashing import model_sha256, points_sha256
-from ._progress import progress_bar
-from ._validation import (
+from .._version import __version__
+from .._hashing import model_sha256, points_sha256
+from .._progress import progress_bar
+from .._validation import (
     as_float_tensor,
     as_label_tensor,
     check_choice,
@@ -39,14 +39,14 @@ from ._validation import (
     check_positive_int,
     check_seed,
 )
-from .certificate import Certificate, describe_box, patches_digest, patches_sha256
-from .domain import feature_box
-from .confusion import BOUND_METHODS, confusion_patch, float32_aware_epsilon, margin_upper_bounds, patch_margins
-from .errors import InputValidationError, UnsupportedModelError
-from .evaluation import unlearning_metrics
-from .patches import BOUND_CODES, PatchedModel, PatchSet
-from .regions import HeadNetwork, pack_patterns, pattern_words, point_regions
-from .split import split_model, verify_split
+from ..verify.certificate import Certificate, describe_box, patches_digest, patches_sha256
+from ..core.domain import feature_box
+from ..core.confusion import BOUND_METHODS, confusion_patch, float32_aware_epsilon, margin_upper_bounds, patch_margins
+from ..errors import InputValidationError, UnsupportedModelError
+from .metrics import unlearning_metrics
+from ..core.patches import BOUND_CODES, PatchedModel, PatchSet
+from ..core.regions import HeadNetwork, pack_patterns, pattern_words, point_regions
+from ..core.split import split_model, verify_split
 
 __all__ = ["forget", "ForgetResult", "Report", "STRATEGIES", "TARGET_RULES"]
 
@@ -116,7 +116,7 @@ class Report:
 
         text = json.dumps(self.to_dict(), indent=indent)
         if path is not None:
-            from .serialization import atomic_write_text
+            from ..core.serialization import atomic_write_text
 
             atomic_write_text(path, text + "\n")
         return text

@@ -23,11 +23,11 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
-from .data import Dataset, load_dataset
-from .evaluation import accuracy, predict
-from .forget import forget
-from .models import default_architecture
+from .._version import __version__
+from .datasets import Dataset, load_dataset
+from ..unlearn.metrics import accuracy, predict
+from ..unlearn.forget import forget
+from ..core.models import default_architecture
 from .privacy import mean_loss, mia_auc_tpr, mia_recall
 from .training import recipe_for, train_from_spec
 
@@ -357,7 +357,7 @@ def run_table5(dataset: str, out_dir: str | Path, *, data_dir=None, trials: int 
     replacement across trials as in the paper's "randomly selecting the category labels 20 times"),
     mean ± std of ``A_u``, ``A_tes_u``, ``A_res``, ``A_tes_r`` before/after, and the time against
     retraining without the class (one retraining per distinct label)."""
-    from .whole_class import forget_class
+    from ..unlearn.whole_class import forget_class
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

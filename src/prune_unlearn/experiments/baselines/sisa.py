@@ -32,8 +32,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from .._validation import param_error
-from ..models import build_model
+from ..._validation import param_error
+from ...core.models import build_model
 from ..training import train_model
 from .base import UnlearningMethod, derive_seed, positive_int, positive_int_or_none
 

@@ -34,10 +34,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._hashing import model_sha256, points_sha256, state_sha256
+from .._hashing import model_sha256, points_sha256, state_sha256
 from .certificate import Certificate, box_from_description
-from .errors import CertificateError, InputValidationError
-from .patches import PatchedModel
+from ..errors import CertificateError, InputValidationError
+from ..core.patches import PatchedModel
 
 __all__ = ["audit", "AuditResult", "Check"]
 
@@ -141,7 +141,7 @@ def _upper_bounds(A, c, W, w, signs, theta, target, mu, lo, hi):
 
 def _lp_min_leads(A, c, W, w, values, signs, theta, target, lo, hi):
     """Exact ``min_{h ∈ S_θ ∩ B} (f_t + d_t) − (f_l + d_l)`` for each ``l``, with minimisers (HiGHS)."""
-    from .confusion import _new_highs  # a silent HiGHS instance; the LP itself is set up here
+    from ..core.confusion import _new_highs  # a silent HiGHS instance; the LP itself is set up here
     import highspy
 
     d = A.shape[1]

@@ -19,15 +19,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._validation import (
+from ..._validation import (
     as_float_tensor,
     as_label_tensor,
     check_positive_float,
     check_positive_int,
     param_error,
 )
-from ..errors import InputValidationError, NotFittedError
-from ..models import architecture_of, build_model
+from ...errors import InputValidationError, NotFittedError
+from ...core.models import architecture_of, build_model
 from ..training import Recipe
 
 __all__ = ["UnlearningMethod", "BaselineResult", "derive_seed"]

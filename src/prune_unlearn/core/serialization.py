@@ -25,9 +25,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import __version__
-from ._hashing import state_sha256
-from .errors import FormatError
+from .._version import __version__
+from .._hashing import state_sha256
+from ..errors import FormatError
 from .models import architecture_of, build_model
 from .patches import ClassPatchSet, PatchedModel, PatchSet
 

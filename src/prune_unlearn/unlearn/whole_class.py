@@ -36,20 +36,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._hashing import model_sha256, points_sha256
-from ._progress import progress_bar
-from ._validation import as_float_tensor, check_choice, check_fraction, check_in_box, check_positive_float
-from ._validation import check_positive_int, check_seed
-from .bounds import certified_radius, stable_neurons
-from .certificate import Certificate, describe_box, patches_digest
-from .confusion import BOUND_METHODS
-from .domain import feature_box
-from .errors import InputValidationError, UnsupportedModelError
-from .evaluation import accuracy, predict
+from .._hashing import model_sha256, points_sha256
+from .._progress import progress_bar
+from .._validation import as_float_tensor, check_choice, check_fraction, check_in_box, check_positive_float
+from .._validation import check_positive_int, check_seed
+from ..core.bounds import certified_radius, stable_neurons
+from ..verify.certificate import Certificate, describe_box, patches_digest
+from ..core.confusion import BOUND_METHODS
+from ..core.domain import feature_box
+from ..errors import InputValidationError, UnsupportedModelError
+from .metrics import accuracy, predict
 from .forget import GATE_HEADROOM, ForgetResult, Report, _region_patches, build_certificate, forget
-from .patches import ClassPatchSet, PatchedModel, PatchSet, _stack_preacts, label_lead
-from .regions import HeadNetwork, pack_patterns, point_regions
-from .split import split_model, verify_split
+from ..core.patches import ClassPatchSet, PatchedModel, PatchSet, _stack_preacts, label_lead
+from ..core.regions import HeadNetwork, pack_patterns, point_regions
+from ..core.split import split_model, verify_split
 
 DECISION_MARGIN = 1e-3
 
@@ -396,7 +396,7 @@ def forget_class(
 
 def _exact_rows(rows: dict, pr, group_values, group_targets, label: int, num_classes: int, num_hidden: int) -> PatchSet:
     """Point-patch-set rows for members left without a relaxed support: their exact region, group value."""
-    from .patches import BOUND_CODES
+    from ..core.patches import BOUND_CODES
 
     if not rows:
         return PatchSet(num_hidden, num_classes)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .._validation import param_error
-from ..errors import InputValidationError
+from ..._validation import param_error
+from ...errors import InputValidationError
 from .amnesiac import Amnesiac
 from .base import UnlearningMethod
 from .influence import FU

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .errors import UnsupportedModelError
+from ..errors import UnsupportedModelError
 
 # Layers allowed inside the head besides Linear/ReLU: identities at inference time.
 _TRANSPARENT = (nn.Dropout, nn.Identity)

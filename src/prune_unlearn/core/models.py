@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import FormatError, InputValidationError
+from ..errors import FormatError, InputValidationError
 
 __all__ = ["mlp", "vgg16", "VGG", "build_model", "architecture_of", "default_architecture", "head_of",
            "mlp_from_state_dict"]

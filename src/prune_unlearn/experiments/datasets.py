@@ -59,7 +59,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .errors import DataError
+from ..errors import DataError
 
 __all__ = ["Dataset", "load_dataset", "dataset_names", "DATA_DIR_ENV", "CACHE_DIR_ENV", "CIFAR10_CLASSES"]
 

@@ -60,11 +60,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import __version__
-from ._hashing import point_sha256, points_sha256, state_sha256
-from ._progress import progress_bar
-from ._validation import check_positive_int
-from .errors import FormatError, LedgerError, PruneError
+from .._version import __version__
+from .._hashing import point_sha256, points_sha256, state_sha256
+from .._progress import progress_bar
+from .._validation import check_positive_int
+from ..errors import FormatError, LedgerError, PruneError
 
 __all__ = [
     "Ledger", "Request", "ProcessResult", "UndoResult", "VerifyResult", "read_points_file",
@@ -268,7 +268,7 @@ def _pending_path(model_path: Path) -> Path:
 
 def _model_sha256(model: nn.Module) -> str:
     """``tensors_sha256`` that :func:`prune_unlearn.save` writes for this model (checked after each save)."""
-    from .patches import PatchedModel
+    from ..core.patches import PatchedModel
 
     base = model.base if isinstance(model, PatchedModel) else model
     tensors = {f"base.{k}": v for k, v in base.state_dict().items()}
@@ -279,7 +279,7 @@ def _model_sha256(model: nn.Module) -> str:
 
 def _file_model_sha256(path: Path) -> str | None:
     """The tensors hash of a saved model, or ``None`` if there is no readable, intact model there."""
-    from .serialization import load_info
+    from ..core.serialization import load_info
 
     try:
         return load_info(path)["tensors_sha256"] if path.is_file() else None
@@ -414,7 +414,7 @@ class _Datasets:
             if not isinstance(self._data, str):
                 return self._data
         if name not in self._cache:
-            from .data import load_dataset
+            from ..experiments.datasets import load_dataset
 
             self._cache[name] = load_dataset(name, self._dir)
         return self._cache[name]
@@ -787,7 +787,7 @@ class Ledger:
         return problems
 
     def _model_problems(self, model_path: Path, events: list[_Event]) -> list[str]:
-        from .serialization import load_info
+        from ..core.serialization import load_info
 
         try:
             header = load_info(model_path)
@@ -849,7 +849,7 @@ class Ledger:
 
     def _load_model(self, model_path: Path, base: nn.Module | None):
         """The model file the ledger last wrote, and its header (call under the writer lock, after verify)."""
-        from .serialization import load, load_info
+        from ..core.serialization import load, load_info
 
         events = self._events("WHERE kind IN ('process', 'undo')")
         pending = _pending_path(model_path)
@@ -862,7 +862,7 @@ class Ledger:
 
     def _commit_model(self, kind: str, body: dict, model: nn.Module, model_path: Path, header: dict) -> _Event:
         """Write ``model`` over ``model_path`` and append the event, both or neither (module docstring)."""
-        from .serialization import save
+        from ..core.serialization import save
 
         pending = _pending_path(model_path)
         body = {**body, "model_file": str(model_path.resolve()), "model_after": _model_sha256(model)}
@@ -896,7 +896,7 @@ class Ledger:
         request's data set, loaded by name); ``domain`` defaults to that data set's box, else [0, 1].
         ``bound``, ``epsilon`` and ``seed`` are passed to ``forget``; ``base`` to :func:`prune_unlearn.load`.
         """
-        from .forget import forget
+        from ..unlearn.forget import forget
 
         batch_size = check_positive_int("batch_size", "Ledger.process", batch_size)
         model_path = Path(model_path)
@@ -940,7 +940,7 @@ class Ledger:
     @staticmethod
     def _gather(rows: list[_Row], datasets: _Datasets, model: nn.Module):
         """Points and labels of requests, re-read from their data set or file and checked against the hashes."""
-        from .patches import PatchedModel
+        from ..core.patches import PatchedModel
 
         base = model.base if isinstance(model, PatchedModel) else model
         xs, ys, spans, domain, start = [], [], [], (0.0, 1.0), 0
@@ -985,7 +985,7 @@ class Ledger:
         Regions that also cover points of another live (processed, not undone) request stay patched: their
         claims still need them. Elsewhere the model's outputs are the base model's again, bit for bit.
         """
-        from .patches import PatchedModel
+        from ..core.patches import PatchedModel
 
         model_path = Path(model_path)
         with self._writer_lock():

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import click
 
-from ._clickutil import handle_errors, json_option, read_indices, silent_option
-from .ledger import DEFAULT_LEDGER_PATH, STATUSES, Ledger
+from .options import handle_errors, json_option, read_indices, silent_option
+from ..ops.ledger import DEFAULT_LEDGER_PATH, STATUSES, Ledger
 
 __all__ = ["register", "request", "process_cmd", "ledger"]
 
@@ -81,7 +81,7 @@ def add_cmd(ledger_path, requester, index_values, indices_file, points_file, lab
         raise click.UsageError("--index/--indices need --data (the data set they index).")
     data = indices = None
     if data_name is not None:
-        from .data import load_dataset
+        from ..experiments.datasets import load_dataset
 
         data = load_dataset(data_name, data_dir)
     if by_index:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import InputValidationError
+from ..errors import InputValidationError
 from .split import ModelSplit, split_model
 
 __all__ = ["feature_box", "data_feature_box"]

@@ -13,9 +13,9 @@ from pathlib import Path
 import click
 import torch
 
-from . import __version__
-from ._clickutil import data_options, handle_errors, json_option, read_indices, relaxed_support_options, seed_option
-from ._clickutil import silent_option
+from .._version import __version__
+from .options import data_options, handle_errors, json_option, read_indices, relaxed_support_options, seed_option
+from .options import silent_option
 
 # --- shared option bundles -----------------------------------------------------------------------
 
@@ -33,8 +33,8 @@ def resolve_device(name: str) -> str:
 
 def load_model_file(path: Path, layers: str | None):
     """A saved prune model (.safetensors), or a user's state dict (.pt/.pth, loaded with weights_only=True)."""
-    from .errors import FormatError, InputValidationError
-    from .serialization import load
+    from ..errors import FormatError, InputValidationError
+    from ..core.serialization import load
 
     if path.suffix == ".safetensors" or layers is None:
         if path.suffix != ".safetensors" and path.exists():
@@ -42,7 +42,7 @@ def load_model_file(path: Path, layers: str | None):
                 f"{path} is not a .safetensors file from `prune train`. HINT: for a PyTorch state dict of an MLP, "
                 "also pass --layers with its layer sizes, e.g. --layers 784,256,256,10.")
         return load(path)
-    from .models import mlp_from_state_dict
+    from ..core.models import mlp_from_state_dict
 
     try:
         sizes = [int(v) for v in layers.replace(" ", "").split(",") if v]
@@ -113,11 +113,11 @@ def train(data_name, data_dir, out, epochs, lr, seed, device, as_json, silent):
 
     Example: prune train --data digits --out digits.safetensors
     """
-    from .data import load_dataset
-    from .evaluation import accuracy, predict
-    from .models import default_architecture
-    from .serialization import save
-    from .training import recipe_for, train_from_spec
+    from ..experiments.datasets import load_dataset
+    from ..unlearn.metrics import accuracy, predict
+    from ..core.models import default_architecture
+    from ..core.serialization import save
+    from ..experiments.training import recipe_for, train_from_spec
 
     ds = load_dataset(data_name, data_dir)
     spec = default_architecture(ds.name, ds.input_dim, ds.num_classes, ds.input_shape)
@@ -139,7 +139,7 @@ def train(data_name, data_dir, out, epochs, lr, seed, device, as_json, silent):
 def run_forget_on_dataset(model, ds, idx, *, strategy, bound, epsilon, target, seed, delta, clusters,
                           retrain: bool, progress: bool, recipe=None):
     """Forget training points ``idx`` of ``ds`` and evaluate on test and remaining data."""
-    from .forget import forget
+    from ..unlearn.forget import forget
 
     X_rem, y_rem = ds.remaining(idx)
     result = forget(model, ds.X_train[idx], labels=ds.y_train[idx], strategy=strategy, bound=bound,
@@ -148,9 +148,9 @@ def run_forget_on_dataset(model, ds, idx, *, strategy, bound, epsilon, target, s
                     remaining_data=(X_rem, y_rem), progress=progress)
     report = result.report
     if retrain:
-        from .models import architecture_of
-        from .training import recipe_for, train_from_spec
-        from .errors import InputValidationError
+        from ..core.models import architecture_of
+        from ..experiments.training import recipe_for, train_from_spec
+        from ..errors import InputValidationError
 
         spec = architecture_of(model if not hasattr(model, "base") else model.base)
         if spec is None:
@@ -162,7 +162,7 @@ def run_forget_on_dataset(model, ds, idx, *, strategy, bound, epsilon, target, s
 
 
 def _write_outputs(out: Path, result, idx, info: dict) -> dict:
-    from .serialization import save
+    from ..core.serialization import save
 
     out.mkdir(parents=True, exist_ok=True)
     paths = {"model": out / "patched.safetensors", "report": out / "report.json",
@@ -170,7 +170,7 @@ def _write_outputs(out: Path, result, idx, info: dict) -> dict:
     save(result.model, paths["model"], info=info)
     result.report.to_json(paths["report"])
     result.certificate.to_json(paths["certificate"])
-    from .serialization import atomic_write_text
+    from ..core.serialization import atomic_write_text
 
     atomic_write_text(paths["indices"], "\n".join(str(int(i)) for i in idx) + "\n")
     return {k: str(v) for k, v in paths.items()}
@@ -200,7 +200,7 @@ def forget_cmd(model_path, layers, data_name, data_dir, indices, count, strategy
 
     Example: prune forget --model digits.safetensors --data digits --count 100 --out forgot/
     """
-    from .data import load_dataset
+    from ..experiments.datasets import load_dataset
 
     if (indices is None) == (count is None):
         raise click.UsageError("Use exactly one of --indices or --count.")
@@ -209,7 +209,7 @@ def forget_cmd(model_path, layers, data_name, data_dir, indices, count, strategy
     if indices is not None:
         idx = read_indices(indices, len(ds.y_train))
     else:
-        from .errors import InputValidationError
+        from ..errors import InputValidationError
 
         if count > len(ds.y_train):
             raise InputValidationError(f"--count {count} exceeds the {len(ds.y_train)} training points.")
@@ -238,10 +238,10 @@ def demo(out, count, strategy, bound, epsilon, target, delta, clusters, seed, as
 
     Example: prune demo --out prune-demo
     """
-    from .data import load_dataset
-    from .models import default_architecture
-    from .serialization import save
-    from .training import recipe_for, train_from_spec
+    from ..experiments.datasets import load_dataset
+    from ..core.models import default_architecture
+    from ..core.serialization import save
+    from ..experiments.training import recipe_for, train_from_spec
 
     t0 = time.perf_counter()
     progress = _progress(silent, as_json)
@@ -294,9 +294,9 @@ def forget_class_cmd(model_path, data_name, data_dir, label, radius_scale, radiu
 
     Example: prune forget-class --model mnist.safetensors --data mnist --label 3 --out forgot-3/
     """
-    from .data import load_dataset
-    from .serialization import save
-    from .whole_class import forget_class
+    from ..experiments.datasets import load_dataset
+    from ..core.serialization import save
+    from ..unlearn.whole_class import forget_class
 
     model = load_model_file(model_path, None)
     ds = load_dataset(data_name, data_dir)
@@ -309,12 +309,12 @@ def forget_class_cmd(model_path, data_name, data_dir, label, radius_scale, radiu
                           progress=_progress(silent, as_json))
     report = result.report
     if retrain:
-        from .models import architecture_of
-        from .training import recipe_for, train_from_spec
+        from ..core.models import architecture_of
+        from ..experiments.training import recipe_for, train_from_spec
 
         spec = architecture_of(model)
         if spec is None:
-            from .errors import InputValidationError
+            from ..errors import InputValidationError
 
             raise InputValidationError("--retrain needs a model built by prune (its architecture is recorded).")
         report = report.with_retraining(train_from_spec(spec, ds.X_train[~cls], ds.y_train[~cls],
@@ -354,9 +354,9 @@ def audit_cmd(model_path, cert_path, data_name, data_dir, indices, mode, samples
 
     Example: prune audit --model forgot/patched.safetensors --certificate forgot/certificate.json --data digits --indices forgot/forget_indices.txt
     """
-    from .audit import audit
-    from .certificate import Certificate
-    from .serialization import load
+    from ..verify.audit import audit
+    from ..verify.certificate import Certificate
+    from ..core.serialization import load
 
     if (data_name is None) != (indices is None):
         raise click.UsageError("Use --data and --indices together (the forgotten points), or neither.")
@@ -364,7 +364,7 @@ def audit_cmd(model_path, cert_path, data_name, data_dir, indices, mode, samples
     model = load(model_path)
     points = labels = extra = None
     if data_name is not None:
-        from .data import load_dataset
+        from ..experiments.datasets import load_dataset
 
         ds = load_dataset(data_name, data_dir)
         idx = read_indices(indices, len(ds.y_train))
@@ -401,7 +401,7 @@ def bench(experiment, data_name, data_dir, seeds, sizes, methods, k_values, boun
 
     Example: prune bench table3 --data mnist --data-dir ../shared/data/mnist
     """
-    from .experiments import ExperimentConfig, run_convergence, run_table3
+    from ..experiments.runner import ExperimentConfig, run_convergence, run_table3
 
     def parse(text, what):
         try:
@@ -426,7 +426,7 @@ def bench(experiment, data_name, data_dir, seeds, sizes, methods, k_values, boun
                         bound=bound, epochs=epochs, log=log)
         click.echo(str(dest / f"{experiment}-{data_name}.md"))
     else:
-        from .experiments import run_table5
+        from ..experiments.runner import run_table5
 
         run_table5(data_name, dest, data_dir=data_dir, trials=trials, epochs=epochs, radius_scale=radius_scale,
                    intermediate=intermediate, decision_gate=decision_gate, log=log)
@@ -442,8 +442,8 @@ if __name__ == "__main__":
 
 
 # Commands defined beside their libraries (they share _clickutil's option bundles).
-from .export_cli import register as _register_export  # noqa: E402
-from .ledger_cli import register as _register_ledger  # noqa: E402
+from .export import register as _register_export  # noqa: E402
+from .ledger import register as _register_ledger  # noqa: E402
 
 _register_export(cli)
 _register_ledger(cli)

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 import torch
 
-from .errors import PruneError
+from ..errors import PruneError
 
 __all__ = ["json_option", "silent_option", "seed_option", "data_options", "relaxed_support_options", "handle_errors",
            "read_indices"]
@@ -61,7 +61,7 @@ def handle_errors(f):
 
 
 def read_indices(path: Path, n_train: int) -> torch.Tensor:
-    from .errors import InputValidationError
+    from ..errors import InputValidationError
 
     try:
         text = path.read_text()

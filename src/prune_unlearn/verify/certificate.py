@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from ._hashing import state_sha256
-from .errors import FormatError
+from .._hashing import state_sha256
+from ..errors import FormatError
 
 __all__ = ["Certificate", "CERTIFICATE_FORMAT_VERSION", "describe_box"]
 
@@ -91,7 +91,7 @@ class Certificate:
             data["proof"]["file"] = self.proof_path(path).name
         text = json.dumps(data, indent=indent, sort_keys=False)
         if path is not None:
-            from .serialization import _atomic_replace, atomic_write_text
+            from ..core.serialization import _atomic_replace, atomic_write_text
 
             if self.multipliers is not None:
                 from safetensors.torch import save_file

@@ -47,12 +47,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from . import __version__
+from .._version import __version__
 from .certificate import Certificate, box_from_description, patches_digest
-from .domain import _is_reshape_only
-from .errors import CertificateError, InputValidationError, PruneError, UnsupportedModelError
-from .patches import BOUND_CODES, PatchedModel
-from .regions import HeadNetwork, region_halfspaces
+from ..core.domain import _is_reshape_only
+from ..errors import CertificateError, InputValidationError, PruneError, UnsupportedModelError
+from ..core.patches import BOUND_CODES, PatchedModel
+from ..core.regions import HeadNetwork, region_halfspaces
 
 __all__ = [
     "ALLOWED_OPS",
@@ -455,7 +455,7 @@ def write_vnnlib(patched: PatchedModel, r: int, path, *, domain=None, constraint
     lines += ["", f"; unsafe: some label other than {t} scores at least as high", "(assert (or"]
     lines += [f"    (and (>= Y_{j} Y_{t}))" for j in range(c) if j != t]
     lines += ["))", ""]
-    from .serialization import atomic_write_text
+    from ..core.serialization import atomic_write_text
 
     path = Path(path)
     atomic_write_text(path, "\n".join(lines))

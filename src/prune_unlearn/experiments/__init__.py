@@ -1,0 +1,1 @@
+"""The paper's evaluation: data sets, training recipes, baselines, membership inference, table runners."""
