@@ -525,3 +525,48 @@ def test_every_ledger_command_has_help_with_an_example(prune):
     for path in (["request", "add"], ["request", "list"], ["request", "undo"], ["process"], ["ledger", "verify"]):
         res = CliRunner().invoke(prune, [*path, "-h"])
         assert res.exit_code == 0 and "Example: prune " + " ".join(path) in res.output
+
+
+# --- models that carry whole-class patches --------------------------------------------------------------
+
+
+@pytest.fixture
+def class_world(tmp_path):
+    """The tiny model with class 0 forgotten by ``forget_class``, saved where a ledger processes requests."""
+    from prune_unlearn import forget_class
+
+    model = tiny_model()
+    ds = synthetic(model, 300)
+    members = ds.X_train[ds.y_train == 0]
+    patched = forget_class(model, 0, members, seed=0).model
+    assert patched.has_class_patches
+    path = tmp_path / "model.safetensors"
+    save(patched, path)
+    return SimpleNamespace(model=patched, base=model, path=path, ds=ds, members=members,
+                           ledger=tmp_path / "ledger.sqlite")
+
+
+def test_process_and_undo_on_a_class_patched_model_keep_the_class_forgotten(class_world):
+    """Both defects of issue 10: the ledger hashed a class-patched model without its class rows (so
+    `process` failed with "does not hash"), and `undo` rebuilt the model without them (the class came back)."""
+    w = class_world
+    forgotten_before = (w.model(w.members).argmax(1) != 0).float().mean()
+    assert forgotten_before == 1.0
+    others = (w.ds.y_train != 0).nonzero().flatten()[:3].tolist()
+    with Ledger(w.ledger) as ledger:
+        ledger.add("alice", indices=others[:2], data=w.ds)
+        ledger.add("bob", indices=others[2:], data=w.ds)
+        result = ledger.process(w.path, data=w.ds)
+        processed = load(w.path)
+        assert result.model_sha256 == processed.sha256() == load_info(w.path)["tensors_sha256"]
+        assert processed.has_class_patches
+        assert torch.equal(processed.class_patches.values, w.model.class_patches.values)
+        assert (processed(w.members).argmax(1) != 0).all()
+        assert (processed(w.ds.X_train[others]).argmax(1) != w.ds.y_train[others]).all()
+
+        ledger.undo(1, w.path)
+        undone = load(w.path)
+        assert undone.has_class_patches and undone.patches_sha256() != processed.patches_sha256()
+        assert (undone(w.members).argmax(1) != 0).all()          # the class is still forgotten
+        assert (undone(w.ds.X_train[others[2:]]).argmax(1) != w.ds.y_train[others[2:]]).all()
+        assert ledger.verify(w.path).ok

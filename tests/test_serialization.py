@@ -92,3 +92,31 @@ def test_atomic_save_leaves_old_file_on_failure(tmp_path, monkeypatch):
     umask = os.umask(0)
     os.umask(umask)
     assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask  # usual permissions, not mkstemp's 0600
+
+
+def test_one_naming_and_one_hash_for_every_kind_of_patched_model(tmp_path, digits, digits_small_model):
+    """The saved file's tensors are exactly ``state_dict()``; its hash is ``sha256()``; rows of every kind
+    survive a reload, and a change of one kind keeps the other."""
+    from prune_unlearn import PatchedModel, forget_class
+    from prune_unlearn.core.patches import model_state_sha256
+
+    X, y = digits.X_train[:40], digits.y_train[:40]
+    point = forget(digits_small_model, X[:5], labels=y[:5]).model
+    cls = forget_class(digits_small_model, 3, digits.X_train[digits.y_train == 3], seed=0).model
+    both = forget(cls, X[y != 3][:5], labels=y[y != 3][:5]).model
+    for name, model in {"plain": digits_small_model, "point": point, "class": cls, "both": both}.items():
+        path = tmp_path / f"{name}.safetensors"
+        save(model, path)
+        assert load_info(path)["tensors_sha256"] == model_state_sha256(model), name
+        if isinstance(model, PatchedModel):
+            assert model.sha256() == model_state_sha256(model)
+            assert set(model.state_dict()) == set(load(path).state_dict())
+            assert load(path).patches_sha256() == model.patches_sha256(), name
+    assert both.has_class_patches and len(both.patches) == 5
+    fewer = both.select_point_rows(torch.arange(len(both.patches)) < 2)
+    assert len(fewer.patches) == 2 and fewer.class_patches is both.class_patches
+    assert fewer.base_sha256() == both.base_sha256() and fewer.patches_sha256() != both.patches_sha256()
+    rebuilt = PatchedModel.from_state_dict(load(tmp_path / "plain.safetensors"), both.state_dict())
+    assert rebuilt.sha256() == both.sha256()
+    with pytest.raises(ValueError, match="belong to no part"):
+        PatchedModel.from_state_dict(load(tmp_path / "plain.safetensors"), {**both.state_dict(), "extra.x": X})

@@ -22,10 +22,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .._hashing import state_sha256
 from .regions import unpack_patterns
 from .split import ModelSplit, split_model
 
-__all__ = ["PatchSet", "ClassPatchSet", "PatchedModel", "BOUND_CODES"]
+__all__ = ["PatchSet", "ClassPatchSet", "PatchedModel", "BOUND_CODES", "label_lead", "stack_preacts",
+           "model_state", "model_state_sha256"]
 
 # How each region's claim was proven; stored per region as a small integer.
 BOUND_CODES = {"box": 0, "dual": 1, "lp": 2, "point": 3}
@@ -68,7 +70,7 @@ def _register_fields(module: nn.Module, defaults: dict[str, torch.Tensor], given
         module.register_buffer(name, (default if value is None else value).to(default.dtype).contiguous())
 
 
-def _stack_preacts(preacts, logits: torch.Tensor) -> torch.Tensor:
+def stack_preacts(preacts, logits: torch.Tensor) -> torch.Tensor:
     """All hidden pre-activations as one (B, N) tensor (N = 0 for a head without hidden layers)."""
     if isinstance(preacts, torch.Tensor):
         return preacts
@@ -211,7 +213,7 @@ class PatchSet(nn.Module):
         """Patched logits: ``logits + Σ_r n_r d_r``; rows without support are returned bit for bit."""
         if len(self) == 0:
             return logits
-        region, value = self.support(_stack_preacts(preacts, logits))
+        region, value = self.support(stack_preacts(preacts, logits))
         rows = (value > 0).nonzero().flatten()
         if rows.numel() == 0:
             return logits
@@ -436,8 +438,23 @@ class PatchedModel(nn.Module):
     """``M_p ⊕ (M_c + Σ_k c_k)``: the base model with patch networks on its head's output.
 
     A plain ``nn.Module``. ``base`` is the unpatched model (never modified); ``patches`` holds every
-    patched region. Inputs outside every patched region get exactly the base model's logits.
+    patched linear region (point rows), ``class_patches`` the whole-class supports (class rows), if any.
+    Inputs outside every support get exactly the base model's logits.
+
+    The model owns its state: :meth:`state_dict` (``base.<name>``, ``patches.<field>``,
+    ``class_patches.<field>``) is the only naming of its tensors, and every hash of it — the saved
+    file's ``tensors_sha256``, the certificate's ``model_sha256``/``patches_sha256``, the ledger's
+    ``model_before``/``model_after`` — comes from :meth:`sha256`, :meth:`base_sha256` and
+    :meth:`patches_sha256`. Changes never mutate a model: :meth:`with_patches`, :meth:`add_point_rows`
+    and :meth:`select_point_rows` return a new one that shares the base and keeps every other kind of row.
+
+    Examples
+    --------
+    >>> patched = PatchedModel(model, PatchSet(num_hidden, num_classes))      # doctest: +SKIP
+    >>> patched.sha256() == load_info("patched.safetensors")["tensors_sha256"]  # doctest: +SKIP
     """
+
+    STATE_PREFIXES = ("base.", "patches.", "class_patches.")
 
     def __init__(self, base: nn.Module, patches: PatchSet, head: str | None = None,
                  class_patches: "ClassPatchSet | None" = None):
@@ -447,11 +464,13 @@ class PatchedModel(nn.Module):
         self.class_patches = class_patches
         self.head = head
         split = split_model(base, head)
-        if patches.num_hidden != sum(split.hidden_sizes) or patches.num_classes != split.num_classes:
-            raise ValueError(
-                f"PatchSet is for a head with {patches.num_hidden} hidden neurons and {patches.num_classes} "
-                f"classes; this model's head has {sum(split.hidden_sizes)} and {split.num_classes}."
-            )
+        sizes = (sum(split.hidden_sizes), split.num_classes)
+        for kind, rows in (("PatchSet", patches), ("ClassPatchSet", class_patches)):
+            if rows is not None and (rows.num_hidden, rows.num_classes) != sizes:
+                raise ValueError(
+                    f"{kind} is for a head with {rows.num_hidden} hidden neurons and {rows.num_classes} "
+                    f"classes; this model's head has {sizes[0]} and {sizes[1]}."
+                )
         object.__setattr__(self, "_split", split)  # shares the base's modules; not a second copy of weights
 
     @property
@@ -462,9 +481,78 @@ class PatchedModel(nn.Module):
         h = self._split.features(x)
         preacts, logits = self._split.head_forward(h)
         out = self.patches.apply(preacts, logits)
-        if self.class_patches is not None and len(self.class_patches):
-            out = self.class_patches.apply(_stack_preacts(preacts, logits), out, base_logits=logits)
+        if self.has_class_patches:
+            out = self.class_patches.apply(stack_preacts(preacts, logits), out, base_logits=logits)
         return out
+
+    @property
+    def has_class_patches(self) -> bool:
+        return self.class_patches is not None and len(self.class_patches) > 0
+
+    # --- state: one naming, one hash --------------------------------------------------------------
+
+    def patch_state(self) -> dict[str, torch.Tensor]:
+        """The tensors the patches add to the base: :meth:`state_dict` without the ``base.`` entries."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("base.")}
+
+    def sha256(self) -> str:
+        """Hash of the whole state (the saved file's ``tensors_sha256``; the ledger's model hashes)."""
+        return state_sha256(self.state_dict())
+
+    def base_sha256(self) -> str:
+        """Hash of the base model's state dict (the certificate's ``model_sha256``)."""
+        return state_sha256(self.base.state_dict())
+
+    def patches_sha256(self) -> str:
+        """Hash of every patch row of every kind (the certificate's ``patches_sha256``)."""
+        return state_sha256(self.patch_state())
+
+    @classmethod
+    def from_state_dict(cls, base: nn.Module, state: dict[str, torch.Tensor], *, head: str | None = None,
+                        num_hidden: int | None = None, num_classes: int | None = None) -> "PatchedModel":
+        """Rebuild from :meth:`state_dict` entries on an existing ``base`` (whose weights are loaded from
+        the ``base.`` entries). Raises ``ValueError`` naming any unknown key or malformed field."""
+        unknown = sorted(k for k in state if not k.startswith(cls.STATE_PREFIXES))
+        if unknown:
+            raise ValueError(f"the state has keys that belong to no part of a patched model: {unknown[:5]}")
+        base_state = {k[len("base."):]: v for k, v in state.items() if k.startswith("base.")}
+        if base_state:
+            base.load_state_dict(base_state, strict=True)
+        split = split_model(base, head)
+        n_hidden = sum(split.hidden_sizes) if num_hidden is None else num_hidden
+        n_classes = split.num_classes if num_classes is None else num_classes
+
+        def fields(prefix: str) -> dict[str, torch.Tensor]:
+            return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+        class_fields = fields("class_patches.")
+        patches = PatchSet(n_hidden, n_classes, **fields("patches."))
+        class_patches = ClassPatchSet(n_hidden, n_classes, **class_fields) if class_fields else None
+        return cls(base, patches, head=head, class_patches=class_patches)
+
+    # --- changes: new models that keep every other kind of row ------------------------------------
+
+    _KEEP = object()
+
+    def with_patches(self, patches: PatchSet | None = None, class_patches=_KEEP) -> "PatchedModel":
+        """A new model on the same base with ``patches`` and/or ``class_patches`` replaced (others kept)."""
+        model = PatchedModel(self.base, self.patches if patches is None else patches, head=self.head,
+                             class_patches=self.class_patches if class_patches is PatchedModel._KEEP
+                             else class_patches)
+        model.train(self.training)
+        dev = next(self.base.parameters(), torch.empty(0)).device
+        return model.to(dev)
+
+    def add_point_rows(self, rows: PatchSet, *, replace: torch.Tensor | None = None) -> "PatchedModel":
+        """A new model whose point patches are the current rows (minus the bool mask ``replace``) then ``rows``."""
+        kept = self.patches if replace is None else self.patches.select(~replace.cpu())
+        return self.with_patches(PatchSet.concat([kept, rows]))
+
+    def select_point_rows(self, keep: torch.Tensor) -> "PatchedModel":
+        """A new model with only the point rows ``keep`` (bool mask or indices); class rows are kept."""
+        return self.with_patches(self.patches.select(keep))
+
+    # --- queries ----------------------------------------------------------------------------------
 
     @torch.no_grad()
     def covering_region(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -473,7 +561,7 @@ class PatchedModel(nn.Module):
         Point patches only; see :meth:`class_support` for whole-class patches.
         """
         preacts, logits = self._split.head_forward(self._split.features(x))
-        return self.patches.support(_stack_preacts(preacts, logits))
+        return self.patches.support(stack_preacts(preacts, logits))
 
     @torch.no_grad()
     def class_support(self, x: torch.Tensor, *, gated: bool = True) -> torch.Tensor:
@@ -482,7 +570,7 @@ class PatchedModel(nn.Module):
         preacts, logits = self._split.head_forward(self._split.features(x))
         if self.class_patches is None:
             return logits.new_zeros(logits.shape[0], 0)
-        z = _stack_preacts(preacts, logits)
+        z = stack_preacts(preacts, logits)
         return self.class_patches.group_support(z, logits) if gated else self.class_patches.relaxed_support(z)
 
     def unpatched(self) -> nn.Module:
@@ -491,3 +579,16 @@ class PatchedModel(nn.Module):
 
     def extra_repr(self) -> str:
         return f"head={self.head!r}"
+
+
+def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The named tensors a saved file holds for ``model``: a :class:`PatchedModel`'s :meth:`state_dict`, or a
+    plain module's state dict under ``base.``."""
+    if isinstance(model, PatchedModel):
+        return model.state_dict()
+    return {f"base.{k}": v for k, v in model.state_dict().items()}
+
+
+def model_state_sha256(model: nn.Module) -> str:
+    """Hash of :func:`model_state` (a saved file's ``tensors_sha256``), for patched and plain models alike."""
+    return state_sha256(model_state(model))

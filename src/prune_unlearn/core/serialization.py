@@ -29,7 +29,7 @@ from .._version import __version__
 from .._hashing import state_sha256
 from ..errors import FormatError
 from .models import architecture_of, build_model
-from .patches import ClassPatchSet, PatchedModel, PatchSet
+from .patches import PatchedModel, model_state
 
 __all__ = ["save", "load", "load_info", "atomic_write_text", "MODEL_FORMAT_VERSION"]
 
@@ -83,7 +83,7 @@ def save(model: nn.Module, path: str | Path, *, info: dict[str, Any] | None = No
 
     patched = model if isinstance(model, PatchedModel) else None
     base = patched.base if patched is not None else model
-    tensors = {f"base.{k}": v.detach().cpu().contiguous().clone() for k, v in base.state_dict().items()}
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model_state(model).items()}
     header: dict[str, Any] = {
         "format_version": MODEL_FORMAT_VERSION,
         "kind": "patched-model" if patched is not None else "model",
@@ -93,12 +93,10 @@ def save(model: nn.Module, path: str | Path, *, info: dict[str, Any] | None = No
     }
     if patched is not None:
         ps = patched.patches
-        tensors.update({f"patches.{k}": v.detach().cpu().contiguous().clone() for k, v in ps.tensors().items()})
         header["head"] = patched.head
         header["patches"] = {"regions": len(ps), "num_hidden": ps.num_hidden, "num_classes": ps.num_classes}
         cps = patched.class_patches
         if cps is not None:
-            tensors.update({f"class_patches.{k}": v.detach().cpu().contiguous().clone() for k, v in cps.tensors().items()})
             header["class_patches"] = {"supports": len(cps), "groups": cps.num_groups}
     header["tensors_sha256"] = state_sha256(tensors)
     metadata = {_HEADER_KEY: json.dumps(header)}
@@ -158,24 +156,21 @@ def load(path: str | Path, *, base: nn.Module | None = None) -> nn.Module:
         module = build_model(header["architecture"])
     else:
         raise FormatError(f"{path} holds a model of a custom architecture. HINT: pass base=<an instance of it>.")
-    state = {k[len("base."):]: v for k, v in tensors.items() if k.startswith("base.")}
-    try:
-        module.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise FormatError(f"The weights in {path} do not fit the model: {exc}") from None
-    module.eval()
-    if header["kind"] == "model":
-        return module
-    if header["kind"] != "patched-model":
+    if header["kind"] not in ("model", "patched-model"):
         raise FormatError(f"{path} has unknown kind {header['kind']!r}.")
+    if header["kind"] == "model":
+        state = {k[len("base."):]: v for k, v in tensors.items() if k.startswith("base.")}
+        try:
+            module.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise FormatError(f"The weights in {path} do not fit the model: {exc}") from None
+        return module.eval()
     meta = header.get("patches") or {}
-    fields = {k[len("patches."):]: v for k, v in tensors.items() if k.startswith("patches.")}
-
-    class_fields = {k[len("class_patches."):]: v for k, v in tensors.items() if k.startswith("class_patches.")}
     try:
-        ps = PatchSet(meta["num_hidden"], meta["num_classes"], **fields)
-        cps = ClassPatchSet(meta["num_hidden"], meta["num_classes"], **class_fields) if class_fields else None
-        patched = PatchedModel(module, ps, head=header.get("head"), class_patches=cps)
+        patched = PatchedModel.from_state_dict(module, tensors, head=header.get("head"),
+                                               num_hidden=meta["num_hidden"], num_classes=meta["num_classes"])
+    except RuntimeError as exc:  # load_state_dict: the base weights do not fit
+        raise FormatError(f"The weights in {path} do not fit the model: {exc}") from None
     except (KeyError, TypeError, ValueError) as exc:
         raise FormatError(f"The patch set in {path} is malformed: {exc}") from None
     return patched.eval()

@@ -61,7 +61,8 @@ import torch
 from torch import nn
 
 from .._version import __version__
-from .._hashing import point_sha256, points_sha256, state_sha256
+from .._hashing import point_sha256, points_sha256
+from ..core.patches import model_state_sha256
 from .._progress import progress_bar
 from .._validation import check_positive_int
 from ..errors import FormatError, LedgerError, PruneError
@@ -264,17 +265,6 @@ def _fsync_dir(folder: Path) -> None:
 
 def _pending_path(model_path: Path) -> Path:
     return model_path.with_name(model_path.name + ".pending")
-
-
-def _model_sha256(model: nn.Module) -> str:
-    """``tensors_sha256`` that :func:`prune_unlearn.save` writes for this model (checked after each save)."""
-    from ..core.patches import PatchedModel
-
-    base = model.base if isinstance(model, PatchedModel) else model
-    tensors = {f"base.{k}": v for k, v in base.state_dict().items()}
-    if isinstance(model, PatchedModel):
-        tensors.update({f"patches.{k}": v for k, v in model.patches.tensors().items()})
-    return state_sha256(tensors)
 
 
 def _file_model_sha256(path: Path) -> str | None:
@@ -865,7 +855,7 @@ class Ledger:
         from ..core.serialization import save
 
         pending = _pending_path(model_path)
-        body = {**body, "model_file": str(model_path.resolve()), "model_after": _model_sha256(model)}
+        body = {**body, "model_file": str(model_path.resolve()), "model_after": model_state_sha256(model)}
         with self._transaction():
             (event,) = self._chain([(kind, body)], _now())
             info = {**(header.get("info") or {}), "ledger": {"event": event.id, "entry_hash": event.entry_hash}}
@@ -1005,7 +995,7 @@ class Ledger:
             ps = model.patches
             row_patterns = [_pattern_sha256(ps.patterns[r]) for r in range(len(ps))]
             keep = torch.tensor([p not in mine or p in live for p in row_patterns], dtype=torch.bool)
-            patched = PatchedModel(model.base, ps.select(keep), head=model.head).eval()
+            patched = model.select_point_rows(keep).eval()
             removed = sorted(p for p, k in zip(row_patterns, keep.tolist()) if not k)
             body = {"request": request.id, "removed_patterns": removed, "kept_patterns": sorted(mine & live),
                     "model_before": header["tensors_sha256"], "n_regions": len(patched.patches)}

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from .._version import __version__
-from .._hashing import model_sha256, points_sha256
+from .._hashing import points_sha256, state_sha256
 from .._progress import progress_bar
 from .._validation import (
     as_float_tensor,
@@ -39,7 +39,7 @@ from .._validation import (
     check_positive_int,
     check_seed,
 )
-from ..verify.certificate import Certificate, describe_box, patches_digest, patches_sha256
+from ..verify.certificate import Certificate, describe_box
 from ..core.domain import feature_box
 from ..core.confusion import BOUND_METHODS, confusion_patch, float32_aware_epsilon, margin_upper_bounds, patch_margins
 from ..errors import InputValidationError, UnsupportedModelError
@@ -561,8 +561,8 @@ def build_certificate(patched: PatchedModel, lower, upper, domain_source, epsilo
         })
     split = patched.split
     return Certificate(
-        model_sha256=model_sha256(patched.base),
-        patches_sha256=patches_digest(patched),
+        model_sha256=patched.base_sha256(),
+        patches_sha256=patched.patches_sha256(),
         epsilon=float(epsilon),
         domain={"space": "head input (features)", "source": domain_source, **describe_box(lower, upper)},
         head={"name": patched.head, "layer_sizes": [split.feature_dim, *split.hidden_sizes, split.num_classes]},
@@ -574,7 +574,7 @@ def build_certificate(patched: PatchedModel, lower, upper, domain_source, epsilo
             "about": "multipliers[r, l, i] ≥ 0 for region r, label l, hidden neuron i: the weak-duality bound "
                      "of max (f_l − f_t) over region r evaluated at them is the bound behind the claim",
             "shape": list(multipliers.shape),
-            "sha256": patches_sha256({"multipliers": multipliers}),
+            "sha256": state_sha256({"multipliers": multipliers}),
         },
         library_version=__version__,
         multipliers=multipliers,

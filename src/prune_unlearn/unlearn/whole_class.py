@@ -36,18 +36,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._hashing import model_sha256, points_sha256
+from .._hashing import points_sha256
 from .._progress import progress_bar
 from .._validation import as_float_tensor, check_choice, check_fraction, check_in_box, check_positive_float
 from .._validation import check_positive_int, check_seed
 from ..core.bounds import certified_radius, stable_neurons
-from ..verify.certificate import Certificate, describe_box, patches_digest
+from ..verify.certificate import Certificate, describe_box
 from ..core.confusion import BOUND_METHODS
 from ..core.domain import feature_box
 from ..errors import InputValidationError, UnsupportedModelError
 from .metrics import accuracy, predict
 from .forget import GATE_HEADROOM, ForgetResult, Report, _region_patches, build_certificate, forget
-from ..core.patches import ClassPatchSet, PatchedModel, PatchSet, _stack_preacts, label_lead
+from ..core.patches import ClassPatchSet, PatchedModel, PatchSet, stack_preacts, label_lead
 from ..core.regions import HeadNetwork, pack_patterns, point_regions
 from ..core.split import split_model, verify_split
 
@@ -210,7 +210,7 @@ def forget_class(
     n_crown = 0
     with torch.no_grad():
         preacts, base_logits = split.head_forward(feats)
-        z_all = _stack_preacts(preacts, base_logits)
+        z_all = stack_preacts(preacts, base_logits)
     base64 = pr.logits.clone()
     already = label_lead(base64, label) < 0  # mispredicted by the base model: forgotten without a patch
     pending &= ~already
@@ -359,8 +359,8 @@ def forget_class(
                        "base model" if already_list[i] else "class patch"})
     unlearn_seconds = time.perf_counter() - t_start
     cert = Certificate(
-        model_sha256=model_sha256(model),
-        patches_sha256=patches_digest(patched),
+        model_sha256=patched.base_sha256(),
+        patches_sha256=patched.patches_sha256(),
         epsilon=float(epsilon),
         domain={"space": "head input (features)", "source": domain_source, **describe_box(lower, upper)},
         head={"name": head, "layer_sizes": [split.feature_dim, *split.hidden_sizes, num_classes],

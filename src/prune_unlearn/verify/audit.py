@@ -34,8 +34,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._hashing import model_sha256, points_sha256, state_sha256
-from .certificate import Certificate, box_from_description
+from .._hashing import points_sha256, state_sha256
+from .certificate import Certificate, box_from_description, certified_patches_sha256
 from ..errors import CertificateError, InputValidationError
 from ..core.patches import PatchedModel
 
@@ -231,14 +231,10 @@ def audit(
 
 
 def _check_hashes(model: PatchedModel, cert: Certificate, result: AuditResult) -> bool:
-    got = model_sha256(model.base)
+    got = model.base_sha256()
     result.add("hashes", "base model", got == cert.model_sha256,
                "" if got == cert.model_sha256 else f"weights hash {got[:16]}… ≠ certificate's {cert.model_sha256[:16]}…")
-    tensors = {k: v.detach().cpu() for k, v in model.patches.tensors().items()}
-    cps = model.class_patches
-    if cps is not None and len(cps):
-        tensors.update({f"class.{k}": v.detach().cpu() for k, v in cps.tensors().items()})
-    got = state_sha256(tensors)
+    got = certified_patches_sha256(model, cert)
     result.add("hashes", "patch set", got == cert.patches_sha256,
                "" if got == cert.patches_sha256 else f"patch-set hash {got[:16]}… ≠ certificate's {cert.patches_sha256[:16]}…")
     needs_proof = any(r["proved"] == "region" and r["bound"] in ("dual", "lp") for r in cert.regions)

@@ -21,9 +21,12 @@ import torch
 from .._hashing import state_sha256
 from ..errors import FormatError
 
-__all__ = ["Certificate", "CERTIFICATE_FORMAT_VERSION", "describe_box"]
+__all__ = ["Certificate", "CERTIFICATE_FORMAT_VERSION", "describe_box", "certified_patches_sha256"]
 
-CERTIFICATE_FORMAT_VERSION = 1
+# 2: ``patches_sha256`` hashes the patched model's state-dict names (``patches.<field>``,
+#    ``class_patches.<field>``); version 1 (still read) hashed them unprefixed / under ``class.``.
+CERTIFICATE_FORMAT_VERSION = 2
+READABLE_CERTIFICATE_VERSIONS = (1, 2)
 CERTIFICATE_KIND = "prune-unlearning-certificate"
 
 
@@ -107,10 +110,11 @@ class Certificate:
             raise FormatError("A certificate must be a JSON object.")
         if data.get("kind") != CERTIFICATE_KIND:
             raise FormatError(f"Not a prune-unlearn certificate (kind={data.get('kind')!r}).")
-        if data.get("format_version") != CERTIFICATE_FORMAT_VERSION:
+        if data.get("format_version") not in READABLE_CERTIFICATE_VERSIONS:
             raise FormatError(
-                f"Certificate format_version {data.get('format_version')!r} is not supported "
-                f"(this library reads version {CERTIFICATE_FORMAT_VERSION})."
+                f"Certificate format_version {data.get('format_version')!r} is not supported (this library reads "
+                f"versions {', '.join(map(str, READABLE_CERTIFICATE_VERSIONS))}). HINT: upgrade prune-unlearn to "
+                "read certificates written by a newer version."
             )
         required = [f for f in cls.__dataclass_fields__ if f != "multipliers"]
         missing = [k for k in required if k not in data]
@@ -154,14 +158,17 @@ class Certificate:
         return f"Certificate({self.summary()})"
 
 
-def patches_sha256(tensors: dict[str, torch.Tensor]) -> str:
+def legacy_patches_sha256(patched) -> str:
+    """``patches_sha256`` as format-version-1 certificates wrote it: point-patch fields unprefixed, class-patch
+    fields under ``class.``. Version 2 uses :meth:`PatchedModel.patches_sha256` (the state-dict names)."""
+    tensors = dict(patched.patches.tensors())
+    if patched.has_class_patches:
+        tensors.update({f"class.{k}": v for k, v in patched.class_patches.tensors().items()})
     return state_sha256(tensors)
 
 
-def patches_digest(patched) -> str:
-    """SHA-256 of everything a patched model adds to its base: point patches, and class patches if any."""
-    tensors = {k: v.detach().cpu() for k, v in patched.patches.tensors().items()}
-    cps = getattr(patched, "class_patches", None)
-    if cps is not None and len(cps):
-        tensors.update({f"class.{k}": v.detach().cpu() for k, v in cps.tensors().items()})
-    return state_sha256(tensors)
+def certified_patches_sha256(patched, certificate: "Certificate") -> str:
+    """The patch-set hash of ``patched`` in the naming of ``certificate``'s format version."""
+    if certificate.format_version == 1:
+        return legacy_patches_sha256(patched)
+    return patched.patches_sha256()

@@ -48,7 +48,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .._version import __version__
-from .certificate import Certificate, box_from_description, patches_digest
+from .certificate import Certificate, box_from_description, certified_patches_sha256
 from ..core.domain import _is_reshape_only
 from ..errors import CertificateError, InputValidationError, PruneError, UnsupportedModelError
 from ..core.patches import BOUND_CODES, PatchedModel
@@ -380,7 +380,7 @@ def domain_box(patched: PatchedModel, domain=None) -> tuple[torch.Tensor, torch.
     """
     d = patched.split.feature_dim
     if isinstance(domain, Certificate):
-        if domain.patches_sha256 != patches_digest(patched):
+        if domain.patches_sha256 != certified_patches_sha256(patched, domain):
             raise CertificateError("The certificate is for a different patch set than this model's "
                                    "(patches_sha256 differs).")
         lo, hi = box_from_description(domain.domain)
