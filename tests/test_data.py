@@ -177,7 +177,7 @@ def _write_image_tar(path: Path, members: dict[str, bytes]):
 
 
 def test_cifar_image_archive_cache_and_corrupt_cache(tmp_path, monkeypatch):
-    import prune_unlearn.experiments.datasets as data_mod
+    import prune_unlearn.experiments.datasets.cifar10 as data_mod
 
     monkeypatch.setenv("PRUNE_CACHE_DIR", str(tmp_path / "cache"))
     members = {"cifar10-images/README.md": b"hello"}
