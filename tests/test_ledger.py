@@ -100,8 +100,8 @@ def test_schema_pragmas_and_adding_requests(world):
     np.save(world.tmp / "lab.npy", np.array([2, 0, 1]))
     save_file({"X": ds.X_train[20:22].contiguous(), "y": ds.y_train[20:22].contiguous()}, world.tmp / "pts.safetensors")
     with Ledger(world.ledger) as ledger:
-        assert ledger._conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
-        assert ledger._conn.execute("PRAGMA synchronous").fetchone()[0] == 3  # EXTRA
+        assert ledger._store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+        assert ledger._store.conn.execute("PRAGMA synchronous").fetchone()[0] == 3  # EXTRA
         a = ledger.add("alice", indices=[0, 5], data=ds)
         b = ledger.add("bob", points_file=world.tmp / "pts.npy", labels_file=world.tmp / "lab.npy")
         c = ledger.add("bob", points_file=world.tmp / "pts.safetensors")
@@ -296,14 +296,14 @@ def _swap_events(conn):
 
 def _rehash_edited_event(conn):
     """A forger who knows the hash function: edit event 2 and recompute its entry_hash."""
-    from prune_unlearn.ops.ledger import _entry_hash
+    from prune_unlearn.ops.chain import entry_hash
 
     eid, kind, created, body, prev = conn.execute(
         "SELECT id, kind, created_at, body, prev_hash FROM events WHERE id = 2").fetchone()
     body = json.loads(body)
     body["request"]["requester"] = "mallory"
     conn.execute("UPDATE events SET body = ?, entry_hash = ? WHERE id = 2",
-                 (json.dumps(body), _entry_hash(prev, eid, kind, created, body)))
+                 (json.dumps(body), entry_hash(prev, eid, kind, created, body)))
     conn.execute("UPDATE requests SET requester = 'mallory' WHERE id = 2")
 
 

@@ -1,0 +1,123 @@
+"""What the ledger hands back: a :class:`Request` and the outcome of ``process``, ``undo`` and ``verify``."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+__all__ = ["Request", "ProcessResult", "UndoResult", "VerifyResult"]
+
+
+@dataclass(frozen=True)
+class Request:
+    """One withdrawal request and what became of it.
+
+    ``patterns`` are the ``pattern_sha256`` of the patched regions covering its points (as in the
+    certificate); ``claims`` hold one entry per forgotten point, ``failed`` the points that could not be.
+    """
+
+    id: int
+    requester: str
+    created_at: str
+    status: str
+    source: str
+    dataset: str | None
+    indices: list | None
+    file: str | None
+    file_sha256: str | None
+    labels_file: str | None
+    n_points: int
+    point_sha256: list
+    labels: list | None
+    patterns: list = field(default_factory=list)
+    claims: list = field(default_factory=list)
+    failed: list = field(default_factory=list)
+    processed_event: int | None = None
+    undone_event: int | None = None
+
+    @classmethod
+    def from_row(cls, row) -> "Request":
+        """The request a row of the requests table (:class:`.chain.RequestRow`) describes."""
+        rec = json.loads(row.record)
+        res = json.loads(row.result) if row.result else {}
+        return cls(
+            id=row.id, requester=row.requester, created_at=row.created_at, status=row.status,
+            source=rec["source"], dataset=rec.get("dataset"), indices=rec.get("indices"), file=rec.get("file"),
+            file_sha256=rec.get("file_sha256"), labels_file=rec.get("labels_file"), n_points=rec["n_points"],
+            point_sha256=rec["point_sha256"], labels=rec.get("labels"), patterns=res.get("patterns", []),
+            claims=res.get("claims", []), failed=res.get("failed", []), processed_event=row.processed_event,
+            undone_event=row.undone_event,
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ProcessResult:
+    """What one :meth:`Ledger.process` call did; ``requests`` is empty when nothing was pending."""
+
+    requests: list
+    n_points: int
+    n_forgotten: int
+    n_failed: int
+    batches: list
+    n_regions: int | None
+    model_sha256: str | None
+    ledger_head: str
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def summary(self) -> str:
+        if not self.requests:
+            return "nothing to do: no pending requests"
+        return (f"processed {len(self.requests)} request(s) ({self.n_points} points) in {len(self.batches)} "
+                f"batch(es): {self.n_forgotten} forgotten, {self.n_failed} failed; the model has {self.n_regions} "
+                f"patched region(s); {self.seconds:.2f} s; ledger head {self.ledger_head[:12]}…")
+
+
+@dataclass(frozen=True)
+class UndoResult:
+    """What :meth:`Ledger.undo` removed; ``kept_patterns`` are regions still needed by other live requests."""
+
+    request: int
+    event: int
+    removed_patterns: list
+    kept_patterns: list
+    n_regions: int
+    model_sha256: str
+    ledger_head: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def summary(self) -> str:
+        kept = (f"; kept {len(self.kept_patterns)} region(s) shared with other live requests"
+                if self.kept_patterns else "")
+        return (f"undid request {self.request}: removed {len(self.removed_patterns)} patched region(s){kept}; "
+                f"the model has {self.n_regions} patched region(s); ledger head {self.ledger_head[:12]}…")
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """Outcome of :meth:`Ledger.verify`: ``problems`` is empty when the ledger (and model) check out."""
+
+    ok: bool
+    n_events: int
+    n_requests: int
+    head: str
+    first_bad_event: int | None
+    model: str | None
+    problems: list
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def summary(self) -> str:
+        what = f"ledger ({self.n_events} events, {self.n_requests} requests)" + (f" and model {self.model}"
+                                                                                 if self.model else "")
+        if self.ok:
+            return f"OK: {what} verified; head {self.head}"
+        return f"FAILED: {what}:\n" + "\n".join(f"  - {p}" for p in self.problems)

@@ -1,0 +1,57 @@
+"""The ledger's event table (ops.chain): what each kind of event does to the request rows, and the chain check."""
+
+import json
+
+import pytest
+
+from prune_unlearn.errors import LedgerError
+from prune_unlearn.ops.chain import (EVENT_KINDS, GENESIS_HASH, MODEL_EVENTS, STATUSES, canonical, check_links, link,
+                                     replay)
+
+T = "2026-01-01T00:00:00.000000+00:00"
+
+
+def added(rid, requester="alice"):
+    return ("add", {"request": {"id": rid, "requester": requester, "created_at": T, "source": "dataset",
+                                "n_points": 1, "point_sha256": ["ab" * 32]}})
+
+
+def processed(*rids):
+    return ("process", {"requests": [{"id": r, "patterns": [f"p{r}"], "claims": [], "failed": []} for r in rids],
+                        "model_after": "cd" * 32})
+
+
+def test_replay_walks_each_request_through_its_statuses():
+    events = link(0, GENESIS_HASH, [added(1), added(2, "bob"), processed(1, 2), ("undo", {"request": 1})], T)
+    rows = replay(events)
+    assert [(r.id, r.requester, r.status, r.processed_event, r.undone_event) for r in rows.values()] == [
+        (1, "alice", "undone", 3, 4), (2, "bob", "processed", 3, None)]
+    assert json.loads(rows[2].result) == {"patterns": ["p2"], "claims": [], "failed": []}
+    assert rows[1].record == canonical(events[0].body["request"])
+    assert {r.status for r in rows.values()} <= set(STATUSES)
+    assert set(EVENT_KINDS) == {"add", "process", "undo"} and MODEL_EVENTS == ("process", "undo")
+
+
+@pytest.mark.parametrize("items,message", [
+    ([added(1), ("undo", {"request": 1})], "Event 2 undoes request 1, which is pending, not processed."),
+    ([added(1), processed(7)], "Event 2 processes request 7, which is unknown, not pending."),
+    ([added(1), processed(1), processed(1)], "Event 3 processes request 1, which is processed, not pending."),
+    ([added(1), added(1)], "Event 2 adds request 1, which already exists."),
+    ([added(1), ("consolidate", {})], "Event 2 has unknown kind 'consolidate'."),
+])
+def test_replay_refuses_events_that_do_not_fit_the_requests(items, message):
+    with pytest.raises(LedgerError, match=message.replace(".", r"\.").replace("(", r"\(")):
+        replay(link(0, GENESIS_HASH, items, T))
+
+
+def test_check_links_stops_at_the_first_broken_link():
+    events = link(0, GENESIS_HASH, [added(1), added(2), added(3)], T)
+    raw = [(e.id, e.kind, e.created_at, canonical(e.body), e.prev_hash, e.entry_hash, "done") for e in events]
+    assert check_links(raw) == (events, [], None)
+    edited = list(raw)
+    edited[1] = edited[1][:3] + (edited[1][3].replace("alice", "mallory"),) + edited[1][4:]
+    good, problems, first_bad = check_links(edited)
+    assert good == events[:1] and first_bad == 2 and problems == [
+        "event 2 (add): its entry_hash does not match its contents (the row was edited)"]
+    good, problems, first_bad = check_links([raw[0], raw[2]])
+    assert first_bad == 3 and problems[0].startswith("event 3 (add): its prev_hash does not match")
