@@ -120,3 +120,39 @@ def test_one_naming_and_one_hash_for_every_kind_of_patched_model(tmp_path, digit
     assert rebuilt.sha256() == both.sha256()
     with pytest.raises(ValueError, match="belong to no part"):
         PatchedModel.from_state_dict(load(tmp_path / "plain.safetensors"), {**both.state_dict(), "extra.x": X})
+
+
+# --- load_model: a prune file, or a user's MLP state dict with layer sizes ----------------------------------------
+
+def test_load_model_reads_prune_files_and_mlp_state_dicts(tmp_path):
+    from prune_unlearn.core.models import mlp
+    from prune_unlearn.core.serialization import load_model
+    from prune_unlearn.errors import InputValidationError
+
+    model = mlp(4, [8], 3).eval()
+    save(model, tmp_path / "m.safetensors")
+    x = torch.rand(5, 4, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(load_model(tmp_path / "m.safetensors")(x), model(x))
+    user = tiny_mlp((4, 8, 3), seed=2)  # a Flatten, then Linear layers named "1", "3"
+    torch.save(user.state_dict(), tmp_path / "user.pt")
+    torch.save({"state_dict": user.state_dict(), "epoch": 3}, tmp_path / "checkpoint.pt")
+    for name in ("user.pt", "checkpoint.pt"):
+        loaded = load_model(tmp_path / name, layers=[4, 8, 3])
+        assert torch.equal(loaded(x), user(x))
+    with pytest.raises(InputValidationError, match=r"user.pt is not a .safetensors file written by prune_unlearn\. "
+                                                   r"HINT: .* also pass its layer sizes"):
+        load_model(tmp_path / "user.pt")
+    with pytest.raises(InputValidationError, match=r"Weight '1.weight' has shape \(8, 4\), but layer sizes "
+                                                   r"\[4, 5, 3\] need \(5, 4\)"):
+        load_model(tmp_path / "user.pt", layers=[4, 5, 3])
+    with pytest.raises(InputValidationError, match=r"The 'layers' parameter of load_model must be a list of "
+                                                   r"positive integers .* Got '4,8,3' instead\."):
+        load_model(tmp_path / "user.pt", layers="4,8,3")
+    with pytest.raises(FormatError, match="No model file at"):
+        load_model(tmp_path / "missing.pt", layers=[4, 8, 3])
+    (tmp_path / "junk.pt").write_bytes(b"not a torch file")
+    with pytest.raises(FormatError, match="is not a PyTorch state dict loadable with weights_only=True"):
+        load_model(tmp_path / "junk.pt", layers=[4, 8, 3])
+    torch.save([torch.zeros(2)], tmp_path / "list.pt")
+    with pytest.raises(FormatError, match=r"does not hold a state dict \(a mapping of names to tensors\)"):
+        load_model(tmp_path / "list.pt", layers=[4, 8, 3])

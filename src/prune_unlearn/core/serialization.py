@@ -20,7 +20,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -31,7 +31,7 @@ from ..errors import FormatError
 from .models import architecture_of, build_model
 from .patches import PatchedModel, model_state
 
-__all__ = ["save", "load", "load_info", "atomic_write_text", "MODEL_FORMAT_VERSION"]
+__all__ = ["save", "load", "load_info", "load_model", "atomic_write_text", "MODEL_FORMAT_VERSION"]
 
 # 2: class patches carry ``decision_lambda`` (a version-1 file reads as an ungated class patch set).
 MODEL_FORMAT_VERSION = 2
@@ -174,3 +174,39 @@ def load(path: str | Path, *, base: nn.Module | None = None) -> nn.Module:
     except (KeyError, TypeError, ValueError) as exc:
         raise FormatError(f"The patch set in {path} is malformed: {exc}") from None
     return patched.eval()
+
+
+def load_model(path: str | Path, *, layers: Sequence[int] | None = None) -> nn.Module:
+    """A model file as a module: a ``.safetensors`` file written by :func:`save` (see :func:`load`), or, with
+    ``layers``, a user's PyTorch state dict of an MLP with those layer sizes (e.g. ``[784, 256, 256, 10]``).
+
+    A state dict is read with ``torch.load(weights_only=True)`` (never unpickling arbitrary objects); a
+    checkpoint dict holding it under ``"state_dict"`` works too. Its Linear layers are matched by order
+    (:func:`prune_unlearn.core.models.mlp_from_state_dict`).
+    """
+    from ..errors import InputValidationError
+    from .models import mlp_from_state_dict
+
+    path = Path(path)
+    if path.suffix == ".safetensors" or layers is None:
+        if path.suffix != ".safetensors" and path.exists():
+            raise InputValidationError(
+                f"{path} is not a .safetensors file written by prune_unlearn. HINT: for a PyTorch state dict of an "
+                "MLP, also pass its layer sizes: layers=[784, 256, 256, 10] (--layers 784,256,256,10 on the "
+                "command line).")
+        return load(path)
+    sizes = list(layers) if not isinstance(layers, (str, bytes)) else []
+    if not sizes or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sizes):
+        raise InputValidationError("The 'layers' parameter of load_model must be a list of positive integers (layer "
+                                   f"sizes, e.g. [784, 256, 256, 10]). Got {layers!r} instead.")
+    if not path.is_file():
+        raise FormatError(f"No model file at {path}.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle arbitrary objects
+    except Exception as exc:  # noqa: BLE001 - torch raises several types for foreign files
+        raise FormatError(f"{path} is not a PyTorch state dict loadable with weights_only=True: {exc}") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise FormatError(f"{path} does not hold a state dict (a mapping of names to tensors).")
+    return mlp_from_state_dict(state, sizes)

@@ -5,14 +5,19 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
 
 import torch
 from torch import nn
 
 from .._progress import progress_bar
-from ..core.models import build_model
+from ..core.models import architecture_of, build_model
+from ..core.patches import PatchedModel
+from ..errors import FormatError, InputValidationError
 
-__all__ = ["Recipe", "RECIPES", "TrainResult", "train_model", "train_from_spec", "recipe_for"]
+__all__ = ["Recipe", "RECIPES", "TrainResult", "train_model", "train_from_spec", "recipe_for", "recorded_recipe",
+           "retrain"]
 
 
 @dataclass(frozen=True)
@@ -31,6 +36,15 @@ class Recipe:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> "Recipe":
+        """The inverse of :meth:`to_dict` (e.g. the recipe recorded in a saved model's info)."""
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise FormatError(f"Unknown training-recipe key {unknown[0]!r}; a recipe has the keys {', '.join(known)}.")
+        return cls(**data)
 
 
 # The authors' recipe: SGD, momentum 0.5, lr 0.1 for MNIST/Fashion-MNIST (0.01 for the others), up
@@ -113,3 +127,29 @@ def train_from_spec(spec: dict, X: torch.Tensor, y: torch.Tensor, recipe: Recipe
     """Build a fresh model from ``spec`` (initialised with ``recipe.seed``) and train it."""
     model = build_model(spec, seed=recipe.seed)
     return train_model(model, X, y, recipe, **kwargs)
+
+
+def recorded_recipe(path: str | Path) -> Recipe | None:
+    """The recipe a saved model was trained with (``info["recipe"]`` in the header that ``prune train`` writes), or
+    ``None``: a file that records none (a patched model, a plain PyTorch state dict)."""
+    from ..core.serialization import load_info
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        return None
+    recipe = (load_info(path).get("info") or {}).get("recipe")
+    return Recipe.from_dict(recipe) if isinstance(recipe, Mapping) else None
+
+
+def retrain(model: nn.Module, X: torch.Tensor, y: torch.Tensor, recipe: Recipe, *, progress: bool = False,
+            device: str = "cpu") -> TrainResult:
+    """Exact unlearning, the reference a forget run is timed against: a fresh model of ``model``'s architecture
+    (a :class:`PatchedModel`'s base architecture), initialised with ``recipe.seed`` and trained with ``recipe`` on
+    ``(X, y)``, the remaining data. ``TrainResult.seconds`` goes into :meth:`Report.with_retraining`.
+    """
+    base = model.base if isinstance(model, PatchedModel) else model
+    spec = architecture_of(base)
+    if spec is None:
+        raise InputValidationError(f"retrain needs a model built by prune_unlearn (build_model, mlp, vgg16 record "
+                                   f"its architecture); got a {type(base).__name__}, whose architecture is unknown.")
+    return train_from_spec(spec, X, y, recipe, progress=progress, device=device)

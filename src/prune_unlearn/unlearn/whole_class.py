@@ -52,6 +52,8 @@ from ..core.regions import HeadNetwork, pack_patterns, point_regions
 from ..core.split import split_model, verify_split
 
 DECISION_MARGIN = 1e-3
+RADIUS_RULES = ("per-member", "calibrated")
+INTERMEDIATE_BOUNDS = ("crown", "ibp")  # hidden-layer bounds of the CROWN radius search: CROWN, CROWN-IBP
 
 __all__ = ["forget_class", "class_metrics"]
 
@@ -159,8 +161,8 @@ def forget_class(
     check_positive_int("max_rounds", caller, max_rounds)
     check_positive_int("batch_size", caller, batch_size)
     check_choice("bound", caller, bound, BOUND_METHODS)
-    check_choice("radius", caller, radius, ("per-member", "calibrated"))
-    check_choice("intermediate", caller, intermediate, ("crown", "ibp"))
+    check_choice("radius", caller, radius, RADIUS_RULES)
+    check_choice("intermediate", caller, intermediate, INTERMEDIATE_BOUNDS)
     if not isinstance(decision_gate, bool):
         raise InputValidationError(f"The 'decision_gate' parameter of {caller} must be True or False. "
                                    f"Got {decision_gate!r} instead.")

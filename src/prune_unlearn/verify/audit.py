@@ -41,6 +41,7 @@ from ..core.patches import PatchedModel
 
 __all__ = ["audit", "AuditResult", "Check"]
 
+AUDIT_MODES = ("white-box", "black-box")
 _REL_TOL = 1e-9  # re-derived float64 bounds may differ from forget's in the last bits
 
 
@@ -203,7 +204,7 @@ def audit(
     strict : bool
         Raise :class:`CertificateError` listing every failure instead of returning.
     """
-    if mode not in ("white-box", "black-box"):
+    if mode not in AUDIT_MODES:
         raise InputValidationError(f"The 'mode' parameter of audit must be 'white-box' or 'black-box'. Got {mode!r}.")
     start = time.perf_counter()
     result = AuditResult(mode=mode)

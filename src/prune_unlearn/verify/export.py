@@ -66,6 +66,7 @@ __all__ = [
     "export_onnx",
     "write_vnnlib",
     "domain_box",
+    "export_benchmark",
 ]
 
 # Operator set of the normal form. Constant carries the scalars (1, −1) of the gates.
@@ -460,3 +461,54 @@ def write_vnnlib(patched: PatchedModel, r: int, path, *, domain=None, constraint
     path = Path(path)
     atomic_write_text(path, "\n".join(lines))
     return path
+
+
+def export_benchmark(patched: PatchedModel, out, *, onnx: bool = True, vnnlib: bool = True,
+                     regions: Sequence[int] | None = None, domain=None, constraints: str = "output",
+                     scaling: str = "mul", head_only: bool = False, opset: int = DEFAULT_OPSET,
+                     timeout: int = 300, info: dict | None = None) -> dict:
+    """Write a VNN-COMP style benchmark folder for ``patched``; returns what was written (also in ``export.json``).
+
+    ``onnx``: ``patched.onnx``, the whole patched head. ``vnnlib``: for each region in ``regions`` (default: every
+    region claim) ``region_<r>.vnnlib`` and the network it pairs with, ``region_<r>.onnx``, plus ``instances.csv``
+    (``onnx,vnnlib,timeout`` rows). ``domain`` as in :func:`domain_box`; the other keywords as in
+    :func:`export_onnx` and :func:`write_vnnlib`; ``info``: entries that lead ``export.json`` (e.g. the model file).
+    Everything is checked before the first file is written.
+    """
+    import json
+
+    from ..core.serialization import atomic_write_text
+
+    out = Path(out)
+    _check_patched(patched, head_only)
+    ps = patched.patches
+    point_claims = [r for r in range(len(ps)) if int(ps.bound_code[r]) == BOUND_CODES["point"]]
+    if regions and not vnnlib:
+        raise InputValidationError("regions selects property files; use it with vnnlib=True (CLI: --vnnlib).")
+    if vnnlib:
+        chosen = ([_check_region_claim(patched, r) for r in _check_regions(patched, regions)] if regions
+                  else [r for r in range(len(ps)) if r not in point_claims])
+        domain_box(patched, domain)  # refuse a bad box before writing anything
+    result = {**(info or {}), "out": str(out), "opset": opset, "constraints": constraints, "scaling": scaling,
+              "input": "head features (for a flatten-only prefix: the flattened input)"}
+    if onnx:
+        whole = export_onnx(patched, out / "patched.onnx", opset=opset, scaling=scaling, head_only=head_only)
+        result["onnx"] = {"path": str(whole.path), "regions": len(whole.regions), "op_types": list(whole.op_types),
+                          "inputs": whole.input_dim, "outputs": whole.output_dim}
+    if vnnlib:
+        items, rows = [], []
+        for r in chosen:
+            net, prop = out / f"region_{r}.onnx", out / f"region_{r}.vnnlib"
+            one = export_onnx(patched, net, regions=[r], opset=opset, scaling=scaling, head_only=head_only,
+                              with_region_constraints=r if constraints == "output" else None)
+            write_vnnlib(patched, r, prop, domain=domain, constraints=constraints, onnx_name=net.name,
+                         head_only=head_only)
+            items.append({"region": r, "onnx": str(net), "vnnlib": str(prop), "target": int(ps.targets[r]),
+                          "threshold": float(ps.region_threshold[r]), "outputs": one.output_dim,
+                          "op_types": list(one.op_types)})
+            rows.append(f"{net.name},{prop.name},{timeout}")
+        atomic_write_text(out / "instances.csv", "\n".join(rows) + ("\n" if rows else ""))
+        result["properties"] = items
+        result["skipped_point_claims"] = [] if regions else point_claims
+    atomic_write_text(out / "export.json", json.dumps(result, indent=1) + "\n")
+    return result
