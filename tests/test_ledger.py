@@ -469,48 +469,48 @@ def test_cli_add_list_process_undo_verify(tmp_path, digits, prune):
     def run(*args):
         return CliRunner().invoke(prune, [str(a) for a in args])
 
-    res = run("request", "add", *led, "--requester", "alice", "--data", "digits", "--index", 3, "--index", 17, "--json")
+    res = run("ledger", "add", *led, "--requester", "alice", "--data", "digits", "--index", 3, "--index", 17, "--json")
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["id"] == 1 and json.loads(res.output)["status"] == "pending"
     np.save(tmp_path / "pts.npy", digits.X_train[[40, 41]].numpy())
     np.save(tmp_path / "lab.npy", digits.y_train[[40, 41]].numpy())
     digest = hashlib.sha256((tmp_path / "pts.npy").read_bytes()).hexdigest()
-    res = run("request", "add", *led, "--who", "bob", "--points", tmp_path / "pts.npy", "--labels",
+    res = run("ledger", "add", *led, "--who", "bob", "--points", tmp_path / "pts.npy", "--labels",
               tmp_path / "lab.npy", "--sha256", digest)
     assert res.exit_code == 0 and "request 2 from bob: 2 point(s), pending" in res.output
 
-    res = run("request", "list", *led, "--json")
+    res = run("ledger", "list", *led, "--json")
     doc = json.loads(res.output)
     assert [r["status"] for r in doc["requests"]] == ["pending", "pending"]
-    res = run("process", *led, "--model", model, "--json")  # index requests' data set: the one they name
+    res = run("ledger", "process", *led, "--model", model, "--json")  # index requests' data set: the one they name
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["n_forgotten"] == 4 and json.loads(res.output)["requests"] == [1, 2]
-    assert "nothing to do" in run("process", *led, "--model", model).output
+    assert "nothing to do" in run("ledger", "process", *led, "--model", model).output
     res = run("ledger", "verify", *led, "--model", model, "--json")
     assert res.exit_code == 0 and json.loads(res.output)["ok"] is True
 
-    res = run("request", "undo", 1, *led, "--model", model, "--json")
+    res = run("ledger", "undo", 1, *led, "--model", model, "--json")
     assert res.exit_code == 0, res.output
     undone = json.loads(res.output)
     x = digits.X_train[[3, 17]]
     if not undone["kept_patterns"]:  # no other live request in those regions
         assert torch.equal(load(model)(x), base(x))
-    res = run("request", "list", *led, "--status", "undone")
+    res = run("ledger", "list", *led, "--status", "undone")
     assert "alice" in res.output and res.output.strip().endswith("1 request(s)")
 
     (tmp_path / "idx.txt").write_text("5, 6\n7\n")
-    res = run("request", "add", *led, "--who", "carol", "--data", "digits", "--indices", tmp_path / "idx.txt")
+    res = run("ledger", "add", *led, "--who", "carol", "--data", "digits", "--indices", tmp_path / "idx.txt")
     assert res.exit_code == 0 and "request 3 from carol: 3 point(s), pending" in res.output
-    res = run("request", "list", *led, "--requester", "carol", "--status", "pending", "--json")
+    res = run("ledger", "list", *led, "--requester", "carol", "--status", "pending", "--json")
     assert [r["indices"] for r in json.loads(res.output)["requests"]] == [[5, 6, 7]]
 
-    res = run("request", "undo", 1, *led, "--model", model)
+    res = run("ledger", "undo", 1, *led, "--model", model)
     assert res.exit_code == 1 and "Error: Request 1 is undone" in res.output
-    res = run("request", "undo", 9, *led, "--model", model)
+    res = run("ledger", "undo", 9, *led, "--model", model)
     assert res.exit_code == 1 and "Error: No request with id 9" in res.output
-    res = run("request", "add", *led, "--requester", "x")
+    res = run("ledger", "add", *led, "--requester", "x")
     assert res.exit_code == 2 and "Name the points with --index/--indices" in res.output
-    res = run("request", "list", "--ledger", tmp_path / "missing.sqlite")
+    res = run("ledger", "list", "--ledger", tmp_path / "missing.sqlite")
     assert res.exit_code == 1 and "Error: No ledger at" in res.output
 
     conn = sqlite3.connect(tmp_path / "requests.sqlite")
@@ -522,7 +522,8 @@ def test_cli_add_list_process_undo_verify(tmp_path, digits, prune):
 
 
 def test_every_ledger_command_has_help_with_an_example(prune):
-    for path in (["request", "add"], ["request", "list"], ["request", "undo"], ["process"], ["ledger", "verify"]):
+    for path in (["ledger", "add"], ["ledger", "list"], ["ledger", "process"], ["ledger", "undo"],
+                 ["ledger", "verify"]):
         res = CliRunner().invoke(prune, [*path, "-h"])
         assert res.exit_code == 0 and "Example: prune " + " ".join(path) in res.output
 

@@ -1,26 +1,26 @@
-"""``prune request add|list|undo``, ``prune process``, ``prune ledger verify``: the request ledger's commands.
+"""``prune ledger add|list|process|undo|verify``: withdrawal requests and the ledger that records them.
 
 Each command opens the ledger (``--ledger``, default ``prune-ledger.sqlite``, or ``$PRUNE_LEDGER``), calls one
-:class:`prune_unlearn.ledger.Ledger` method and prints the result (``--json``: exactly one JSON document).
-Exit codes: 0 ok; 1 a refused request (``Error: ...``); 2 usage error; 3 ``ledger verify`` found a problem.
-
-Add them to the main group with ``register(cli)``, from the end of ``cli.py`` (this module imports shared
-options from it).
+:class:`prune_unlearn.ops.ledger.Ledger` method and prints the result. ``ledger verify`` exits 3 when a check
+fails. The old spellings ``prune request add|list|undo`` and ``prune process`` still work for one release
+(hidden, with a deprecation note on stderr).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
-from .options import handle_errors, json_option, read_indices, silent_option
+from ..experiments.datasets import load_dataset
 from ..ops.ledger import DEFAULT_LEDGER_PATH, STATUSES, Ledger
+from .options import bound_option, data_options, epsilon_option, model_path_option, read_indices, seed_option
+from .output import json_option, output_options
+from .policy import command, deprecated_alias, exit_check_failed, group
 
-__all__ = ["register", "request", "process_cmd", "ledger"]
+__all__ = ["ledger", "register"]
 
-VERIFY_FAILED_EXIT = 3
+_MODEL_HELP = "The model file (.safetensors) the ledger's patches go into; rewritten in place."
 
 
 def ledger_option(f):
@@ -29,28 +29,19 @@ def ledger_option(f):
                         help="The request ledger (an SQLite file, created on first use).")(f)
 
 
-def model_option(f):
-    return click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
-                        help="The model file (.safetensors) the ledger's patches go into; rewritten in place.")(f)
-
-
 def _require(ledger_path: Path) -> None:
-    """Only `request add` creates a ledger; elsewhere a missing file is a mistyped path."""
+    """Only `ledger add` creates a ledger; elsewhere a missing file is a mistyped path."""
     if not ledger_path.exists():
-        raise click.ClickException(f"No ledger at {ledger_path}. HINT: `prune request add` creates it; --ledger or "
+        raise click.ClickException(f"No ledger at {ledger_path}. HINT: `prune ledger add` creates it; --ledger or "
                                    "$PRUNE_LEDGER names another file.")
 
 
-def _print(data, as_json: bool, human: str) -> None:
-    click.echo(json.dumps(data, indent=1) if as_json else human)
+@group()
+def ledger() -> None:
+    """Withdrawal requests and the ledger that records them: add, list, process, undo, verify."""
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def request() -> None:
-    """Withdrawal requests: add, list, undo."""
-
-
-@request.command("add")
+@ledger.command("add")
 @ledger_option
 @click.option("--requester", "--who", required=True, help="Who asked (name, e-mail, ticket id).")
 @click.option("--index", "-i", "index_values", type=click.IntRange(min=0), multiple=True,
@@ -63,55 +54,34 @@ def request() -> None:
               help="Labels for --points (.npy of integers). Default: y of the .safetensors, else the training labels "
                    "of --data, else the base model's prediction.")
 @click.option("--sha256", default=None, help="Refuse the --points file unless its SHA-256 is this (hex).")
-@click.option("--data", "data_name", default=None, help="Data set the indices refer to (digits, mnist5k, mnist, …).")
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Folder with the data set's files (default: $PRUNE_DATA_DIR/<name>).")
+@data_options(required=False, help="Data set the indices refer to (or whose training labels --points takes).")
 @json_option
-@handle_errors
 def add_cmd(ledger_path, requester, index_values, indices_file, points_file, labels_file, sha256, data_name, data_dir,
-            as_json):
-    """Record a withdrawal request; it stays pending until `prune process`.
+            output):
+    """Record a withdrawal request; it stays pending until `prune ledger process`.
 
-    Example: prune request add --requester alice@example.org --data digits --index 3 --index 17
+    \b
+    Example: prune ledger add --requester alice@example.org --data digits --index 3 --index 17
     """
     by_index = bool(index_values) or indices_file is not None
     if by_index == (points_file is not None):
         raise click.UsageError("Name the points with --index/--indices (and --data) or with --points, not both.")
     if by_index and data_name is None:
         raise click.UsageError("--index/--indices need --data (the data set they index).")
-    data = indices = None
-    if data_name is not None:
-        from ..experiments.datasets import load_dataset
-
-        data = load_dataset(data_name, data_dir)
+    data = load_dataset(data_name, data_dir) if data_name is not None else None
+    indices = None
     if by_index:
         indices = list(index_values)
         if indices_file is not None:
             indices += read_indices(indices_file, len(data.y_train)).tolist()
-    with Ledger(ledger_path) as ledger:
-        req = ledger.add(requester, indices=indices, points_file=points_file, labels_file=labels_file, sha256=sha256,
-                         data=data)
-    _print(req.to_dict(), as_json, f"request {req.id} from {req.requester}: {req.n_points} point(s), pending "
-                                   f"(ledger {ledger_path})")
+    with Ledger(ledger_path) as led:
+        req = led.add(requester, indices=indices, points_file=points_file, labels_file=labels_file, sha256=sha256,
+                      data=data)
+    output.result(req.to_dict(), f"request {req.id} from {req.requester}: {req.n_points} point(s), pending "
+                                 f"(ledger {ledger_path})")
 
 
-@request.command("list")
-@ledger_option
-@click.option("--status", type=click.Choice(STATUSES), default=None, help="Only requests with this status.")
-@click.option("--requester", default=None, help="Only requests from this requester.")
-@json_option
-@handle_errors
-def list_cmd(ledger_path, status, requester, as_json):
-    """List requests (oldest first), with their status and the patched regions that honour them.
-
-    Example: prune request list --status pending
-    """
-    _require(ledger_path)
-    with Ledger(ledger_path) as ledger:
-        reqs = ledger.requests(status=status, requester=requester)
-    if as_json:
-        _print({"ledger": str(ledger_path), "requests": [r.to_dict() for r in reqs]}, True, "")
-        return
+def _request_table(reqs) -> str:
     lines = [f"{'id':>6}  {'status':<9}  {'points':>6}  {'regions':>7}  {'created (UTC)':<19}  requester / source"]
     for r in reqs:
         source = f"{r.dataset}[{len(r.indices)} idx]" if r.source == "dataset" else Path(r.file).name
@@ -119,60 +89,66 @@ def list_cmd(ledger_path, status, requester, as_json):
         lines.append(f"{r.id:>6}  {r.status:<9}  {r.n_points:>6}  {len(r.patterns):>7}  {r.created_at[:19]:<19}  "
                      f"{r.requester} / {source}{failed}")
     lines.append(f"{len(reqs)} request(s)")
-    click.echo("\n".join(lines))
+    return "\n".join(lines)
 
 
-@request.command("undo")
-@click.argument("request_id", type=click.IntRange(min=1))
+@ledger.command("list")
 @ledger_option
-@model_option
+@click.option("--status", type=click.Choice(STATUSES), default=None, help="Only requests with this status.")
+@click.option("--requester", default=None, help="Only requests from this requester.")
 @json_option
-@handle_errors
-def undo_cmd(request_id, ledger_path, model_path, as_json):
-    """Undo a processed request: remove the patched regions only it needs, restoring the model's outputs there.
+def list_cmd(ledger_path, status, requester, output):
+    """List requests (oldest first), with their status and the patched regions that honour them.
 
-    Example: prune request undo 7 --model model.safetensors
+    \b
+    Example: prune ledger list --status pending
     """
     _require(ledger_path)
-    with Ledger(ledger_path) as ledger:
-        result = ledger.undo(request_id, model_path)
-    _print(result.to_dict(), as_json, result.summary())
+    with Ledger(ledger_path) as led:
+        reqs = led.requests(status=status, requester=requester)
+    output.result({"ledger": str(ledger_path), "requests": [r.to_dict() for r in reqs]}, _request_table(reqs))
 
 
-@click.command("process")
+@ledger.command("process")
 @ledger_option
-@model_option
-@click.option("--data", "data_name", default=None,
-              help="Data set of index requests (default: the one each request names).")
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Folder with the data set's files (default: $PRUNE_DATA_DIR/<name>).")
+@model_path_option(_MODEL_HELP)
+@data_options(required=False, help="Data set of index requests (default: the one each request names).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Requests forgotten (and committed) together.")
-@click.option("--bound", type=click.Choice(["box", "dual", "lp"]), default="box", show_default=True,
-              help="How region claims are proven (all sound; dual/lp give smaller patches).")
-@click.option("--epsilon", type=click.FloatRange(min=0, min_open=True), default=0.05, show_default=True,
-              help="Proven margin (logits) of the target label on each certified region.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the target labels.")
-@json_option
-@silent_option
-@handle_errors
-def process_cmd(ledger_path, model_path, data_name, data_dir, batch_size, bound, epsilon, seed, as_json, silent):
+@bound_option
+@epsilon_option
+@seed_option
+@output_options
+def process_cmd(ledger_path, model_path, data_name, data_dir, batch_size, bound, epsilon, seed, output):
     """Forget every pending request once, in batches; rewrite the model and record what honoured each request.
 
     Running it again with nothing pending changes nothing.
 
-    Example: prune process --model model.safetensors --data digits
+    \b
+    Example: prune ledger process --model model.safetensors --data digits
     """
     _require(ledger_path)
-    with Ledger(ledger_path) as ledger:
-        result = ledger.process(model_path, data=data_name, data_dir=data_dir, batch_size=batch_size, bound=bound,
-                                epsilon=epsilon, seed=seed, progress=not (silent or as_json))
-    _print(result.to_dict(), as_json, result.summary())
+    with Ledger(ledger_path) as led:
+        result = led.process(model_path, data=data_name, data_dir=data_dir, batch_size=batch_size, bound=bound,
+                             epsilon=epsilon, seed=seed, progress=output.progress)
+    output.result(result.to_dict(), result.summary())
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def ledger() -> None:
-    """The request ledger itself: verify its hash chain."""
+@ledger.command("undo")
+@click.argument("request_id", type=click.IntRange(min=1))
+@ledger_option
+@model_path_option(_MODEL_HELP)
+@json_option
+def undo_cmd(request_id, ledger_path, model_path, output):
+    """Undo a processed request: remove the patched regions only it needs, restoring the model's outputs there.
+
+    \b
+    Example: prune ledger undo 7 --model model.safetensors
+    """
+    _require(ledger_path)
+    with Ledger(ledger_path) as led:
+        result = led.undo(request_id, model_path)
+    output.result(result.to_dict(), result.summary())
 
 
 @ledger.command("verify")
@@ -180,21 +156,33 @@ def ledger() -> None:
 @click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also check that this model file is the one the ledger last wrote.")
 @json_option
-@handle_errors
-def verify_cmd(ledger_path, model_path, as_json):
+def verify_cmd(ledger_path, model_path, output):
     """Recompute the hash chain and the requests from the events; exit 3 if anything does not hold.
 
+    \b
     Example: prune ledger verify --model model.safetensors
     """
     _require(ledger_path)
     with Ledger(ledger_path) as led:
         result = led.verify(model_path)
-    _print(result.to_dict(), as_json, result.summary())
+    output.result(result.to_dict(), result.summary())
     if not result.ok:
-        click.get_current_context().exit(VERIFY_FAILED_EXIT)
+        exit_check_failed()
+
+
+# --- the old spellings, kept for one release ---------------------------------------------------------------------
+
+@group(hidden=True)
+def request() -> None:
+    """Deprecated: use `prune ledger add|list|undo`."""
+
+
+for _name, _cmd in (("add", add_cmd), ("list", list_cmd), ("undo", undo_cmd)):
+    request.add_command(deprecated_alias(f"prune request {_name}", f"prune ledger {_name}", _cmd))
+process_alias = deprecated_alias("prune process", "prune ledger process", process_cmd)
 
 
 def register(cli_group: click.Group) -> None:
-    """Add ``request`` (add, list, undo), ``process`` and ``ledger`` (verify) to the ``prune`` group."""
-    for command in (request, process_cmd, ledger):
-        cli_group.add_command(command)
+    """Add ``ledger`` (and the hidden old spellings ``request``, ``process``) to a command group."""
+    for cmd in (ledger, request, process_alias):
+        cli_group.add_command(cmd)

@@ -1,4 +1,9 @@
-"""Option bundles and error handling shared by every ``prune`` command module."""
+"""Option bundles shared by the ``prune`` commands, in the style of sqlite-utils' ``output_options``.
+
+Every choice comes from the library's own constants (``BOUND_METHODS``, ``STRATEGIES``, ``TARGET_RULES``,
+``dataset_names()`` …), so a method added there shows up here and in ``--help`` without an edit. Printing
+options (``--json``, ``--silent``) live in :mod:`.output`.
+"""
 
 from __future__ import annotations
 
@@ -8,19 +13,58 @@ from pathlib import Path
 import click
 import torch
 
-from ..errors import PruneError
+from ..core.confusion import BOUND_METHODS
+from ..experiments.datasets import dataset_names
+from ..unlearn.forget import STRATEGIES, TARGET_RULES
+from ..unlearn.whole_class import INTERMEDIATE_BOUNDS, RADIUS_RULES
 
-__all__ = ["json_option", "silent_option", "seed_option", "data_options", "relaxed_support_options", "handle_errors",
+__all__ = ["IntList", "NameList", "ClassTarget", "seed_option", "device_option", "data_options", "bound_option",
+           "epsilon_option", "forget_options", "relaxed_support_options", "radius_option", "model_path_option",
            "read_indices"]
 
 
-def json_option(f):
-    return click.option("--json", "as_json", is_flag=True,
-                        help="Print exactly one JSON document (the result) to stdout.")(f)
+class IntList(click.ParamType):
+    """Comma-separated integers, e.g. ``784,256,256,10`` (a bad value is a usage error, exit 2)."""
+
+    name = "ints"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (list, tuple)):
+            return list(value)
+        try:
+            return [int(v) for v in str(value).replace(" ", "").split(",") if v]
+        except ValueError:
+            self.fail(f"comma-separated integers, e.g. 100,200; got {value!r}.", param, ctx)
 
 
-def silent_option(f):
-    return click.option("--silent", is_flag=True, help="No progress bars.")(f)
+class NameList(click.ParamType):
+    """Comma-separated names, each one of ``choices``."""
+
+    name = "names"
+
+    def __init__(self, choices):
+        self.choices = tuple(choices)
+
+    def convert(self, value, param, ctx):
+        names = list(value) if isinstance(value, (list, tuple)) else [v.strip() for v in str(value).split(",")
+                                                                      if v.strip()]
+        unknown = [n for n in names if n not in self.choices]
+        if unknown:
+            self.fail(f"{unknown[0]!r} is not one of {', '.join(self.choices)}.", param, ctx)
+        return tuple(names)
+
+
+class ClassTarget(click.ParamType):
+    """``random`` or a class label (an integer), the label a forgotten class is pushed to."""
+
+    name = "random|label"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) or value == "random":
+            return value
+        if str(value).isdigit():
+            return int(value)
+        self.fail(f"'random' or a class label (an integer); got {value!r}.", param, ctx)
 
 
 def seed_option(f):
@@ -28,19 +72,66 @@ def seed_option(f):
                         help="Random seed (point selection, target labels, clustering, training).")(f)
 
 
-def data_options(f):
-    f = click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-                     help="Folder with the data set's files (default: $PRUNE_DATA_DIR/<name>).")(f)
-    return click.option("--data", "data_name", required=True,
-                        help="Data set name: digits, mnist5k, mnist, fashion-mnist.")(f)
+def _resolve_device(ctx, param, value: str) -> str:
+    if value == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return value
+
+
+def device_option(f):
+    return click.option("--device", default="auto", show_default=True, callback=_resolve_device,
+                        help="Where to train: auto (GPU when present), cpu, cuda, cuda:1, …")(f)
+
+
+def data_options(f=None, *, required: bool = True, help: str | None = None):  # noqa: A002 - click's word
+    """``--data`` (one of the library's data sets) and ``--data-dir``; ``@data_options`` or
+    ``@data_options(required=False, help=...)``."""
+    def decorate(f):
+        f = click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                         help="Folder with the data set's files (default: $PRUNE_DATA_DIR/<name>; digits and "
+                              "mnist5k are built in).")(f)
+        return click.option("--data", "data_name", type=click.Choice(dataset_names()), required=required,
+                            help=help or "The data set.")(f)
+
+    return decorate(f) if f is not None else decorate
+
+
+def bound_option(f):
+    return click.option("--bound", type=click.Choice(BOUND_METHODS), default="box", show_default=True,
+                        help="How region claims are proven (all sound; dual/lp give smaller patches).")(f)
+
+
+def epsilon_option(f):
+    return click.option("--epsilon", type=click.FloatRange(min=0, min_open=True), default=0.05, show_default=True,
+                        help="Proven margin (logits) of the target label on each certified region.")(f)
+
+
+def forget_options(f):
+    """How points are forgotten (``forget``'s keywords), for ``forget`` and ``demo``; the command receives them as
+    one dict, ``forget_kwargs``, named as :func:`prune_unlearn.forget` names them."""
+    @functools.wraps(f)
+    def wrapper(*args, strategy, bound, epsilon, target, delta, clusters, **kwargs):
+        forget_kwargs = {"strategy": strategy, "bound": bound, "epsilon": epsilon, "target": target, "delta": delta,
+                         "n_clusters": clusters}
+        return f(*args, forget_kwargs=forget_kwargs, **kwargs)
+
+    wrapper = click.option("--clusters", type=click.IntRange(min=1), default=None,
+                           help="K for the cluster strategy (default ceil(n/10)).")(wrapper)
+    wrapper = click.option("--delta", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
+                           help="Forgotten share to reach (cluster strategy).")(wrapper)
+    wrapper = click.option("--target", type=click.Choice(TARGET_RULES), default="random", show_default=True,
+                           help="Target label rule.")(wrapper)
+    wrapper = bound_option(epsilon_option(wrapper))
+    return click.option("--strategy", type=click.Choice(STRATEGIES), default="per-point", show_default=True,
+                        help="per-point: Theorem 1 for every point; cluster: Algorithm 1.")(wrapper)
 
 
 def relaxed_support_options(f):
-    """How whole-class (Algorithm 2) relaxed supports are built: `forget-class` and `bench table5`."""
+    """How whole-class (Algorithm 2) relaxed supports are built: ``forget-class`` and ``bench table5``."""
     f = click.option("--decision-gate/--no-decision-gate", default=True, show_default=True,
                      help="Confine class patches to inputs the base model assigns to the class (other classes' "
                           "predictions never change); --no-decision-gate is the paper's plain relaxed support.")(f)
-    f = click.option("--intermediate", type=click.Choice(["crown", "ibp"]), default="crown", show_default=True,
+    f = click.option("--intermediate", type=click.Choice(INTERMEDIATE_BOUNDS), default="crown", show_default=True,
                      help="Hidden-layer bounds of the per-member CROWN calls: full CROWN, or interval bounds "
                           "(CROWN-IBP: ~9x faster, smaller radii, wants a larger --radius-scale).")(f)
     return click.option("--radius-scale", type=click.FloatRange(min=0, min_open=True), default=1.0,
@@ -48,19 +139,20 @@ def relaxed_support_options(f):
                         "generalisation; without the decision gate, more side effects).")(f)
 
 
-def handle_errors(f):
-    """Library errors become one-line ``Error: ...`` messages with exit status 1."""
-    @functools.wraps(f)
-    def wrapper(*args, **kwargs):
-        try:
-            return f(*args, **kwargs)
-        except PruneError as exc:
-            raise click.ClickException(str(exc)) from None
+def radius_option(f):
+    return click.option("--radius", type=click.Choice(RADIUS_RULES), default="per-member", show_default=True,
+                        help="per-member: CROWN bisection per member (Algorithm 2); calibrated: one radius from a "
+                             "sample.")(f)
 
-    return wrapper
+
+def model_path_option(help: str):  # noqa: A002 - click's word
+    """``--model PATH`` (required) with a command-specific help text."""
+    return click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
+                        help=help)
 
 
 def read_indices(path: Path, n_train: int) -> torch.Tensor:
+    """Training-set indices from a text file (whitespace/comma separated, ``#`` comments)."""
     from ..errors import InputValidationError
 
     try:

@@ -1,0 +1,83 @@
+"""``prune bench``: one of the paper's tables or figures, from :mod:`prune_unlearn.experiments.runner`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..experiments.runner import METHODS, ExperimentConfig, run_convergence, run_table3, run_table5
+from .options import IntList, NameList, bound_option, data_options, relaxed_support_options
+from .output import json_option
+from .policy import command
+
+__all__ = ["bench", "EXPERIMENTS"]
+
+
+def _table3(o: dict, dest: Path, log) -> None:
+    cfg = ExperimentConfig(dataset=o["data_name"], data_dir=str(o["data_dir"]) if o["data_dir"] else None,
+                           sizes=tuple(o["sizes"]), seeds=o["seeds"], methods=o["methods"], prune_bound=o["bound"],
+                           epochs=o["epochs"])
+    run_table3(cfg, dest, log=log)
+
+
+def _convergence(vary: str):
+    def run(o: dict, dest: Path, log) -> None:
+        values = o["k_values"] if vary == "K" else o["sizes"]
+        fixed = 100 if vary == "K" else 4  # the paper: |D_U| = 100 for Figure 4, K = 4 for Figure 5
+        run_convergence(o["data_name"], dest, vary=vary, values=values, fixed=fixed, data_dir=o["data_dir"],
+                        seeds=o["seeds"], bound=o["bound"], epochs=o["epochs"], log=log)
+
+    return run
+
+
+def _table5(o: dict, dest: Path, log) -> None:
+    run_table5(o["data_name"], dest, data_dir=o["data_dir"], trials=o["trials"], epochs=o["epochs"],
+               radius_scale=o["radius_scale"], intermediate=o["intermediate"], decision_gate=o["decision_gate"],
+               log=log)
+
+
+# experiment -> (runner call, the Markdown file it writes); table3, table4 and fig3 come from the same runs.
+EXPERIMENTS = {
+    "table3": (_table3, "table3"),
+    "table4": (_table3, "table3"),
+    "fig3": (_table3, "table3"),
+    "fig4": (_convergence("K"), "fig4"),
+    "fig5": (_convergence("n"), "fig5"),
+    "table5": (_table5, "table5"),
+}
+
+
+@command()
+@click.argument("experiment", type=click.Choice(list(EXPERIMENTS)))
+@data_options
+@click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True, help="Repetitions (seeds 0…N-1).")
+@click.option("--sizes", type=IntList(), default="100,200,300,500", show_default=True,
+              help="|D_U| values (table3/4, fig3, fig5).")
+@click.option("--methods", type=NameList(METHODS), default=",".join(METHODS), show_default=True,
+              help="Methods for table3/table4/fig3.")
+@click.option("--clusters", "k_values", type=IntList(), default="2,3,4,6,8", show_default=True,
+              help="K values for fig4.")
+@bound_option
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Override the training recipe's epochs.")
+@click.option("--trials", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Random class labels drawn for table5.")
+@relaxed_support_options
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("results"), show_default=True,
+              help="Results folder (a subfolder per data set).")
+@json_option
+def bench(experiment, out, output, **options):
+    """Reproduce one of the paper's tables or figures; writes CSV, Markdown, PNG and config.json.
+
+    table3, table4 and fig3 come from the same runs (Table III, IV, Figure 3). --radius-scale,
+    --intermediate and --decision-gate apply to table5. Prints the Markdown file's path.
+
+    \b
+    Example: prune bench table3 --data mnist --data-dir ../shared/data/mnist
+    """
+    run, stem = EXPERIMENTS[experiment]
+    dest = out / options["data_name"]
+    run(options, dest, log=output.note)  # progress lines to stderr, results in files
+    markdown = dest / f"{stem}-{options['data_name']}.md"
+    output.result({"experiment": experiment, "data": options["data_name"], "folder": str(dest),
+                   "markdown": str(markdown)}, str(markdown))
