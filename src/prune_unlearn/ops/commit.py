@@ -219,4 +219,4 @@ def _mismatch_message(model_path: Path, found: str | None, last: Event) -> str:
     return (f"the model file {model_path} does not match the ledger: its tensors hash to "
             f"{(found or 'nothing')[:12]}…, but the ledger's last model event ({last.id}, {last.kind}) wrote "
             f"{last.body['model_after'][:12]}… to {last.body['model_file']}. HINT: pass the model file written "
-            "by the last `prune process` / `prune request undo` of this ledger")
+            "by the last `prune ledger process` / `prune ledger undo` of this ledger")

@@ -30,7 +30,7 @@ def undo_request(store: Store, request_id: int, model_path: Path, *, base: nn.Mo
         verify(store, strict=True)
         request = Request.from_row(store.row(request_id))
         if request.status != "processed":
-            hint = ("it has no patches yet (it is forgotten by the next `prune process`)"
+            hint = ("it has no patches yet (it is forgotten by the next `prune ledger process`)"
                     if request.status == "pending" else f"it was undone by event {request.undone_event}")
             raise LedgerError(f"Request {request.id} is {request.status}: only a processed request can be undone; "
                               f"{hint}.")

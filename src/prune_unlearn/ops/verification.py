@@ -26,7 +26,7 @@ def verify(store: Store, model_path: str | os.PathLike | None = None, *, strict:
     if not problems:
         problems += table_problems(events, {r.id: r for r in store.rows()})
         problems += [f"event {e.id} ({e.kind}) is still committing: a process/undo was interrupted or is "
-                     "running. HINT: run `prune process` to finish or roll it back"
+                     "running. HINT: run `prune ledger process` to finish or roll it back"
                      for e in events if e.state == "committing"]
         if model_path is not None:
             problems += model_problems(Path(model_path), events)
