@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .._threads import with_kernel_threads
 from ..errors import InputValidationError, UnsupportedModelError
 from .regions import affine_logits
 
@@ -230,6 +231,7 @@ def _interval_affine(w, b, lo, hi):
 
 
 @torch.no_grad()
+@with_kernel_threads  # one torch thread per kernel: see prune_unlearn._threads
 def ibp_head_bounds(head, lower, upper):
     """Interval bounds (IBP) of the head's hidden pre-activations and logits over per-point boxes.
 
@@ -513,6 +515,7 @@ def _crown(head, lo, hi, spec, *, want_upper: bool, refine_stable: bool, known=N
 
 
 @torch.no_grad()
+@with_kernel_threads  # one torch thread per kernel: see prune_unlearn._threads
 def crown_head_bounds(head, lower, upper, *, spec=None, refine_stable: bool = True) -> CrownBounds:
     """CROWN bounds of every hidden pre-activation and of ``spec @ logits`` over per-point boxes.
 
@@ -574,6 +577,7 @@ def _margin_lower(head, lo, hi, y, known=None, intermediate: str = "crown"):
 
 
 @torch.no_grad()
+@with_kernel_threads  # one torch thread per kernel: see prune_unlearn._threads
 def margin_lower_bounds(head, lower, upper, labels) -> torch.Tensor:
     """CROWN lower bounds of the margins ``f_y − f_l`` over per-point boxes, (P, C) float64.
 
@@ -623,6 +627,7 @@ def _probe(head, x, y, signs, pts, radius, blo, bhi) -> torch.Tensor:
 
 
 @torch.no_grad()
+@with_kernel_threads  # one torch thread per kernel: see prune_unlearn._threads
 def certified_radius(head, x, labels, lower, upper, *, max_radius=None, iterations: int = 20,
                      tol: float = 1e-6, rtol: float = 0.0, start=None, intermediate: str = "crown",
                      search_dtype: torch.dtype = torch.float64) -> torch.Tensor:
@@ -780,6 +785,7 @@ def certified_radius(head, x, labels, lower, upper, *, max_radius=None, iteratio
 
 
 @torch.no_grad()
+@with_kernel_threads  # one torch thread per kernel: see prune_unlearn._threads
 def stable_neurons(head, x, radius, lower, upper, *, intermediate: str = "crown") -> tuple[torch.Tensor, torch.Tensor]:
     """Hidden neurons whose sign CROWN proves constant on the ball of ``radius`` around each point.
 
