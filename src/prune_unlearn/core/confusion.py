@@ -254,7 +254,7 @@ def _lp_bound(head, masks, thresholds, targets, rows, signs, w0_rows, q, lower, 
         # s_i (a_i·h + c_i) ≥ θ  ⇔  row_i := s_i a_i·h ≥ θ − s_i c_i
         rows_mat = s[:, None] * a
         rhs = thresholds[i].item() - s * c_all[i].numpy()
-        lp = _new_highs()
+        lp = new_highs()
         n_rows, d = rows_mat.shape
         lp.addVars(d, lo_np, hi_np)
         if n_rows:
@@ -286,7 +286,7 @@ def _lp_bound(head, masks, thresholds, targets, rows, signs, w0_rows, q, lower, 
 _HIGHS_LOCK = threading.Lock()
 
 
-def _new_highs():
+def new_highs():
     """A silent HiGHS instance (its constructor prints a banner on the C-level stdout)."""
     import os
     import sys

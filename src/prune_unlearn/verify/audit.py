@@ -10,17 +10,20 @@ formula or by weak duality at the certificate's stored multipliers, and a random
 ``regions``
     every certificate region matches the patch set (pattern, λ, θ = 2/λ, target, H, proof kind).
 ``bounds``
-    for every region claim, ``min_{l≠t} d_t − d_l − U_l ≥ margin`` with ``U_l`` re-derived here.
+    for every region claim, ``min_{l≠t} d_t − d_l − U_l ≥ margin`` with ``U_l`` re-derived here in
+    exact rational arithmetic (:mod:`prune_unlearn.verify.exact`): no rounding can pass a false claim.
 ``lp``
-    exact ``min`` of the target's lead over each label on the certified region ≥ margin; and the
-    float32 model, as served, predicts the target at each LP minimiser (float32-robust regions).
+    exact ``min`` of the target's lead over each label on the certified region ≥ margin (HiGHS, by
+    row generation, :mod:`prune_unlearn.verify.lp`); and the float32 model, as served, predicts the
+    target at each LP minimiser (float32-robust regions).
 ``points``
     each given point's hash is claimed, its label is no longer predicted (a black-box query), and
     (white-box) it is supported by the claimed region with support exactly 1.
 ``locality``
     inputs outside every patched region (random inputs, given inputs, and points pushed just across
-    a region boundary) get the base model's logits bit for bit, and the fast support lookup agrees
-    with the dense support-network formula.
+    a region boundary, :mod:`prune_unlearn.verify.probes`) get the base model's logits bit for bit,
+    and the fast support lookup agrees with the dense support-network formula; every probe is
+    finite and lies outside the region it was pushed out of.
 """
 
 from __future__ import annotations
@@ -29,20 +32,27 @@ import hashlib
 import math
 import time
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 import numpy as np
 import torch
 from torch import nn
 
 from .._hashing import points_sha256, state_sha256
+from .._threads import kernel_threads, parallel_map
 from .certificate import Certificate, box_from_description, certified_patches_sha256
+from .exact import BACKEND as EXACT_BACKEND
+from .exact import ExactHead, exact_leads
+from .lp import lp_min_leads, region_maps
+from .probes import boundary_probes
 from ..errors import CertificateError, InputValidationError
 from ..core.patches import PatchedModel
 
 __all__ = ["audit", "AuditResult", "Check"]
 
 AUDIT_MODES = ("white-box", "black-box")
-_REL_TOL = 1e-9  # re-derived float64 bounds may differ from forget's in the last bits
+_REL_TOL = 1e-9  # a claim's margin may differ from its region's in the last bits
+_PROBE_POINTS = 200  # forgotten points pushed across a face of their region (locality probes)
 
 
 @dataclass
@@ -62,6 +72,8 @@ class AuditResult:
     checks: list = field(default_factory=list)
     seconds: float = 0.0
     mode: str = "white-box"
+    timings: dict = field(default_factory=dict)  # seconds per stage, e.g. "exact bounds", "lp"
+    exact_backend: str = ""  # what did the exact rational arithmetic (python-flint or Python integers)
 
     @property
     def passed(self) -> bool:
@@ -82,12 +94,15 @@ class AuditResult:
         return out
 
     def to_dict(self) -> dict:
-        return {"passed": self.passed, "mode": self.mode, "seconds": self.seconds,
+        return {"passed": self.passed, "mode": self.mode, "seconds": self.seconds, "timings": self.timings,
+                "exact_backend": self.exact_backend,
                 "counts": {k: {"passed": p, "failed": f} for k, (p, f) in self.counts().items()},
                 "failures": [c.__dict__ for c in self.failures]}
 
     def summary(self) -> str:
-        lines = [f"audit ({self.mode}) {'PASSED' if self.passed else 'FAILED'} in {self.seconds:.1f} s",
+        stages = ", ".join(f"{k} {v:.1f} s" for k, v in self.timings.items())
+        lines = [f"audit ({self.mode}) {'PASSED' if self.passed else 'FAILED'} in {self.seconds:.1f} s"
+                 + (f" ({stages})" if stages else ""),
                  f"{'check':10s} {'passed':>7s} {'failed':>7s}"]
         for name, (p, f) in self.counts().items():
             lines.append(f"{name:10s} {p:7d} {f:7d}")
@@ -98,77 +113,8 @@ class AuditResult:
         return "\n".join(lines)
 
 
-# --- independent region algebra (NumPy, float64) ------------------------------------------------
-
 def _unpack(packed: np.ndarray, n: int) -> np.ndarray:
     return np.unpackbits(packed, bitorder="little")[:n].astype(bool)
-
-
-def _region_maps(weights, biases, active: np.ndarray):
-    """``A, c`` (hidden pre-activations) and ``W, w`` (logits) on the region of pattern ``active``."""
-    m, v = weights[0], biases[0]
-    a_blocks, c_blocks = [m], [v]
-    start = 0
-    for j in range(1, len(weights)):
-        size = weights[j - 1].shape[0]
-        on = active[start: start + size].astype(np.float64)
-        start += size
-        m = weights[j] @ (on[:, None] * m)
-        v = weights[j] @ (on * v) + biases[j]
-        if j < len(weights) - 1:
-            a_blocks.append(m)
-            c_blocks.append(v)
-    if len(weights) == 1:
-        return np.zeros((0, m.shape[1])), np.zeros(0), m, v
-    return np.concatenate(a_blocks), np.concatenate(c_blocks), m, v
-
-
-def _max_over_box(r: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    terms = np.maximum(r * lo, r * hi)
-    return terms.sum(axis=-1), np.abs(terms).sum(axis=-1)
-
-
-def _upper_bounds(A, c, W, w, signs, theta, target, mu, lo, hi):
-    """Sound ``U_l ≥ max_{h∈S_θ∩B} f_l − f_t`` by weak duality at ``mu`` (C, N) ≥ 0 (zeros: box bound)."""
-    rows = W - W[target]                       # (C, d)
-    r = rows + (mu * signs) @ A                # r_l = w_l + Σ_i μ_li s_i a_i
-    q = signs * c - theta                      # s_i(a_i·h + c_i) ≥ θ  ⇔  −s_i a_i·h ≤ q_i
-    box, box_abs = _max_over_box(r, lo, hi)
-    const = w - w[target]
-    value = const + mu @ q + box
-    size = np.abs(const) + np.abs(mu) @ np.abs(q) + box_abs
-    return value, size
-
-
-def _lp_min_leads(A, c, W, w, values, signs, theta, target, lo, hi):
-    """Exact ``min_{h ∈ S_θ ∩ B} (f_t + d_t) − (f_l + d_l)`` for each ``l``, with minimisers (HiGHS)."""
-    from ..core.confusion import _new_highs  # a silent HiGHS instance; the LP itself is set up here
-    import highspy
-
-    d = A.shape[1]
-    lp = _new_highs()
-    lp.addVars(d, lo, hi)
-    if len(c):
-        rows = signs[:, None] * A
-        nz = rows != 0
-        starts = np.concatenate([[0], np.cumsum(nz.sum(axis=1))[:-1]]).astype(np.int32)
-        lp.addRows(len(c), theta - signs * c, np.full(len(c), highspy.kHighsInf), int(nz.sum()), starts,
-                   np.nonzero(nz)[1].astype(np.int32), rows[nz])
-    out = {}
-    for lab in range(W.shape[0]):
-        if lab == target:
-            continue
-        obj = W[target] - W[lab]
-        lp.changeColsCost(d, np.arange(d, dtype=np.int32), obj)
-        lp.run()
-        status = lp.getModelStatus()
-        if status != highspy.HighsModelStatus.kOptimal:
-            out[lab] = (None, None, str(status))
-            continue
-        x = np.asarray(lp.getSolution().col_value)
-        lead = float(obj @ x + w[target] - w[lab] + values[target] - values[lab])
-        out[lab] = (lead, x, "optimal")
-    return out
 
 
 # --- the audit ------------------------------------------------------------------------------------
@@ -210,6 +156,20 @@ def audit(
     result = AuditResult(mode=mode)
     rng = np.random.default_rng(seed)
     claims = certificate.claims
+    with kernel_threads(), _one_blas_thread():  # see prune_unlearn._threads
+        _run_checks(model, certificate, result, rng, points, labels, mode, lp_samples, exhaustive, locality_inputs,
+                    locality_samples)
+    if not claims and not certificate.failed:
+        result.add("regions", "certificate", False, "the certificate makes no claim")
+    result.seconds = time.perf_counter() - start
+    if strict and not result.passed:
+        raise CertificateError("The audit rejected the certificate:\n" + "\n".join(
+            f"- {c.name} [{c.subject}]: {c.detail}" for c in result.failures))
+    return result
+
+
+def _run_checks(model, certificate, result, rng, points, labels, mode, lp_samples, exhaustive, locality_inputs,
+                locality_samples) -> None:
     if points is not None:
         _check_points(model, certificate, points, labels, result, white_box=mode == "white-box")
     if mode == "white-box":
@@ -222,13 +182,17 @@ def audit(
                 _check_locality(model, certificate, result, rng, locality_inputs, locality_samples, points)
     elif points is None:
         result.add("points", "request", False, "a black-box audit needs the forgotten points (and labels)")
-    if not claims and not certificate.failed:
-        result.add("regions", "certificate", False, "the certificate makes no claim")
-    result.seconds = time.perf_counter() - start
-    if strict and not result.passed:
-        raise CertificateError("The audit rejected the certificate:\n" + "\n".join(
-            f"- {c.name} [{c.subject}]: {c.detail}" for c in result.failures))
-    return result
+
+
+def _one_blas_thread():
+    """NumPy's BLAS with one thread for the audit's float64 algebra (it spins on busy cores like torch)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
+        import contextlib
+
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def _check_hashes(model: PatchedModel, cert: Certificate, result: AuditResult) -> bool:
@@ -251,9 +215,9 @@ def _check_hashes(model: PatchedModel, cert: Certificate, result: AuditResult) -
     return all(c.passed for c in result.checks if c.name == "hashes")
 
 
-def _weights(model: PatchedModel):
-    ws = [lin.weight.detach().cpu().double().numpy() for lin in model.split.linears]
-    bs = [(lin.bias.detach().cpu().double().numpy() if lin.bias is not None else np.zeros(lin.out_features))
+def _weights(model: PatchedModel, dtype=np.float64):
+    ws = [lin.weight.detach().cpu().numpy().astype(dtype) for lin in model.split.linears]
+    bs = [(lin.bias.detach().cpu().numpy().astype(dtype) if lin.bias is not None else np.zeros(lin.out_features, dtype))
           for lin in model.split.linears]
     return ws, bs
 
@@ -265,14 +229,13 @@ def _check_regions(model: PatchedModel, cert: Certificate, result: AuditResult, 
     packed = ps.patterns.detach().cpu().numpy()
     lam = ps.gate_lambda.detach().cpu().double().numpy()
     theta = ps.region_threshold.detach().cpu().numpy()
-    values32 = ps.values.detach().cpu()
-    values = values32.double().numpy()
+    values32 = ps.values.detach().cpu().numpy()
+    values = values32.astype(np.float64)
     targets = ps.targets.detach().cpu().numpy()
     codes = ps.bound_names()
     lo, hi = (t.numpy() for t in box_from_description(cert.domain))
-    ws, bs = _weights(model)
     cps = model.class_patches
-    class_values = cps.values.detach().cpu().double().numpy() if cps is not None and len(cps) else None
+    class_values = cps.values.detach().cpu().numpy() if cps is not None and len(cps) else None
     if len(cert.regions) != len(ps):
         result.add("regions", "patch set", False, f"certificate lists {len(cert.regions)} regions, the model has {len(ps)}")
     claimed_regions = sorted({c["region"] for c in cert.claims if c["proved"] == "region"})
@@ -282,66 +245,98 @@ def _check_regions(model: PatchedModel, cert: Certificate, result: AuditResult, 
     margin_of = {}
     for c in cert.claims:
         margin_of.setdefault(c["region"], []).append(c["margin"])
+    proven = []  # (region, entry) whose bound is re-derived exactly below
     for entry in cert.regions:
         r = entry["region"]
         subject = f"region {r}"
         if not 0 <= r < len(ps):
             result.add("regions", subject, False, "no such row in the patch set")
             continue
-        problems = []
-        if hashlib.sha256(packed[r].tobytes()).hexdigest() != entry["pattern_sha256"]:
-            problems.append("pattern hash differs")
-        if not math.isclose(entry["lambda"], lam[r], rel_tol=0, abs_tol=0):
-            problems.append("λ differs")
-        if entry["target"] != int(targets[r]):
-            problems.append("target differs")
-        if not math.isclose(entry["H"], float(np.abs(values[r]).max()), rel_tol=1e-7):
-            problems.append("H differs from ‖d‖∞")
-        if entry["proved"] == "region":
-            if codes[r] != entry["bound"]:
-                problems.append(f"bound {entry['bound']!r} but the patch set says {codes[r]!r}")
-            if not (lam[r] > 0 and math.isclose(theta[r], 2.0 / lam[r], rel_tol=1e-12)):
-                problems.append("certified threshold θ is not 2/λ")
-        for m in margin_of.get(r, []):
-            if m > entry["margin"] * (1 + _REL_TOL) + 1e-12:
-                problems.append(f"a claim's margin {m} exceeds the region's {entry['margin']}")
+        problems = _region_entry_problems(entry, packed[r], lam[r], theta[r], targets[r], values[r], codes[r],
+                                          margin_of.get(r, []))
         result.add("regions", subject, not problems, "; ".join(problems))
         if problems or entry["proved"] != "region":
             continue
-        active = _unpack(packed[r], n_hidden)
-        signs = np.where(active, 1.0, -1.0)
-        A, c, W, w = _region_maps(ws, bs, active)
-        t = int(targets[r])
-        if entry["bound"] == "box":
-            mu = np.zeros((n_classes, n_hidden))
-        elif cert.multipliers is not None:
-            mu = np.maximum(cert.multipliers[r].double().numpy(), 0.0)
-        else:
+        if entry["bound"] != "box" and cert.multipliers is None:
             result.add("bounds", subject, False, "no multipliers for a dual/LP claim")
             continue
-        upper, size = _upper_bounds(A, c, W, w, signs, theta[r], t, mu, lo, hi)
-        if class_values is not None:  # each class-patch group adds at most max(0, d_g[l] − d_g[t]) to f_l − f_t
-            upper = upper + np.maximum(class_values - class_values[:, t:t + 1], 0).sum(axis=0)
-        lead = values[r, t] - values[r] - upper
-        lead[t] = np.inf
-        tol = _REL_TOL * (1 + size + np.abs(values[r]).max())
-        tol[t] = 0
-        ok = bool(np.all(lead >= entry["margin"] - tol))
-        result.add("bounds", subject, ok, "" if ok else
-                   f"re-derived margin {float(lead.min()):.6g} < claimed {entry['margin']:.6g}")
-        if r in lp_set:
-            _check_lp(model, entry, A, c, W, w, values[r], signs, theta[r], t, lo, hi, result)
+        proven.append((r, entry))
+    if not proven:
+        return
+    # bounds: every region claim, exact rational arithmetic
+    t0 = time.perf_counter()
+    ws, bs = _weights(model, np.float32)
+    rows = np.array([r for r, _ in proven])
+    masks = np.stack([_unpack(packed[r], n_hidden) for r in rows]) if n_hidden else np.zeros((len(rows), 0), bool)
+    mu = np.zeros((len(rows), n_classes, n_hidden), np.float32)
+    for k, (r, entry) in enumerate(proven):
+        if entry["bound"] != "box":
+            mu[k] = cert.multipliers[r].detach().cpu().numpy()
+    offsets = None
+    if class_values is not None:  # each class-patch group adds at most max(0, d_g[l] − d_g[t]) to f_l − f_t
+        cv = class_values.astype(np.float64)
+        offsets = np.maximum(cv[:, None, :] - cv[:, :, None], 0).sum(axis=0)
+    try:
+        leads = exact_leads(ExactHead(ws, bs), masks, np.where(masks, 1, -1), mu, theta[rows], targets[rows],
+                            values32[rows], offsets, lo, hi)
+    except ValueError as exc:  # negative or non-finite multipliers: no proof at all
+        for r, _ in proven:
+            result.add("bounds", f"region {r}", False, f"cannot evaluate the proof exactly: {exc}")
+        return
+    for (r, entry), row in zip(proven, leads):
+        worst = min(v for v in row if v is not None) if n_classes > 1 else None
+        ok = worst is None or worst >= Fraction(entry["margin"])
+        result.add("bounds", f"region {r}", ok, "" if ok else
+                   f"exact re-derived margin {float(worst):.6g} < claimed {entry['margin']:.6g}")
+    result.timings["exact bounds"] = time.perf_counter() - t0
+    result.exact_backend = EXACT_BACKEND
+    # lp: a sample of regions (or all), exact LPs by row generation, on the library's workers
+    t0 = time.perf_counter()
+    ws64, bs64 = _weights(model, np.float64)
+    todo = [(r, entry) for r, entry in proven if r in lp_set]
+
+    def solve(item):
+        r, entry = item
+        active = _unpack(packed[r], n_hidden)
+        signs = np.where(active, 1.0, -1.0)
+        A, c, W, w = region_maps(ws64, bs64, active)
+        return lp_min_leads(A, c, W, w, values[r], signs, theta[r], int(targets[r]), lo, hi)
+
+    for (r, entry), (solved, _) in zip(todo, parallel_map(solve, todo)):
+        _record_lp(model, entry, solved, int(targets[r]), result)
+    if todo:
+        result.timings["lp"] = time.perf_counter() - t0
 
 
-def _check_lp(model, entry, A, c, W, w, values, signs, theta, t, lo, hi, result) -> None:
+def _region_entry_problems(entry, packed_r, lam_r, theta_r, target_r, values_r, code_r, margins) -> list:
+    problems = []
+    if hashlib.sha256(packed_r.tobytes()).hexdigest() != entry["pattern_sha256"]:
+        problems.append("pattern hash differs")
+    if not math.isclose(entry["lambda"], lam_r, rel_tol=0, abs_tol=0):
+        problems.append("λ differs")
+    if entry["target"] != int(target_r):
+        problems.append("target differs")
+    if not math.isclose(entry["H"], float(np.abs(values_r).max()), rel_tol=1e-7):
+        problems.append("H differs from ‖d‖∞")
+    if entry["proved"] == "region":
+        if code_r != entry["bound"]:
+            problems.append(f"bound {entry['bound']!r} but the patch set says {code_r!r}")
+        if not (lam_r > 0 and math.isclose(theta_r, 2.0 / lam_r, rel_tol=1e-12)):
+            problems.append("certified threshold θ is not 2/λ")
+    for m in margins:
+        if m > entry["margin"] * (1 + _REL_TOL) + 1e-12:
+            problems.append(f"a claim's margin {m} exceeds the region's {entry['margin']}")
+    return problems
+
+
+def _record_lp(model, entry, solved, t, result) -> None:
     r = entry["region"]
-    solved = _lp_min_leads(A, c, W, w, values, signs, theta, t, lo, hi)
     worst = min((v[0] for v in solved.values() if v[0] is not None), default=None)
     bad = [lab for lab, v in solved.items() if v[0] is None]
     ok = not bad and worst is not None and worst >= entry["margin"] - 1e-7 * (1 + abs(worst))
     result.add("lp", f"region {r}", ok, "" if ok else
                (f"LP failed for labels {bad}" if bad else f"exact minimum lead {worst:.6g} < claimed {entry['margin']:.6g}"))
-    if not entry.get("float32_robust", False) or bad:
+    if not entry.get("float32_robust", False) or bad or not solved:
         return
     # the float32 model, as served, at the LP minimisers (extreme points of the certified region)
     vertices = torch.tensor(np.stack([v[1] for v in solved.values()]), dtype=torch.float32)
@@ -406,29 +401,24 @@ def _check_locality(model: PatchedModel, cert: Certificate, result: AuditResult,
     if inputs is not None:
         with torch.no_grad():
             feats.append(model.split.features(torch.as_tensor(inputs, dtype=torch.float32).to(device)).cpu())
-    if points is not None:
-        # points pushed just across the nearest boundary of their region
+    if points is not None:  # points pushed just across the nearest face of their region
         with torch.no_grad():
             h = model.split.features(torch.as_tensor(points, dtype=torch.float32).to(device)).cpu().double()
         ws, bs = _weights(model)
-        pushed = []
-        for row in h[: 200].numpy():
-            z, a = [], row
-            for j, (wm, bv) in enumerate(zip(ws[:-1], bs[:-1])):
-                zz = wm @ a + bv
-                z.append(zz)
-                a = np.maximum(zz, 0)
-            if not z:
-                continue
-            active = np.concatenate(z) > 0
-            A, c, _, _ = _region_maps(ws, bs, active)
-            s = np.where(active, 1.0, -1.0)
-            slack = s * (A @ row + c)
-            k = int(np.argmin(slack))
-            step = (slack[k] * (1 + 1e-4) + 1e-6) / float(A[k] @ A[k])
-            pushed.append(row - step * s[k] * A[k])
-        if pushed:
-            feats.append(torch.tensor(np.stack(pushed), dtype=torch.float32))
+
+        def head32(x):
+            with torch.no_grad():
+                pre, logits = model.split.head_forward(torch.as_tensor(x).to(device))
+            return (torch.cat(pre, dim=1) if pre else logits.new_zeros(len(logits), 0)).cpu().numpy()
+
+        probes = boundary_probes(ws, bs, h[:_PROBE_POINTS].numpy(), head32)
+        lost = probes.non_finite + probes.not_crossing
+        result.add("locality", f"{len(probes.inputs)} boundary probes", probes.non_finite == 0,
+                   f"finite and outside their region; skipped {probes.constant_skipped} constant neuron(s), "
+                   f"{probes.no_face} point(s) without a face among the candidates, dropped {lost} probe(s) "
+                   f"({probes.non_finite} non-finite, {probes.not_crossing} still inside after retries)")
+        if len(probes.inputs):
+            feats.append(torch.from_numpy(probes.inputs))
     h = torch.cat(feats).to(device)
     with torch.no_grad():
         preacts, logits = model.split.head_forward(h)
