@@ -1,9 +1,11 @@
-"""``prune export``: a patched model as verifier-ready ONNX and VNN-LIB files.
+"""``prune export``: a patched model as verifier-ready ONNX and VNN-LIB files, bound to its certificate.
 
-The files (:func:`prune_unlearn.verify.export.export_benchmark`): ``patched.onnx`` (``--onnx``, the whole
-patched head); per region claim (``--vnnlib``) ``region_<r>.vnnlib`` and the network it pairs with,
-``region_<r>.onnx``; ``instances.csv`` (the VNN-COMP benchmark layout); ``export.json``, what was written.
-The onnx package is imported only when the command runs.
+The files (:func:`prune_unlearn.verify.export.export_benchmark`, i.e. :mod:`prune_unlearn.verify.bundle`):
+``patched.onnx`` (``--onnx``, the whole patched head); ``region_network.onnx``, one network for every region
+property, and ``region_<r>.vnnlib`` per region claim (``--vnnlib``); ``instances.csv`` (the VNN-COMP benchmark
+layout); ``export.json``, the SHA-256 of every file and the certificate's hashes. With ``--certificate`` a
+model the certificate does not describe is refused before anything is written. The onnx package is imported
+only when the command runs.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from ..core.patches import PatchedModel
 from ..core.serialization import load
 from ..errors import InputValidationError
 from ..verify.certificate import Certificate
-from ..verify.export import CONSTRAINT_MODES, DEFAULT_OPSET, SCALINGS, export_benchmark
+from ..verify.export import DEFAULT_OPSET, SCALINGS, export_benchmark
 from .options import model_path_option
 from .output import json_option
 from .policy import command
@@ -30,14 +32,13 @@ __all__ = ["export", "register"]
               help="Folder for the ONNX / VNN-LIB files.")
 @click.option("--onnx", "want_onnx", is_flag=True, help="Write patched.onnx (the whole patched head).")
 @click.option("--vnnlib", "want_vnnlib", is_flag=True,
-              help="Write one property per region claim, with the ONNX network it pairs with.")
+              help="Write region_network.onnx and one property per region claim.")
 @click.option("--region", "regions", type=int, multiple=True,
               help="Region (patch row) to write a property for; repeatable. Default: every region claim.")
 @click.option("--certificate", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="certificate.json of the forget run: its domain box bounds X. Default: [0, 1]^d, "
-                   "forget's default input box (only for models whose prefix just flattens).")
-@click.option("--constraints", type=click.Choice(CONSTRAINT_MODES), default="output", show_default=True,
-              help="Region polytope as bounds on extra slack outputs, or as linear constraints on X.")
+              help="certificate.json of the forget run: the model is checked against it and its domain box bounds "
+                   "X. Default: [0, 1]^d, forget's default input box (only for models whose prefix just flattens).")
+@click.option("--gzip", "compress", is_flag=True, help="Write the properties as .vnnlib.gz (as VNN-COMP ships them).")
 @click.option("--scaling", type=click.Choice(SCALINGS), default="mul", show_default=True,
               help="Gate inputs by Mul with a constant row, or MatMul by a diagonal (Marabou 2.0 needs matmul).")
 @click.option("--head-only", is_flag=True,
@@ -46,7 +47,7 @@ __all__ = ["export", "register"]
 @click.option("--timeout", type=click.IntRange(min=1), default=300, show_default=True,
               help="Timeout (s) written to instances.csv.")
 @json_option
-def export(model_path, out, want_onnx, want_vnnlib, regions, certificate, constraints, scaling, head_only, opset,
+def export(model_path, out, want_onnx, want_vnnlib, regions, certificate, compress, scaling, head_only, opset,
            timeout, output):
     """Write a patched model as ONNX in verifier normal form, plus VNN-LIB region properties.
 
@@ -62,22 +63,26 @@ def export(model_path, out, want_onnx, want_vnnlib, regions, certificate, constr
         raise InputValidationError(f"{model_path} holds a model without patches; export needs a patched model "
                                    "(the patched.safetensors written by `prune forget`).")
     cert = Certificate.from_json(certificate) if certificate is not None else None
+    if regions and not want_vnnlib:
+        raise InputValidationError("--region selects property files; use it with --vnnlib.")
     result = export_benchmark(model, out, onnx=want_onnx, vnnlib=want_vnnlib, regions=list(regions) or None,
-                              domain=cert, constraints=constraints, scaling=scaling, head_only=head_only, opset=opset,
-                              timeout=timeout, info={"model": str(model_path)})
+                              domain=cert, scaling=scaling, head_only=head_only, opset=opset, timeout=timeout,
+                              compress=compress, certificate_path=certificate, model_path=model_path)
     output.result(result, _summary(result, out))
 
 
 def _summary(result: dict, out: Path) -> str:
     lines = []
-    if "onnx" in result:
-        lines.append(f"wrote {result['onnx']['path']} ({result['onnx']['regions']} region(s); ops "
-                     f"{', '.join(result['onnx']['op_types'])})")
+    if "patched_onnx" in result:
+        info = result["patched_onnx"]
+        lines.append(f"wrote {out / info['file']} ({info['regions']} region(s); ops {', '.join(info['op_types'])})")
     if "properties" in result:
-        lines.append(f"wrote {len(result['properties'])} VNN-LIB propert(y/ies) with their networks to {out} "
-                     "(see instances.csv)")
+        lines.append(f"wrote {len(result['properties'])} VNN-LIB propert(y/ies) over "
+                     f"{result['region_network']['file']} to {out} (see instances.csv)")
         if result["skipped_point_claims"]:
             lines.append(f"skipped {len(result['skipped_point_claims'])} region(s) with point claims only")
+    lines.append(f"export.json: SHA-256 of {len(result['files'])} file(s), {result['bytes_total'] / 1e6:.1f} MB"
+                 + ("; bound to the certificate" if result["certificate"] else "; no certificate given"))
     return "\n".join(lines)
 
 

@@ -420,6 +420,8 @@ def _check_locality(model: PatchedModel, cert: Certificate, result: AuditResult,
         if len(probes.inputs):
             feats.append(torch.from_numpy(probes.inputs))
     h = torch.cat(feats).to(device)
+    if len(h) == 0:  # nothing to probe (e.g. locality_samples=0 and no points): no locality claim checked
+        return
     with torch.no_grad():
         preacts, logits = model.split.head_forward(h)
         z = torch.cat(preacts, dim=1) if preacts else logits.new_zeros(len(h), 0)

@@ -42,17 +42,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from .._version import __version__
-from .certificate import Certificate, box_from_description, certified_patches_sha256
 from ..core.domain import _is_reshape_only
-from ..errors import CertificateError, InputValidationError, PruneError, UnsupportedModelError
+from ..errors import InputValidationError, PruneError, UnsupportedModelError
 from ..core.patches import BOUND_CODES, PatchedModel
-from ..core.regions import HeadNetwork, region_halfspaces
+from .class_export import ClassPatchBranch
 
 __all__ = [
     "ALLOWED_OPS",
@@ -100,19 +98,21 @@ class OnnxExport:
     output_dim: int
     num_classes: int
     region_constraints: int | None
+    normal_form: bool = True  # False: gated class patches need one product of two tensors (a bilinear Mul)
 
 
 # --- validation ---------------------------------------------------------------------------------
 
-def _check_patched(patched, head_only: bool) -> PatchedModel:
+def check_patched(patched, head_only: bool, allow_class_patches: bool = False) -> PatchedModel:
     if not isinstance(patched, PatchedModel):
         raise InputValidationError(
             f"Export needs a PatchedModel (the model returned by forget, or a file saved from it); got "
             f"{type(patched).__name__}.")
-    if patched.class_patches is not None and len(patched.class_patches):
+    if patched.has_class_patches and not allow_class_patches:
         raise UnsupportedModelError(
-            "This model carries whole-class patches (relaxed supports), which the verifier normal form does not "
-            "express yet; only point patches are exported.")
+            "This model carries whole-class patches (relaxed supports). They are exported with the whole model "
+            "(export_onnx without regions or region constraints), but a per-region network would leave them out. "
+            "HINT: use prune export (one region network for every property), which accounts for them.")
     if not head_only and not _is_reshape_only(patched.split.prefix):
         raise UnsupportedModelError(
             "The model's prefix before the Linear/ReLU head does more than flatten, and only the head can be "
@@ -121,7 +121,7 @@ def _check_patched(patched, head_only: bool) -> PatchedModel:
     return patched
 
 
-def _check_regions(patched: PatchedModel, regions) -> list[int]:
+def check_regions(patched: PatchedModel, regions) -> list[int]:
     n = len(patched.patches)
     if regions is None:
         return list(range(n))
@@ -146,8 +146,8 @@ def _out_of_range(r: int, n: int) -> str:
     return f"Region {r} is out of range: the model has {n} patched region(s) ({span})."
 
 
-def _check_region_claim(patched: PatchedModel, r) -> int:
-    (r,) = _check_regions(patched, [r])
+def check_region_claim(patched: PatchedModel, r) -> int:
+    (r,) = check_regions(patched, [r])
     if int(patched.patches.bound_code[r]) == BOUND_CODES["point"] or not math.isfinite(
             float(patched.patches.region_threshold[r])):
         raise InputValidationError(
@@ -169,10 +169,11 @@ class VerifierNormalForm(nn.Module):
     def __init__(self, patched: PatchedModel, regions: Sequence[int] | None = None, *,
                  with_region_constraints: int | None = None, scaling: str = "mul", head_only: bool = False):
         super().__init__()
-        patched = _check_patched(patched, head_only)
+        patched = check_patched(patched, head_only,
+                                allow_class_patches=regions is None and with_region_constraints is None)
         if scaling not in SCALINGS:
             raise InputValidationError(f"scaling must be one of {', '.join(SCALINGS)}; got {scaling!r}.")
-        self.regions = _check_regions(patched, regions)
+        self.regions = check_regions(patched, regions)
         self.scaling = scaling
         ps = patched.patches
         linears = patched.split.linears
@@ -208,9 +209,11 @@ class VerifierNormalForm(nn.Module):
                 scale = block * lam[r]  # ±λ_r, exact in float32
                 const(f"scale{j}_{k}", torch.diag(scale) if scaling == "matmul" else scale.unsqueeze(0))
             const(f"patch{j}", ps.values[r].unsqueeze(0))
+        self.class_branch = ClassPatchBranch(patched.class_patches, self.hidden_sizes) \
+            if patched.has_class_patches else None
         self.constraint_region = None
         if with_region_constraints is not None:
-            (rc,) = _check_regions(patched, [with_region_constraints])
+            (rc,) = check_regions(patched, [with_region_constraints])
             self.constraint_region = rc
             width = self.num_classes + self.num_hidden
             # Placement matrices write logits and signed slacks into one output; entries are 0 or ±1,
@@ -263,11 +266,19 @@ class VerifierNormalForm(nn.Module):
         cols = [ones if col is None else col for col in cols]
         return torch.cat(cols, dim=1) if cols else logits.new_zeros(logits.shape[0], 0)
 
+    @property
+    def normal_form(self) -> bool:
+        """Whether only affine maps, constant products and ReLU are used (not so for gated class patches)."""
+        return self.class_branch is None or not self.class_branch.gated
+
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         zs, y = self._head(h)
+        base = y
         for j in range(len(self.regions)):
             n = self._support(j, zs)
             y = y + (self._c(f"patch{j}") if n is None else n @ self._c(f"patch{j}"))
+        if self.class_branch is not None:
+            y = y + self.class_branch(zs, base)
         if self.constraint_region is None:
             return y
         out = y @ self._c("place_logits")
@@ -293,21 +304,6 @@ def verifier_normal_form(patched: PatchedModel, regions: Sequence[int] | None = 
     """
     return VerifierNormalForm(patched, regions, with_region_constraints=with_region_constraints,
                               scaling=scaling, head_only=head_only).eval()
-
-
-def region_constraints(patched: PatchedModel, r: int) -> LinearConstraints:
-    """Region r's certified polytope ``{h : s_i z_i(h) ≥ θ_r}`` as ``A h ≤ b``, float64.
-
-    Row i is ``−s_i a_i·h ≤ s_i c_i − θ_r`` where ``z_i = a_i·h + c_i`` on the region
-    (:func:`prune_unlearn.regions.region_halfspaces`). The domain box is not included.
-    """
-    r = _check_region_claim(patched, r)
-    head = HeadNetwork.from_split(patched.split)
-    mask = patched.patches.masks()[r: r + 1]
-    a, c = region_halfspaces(head, mask)
-    s = mask[0].to(torch.float64) * 2 - 1
-    theta = float(patched.patches.region_threshold[r])
-    return LinearConstraints(-(s.unsqueeze(1) * a[0]), s * c[0] - theta)
 
 
 # --- ONNX -------------------------------------------------------------------------------------------
@@ -359,156 +355,33 @@ def export_onnx(patched: PatchedModel, path, *, regions: Sequence[int] | None = 
     model.doc_string = "Patched head in verifier normal form, written by prune-unlearn."
     onnx.save(model, str(path))
     return OnnxExport(path, ops, tuple(module.regions), module.input_dim, module.output_dim, module.num_classes,
-                      module.constraint_region)
+                      module.constraint_region, module.normal_form)
 
 
-# --- VNN-LIB ------------------------------------------------------------------------------------------
+# The per-region VNN-LIB writer (older form: a network per region) lives in .vnnlib; re-exported here.
+from .vnnlib import domain_box, region_constraints, write_vnnlib  # noqa: E402
 
-def _num(x: float) -> str:
-    """A real literal that parses back to the same float64, without exponent (SMT-LIB style)."""
-    x = float(x)
-    if not math.isfinite(x):
-        raise InputValidationError(f"Cannot write the non-finite number {x} into a VNN-LIB file.")
-    return np.format_float_positional(x, unique=True, trim="0")
-
-
-def domain_box(patched: PatchedModel, domain=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The domain box B (float64, in head-feature space) for property files.
-
-    ``domain`` is a :class:`Certificate` (its box; it must be for this patch set), a ``(lower, upper)``
-    pair of scalars or vectors, or ``None``: forget's default input box [0, 1]^d, allowed only when the
-    prefix only flattens (otherwise feature space has no default box).
-    """
-    d = patched.split.feature_dim
-    if isinstance(domain, Certificate):
-        if domain.patches_sha256 != certified_patches_sha256(patched, domain):
-            raise CertificateError("The certificate is for a different patch set than this model's "
-                                   "(patches_sha256 differs).")
-        lo, hi = box_from_description(domain.domain)
-    elif domain is None:
-        if not _is_reshape_only(patched.split.prefix):
-            raise InputValidationError("The model's features are not its inputs, so there is no default domain "
-                                       "box. HINT: pass the certificate of the forget run (--certificate).")
-        lo, hi = torch.zeros(d, dtype=torch.float64), torch.ones(d, dtype=torch.float64)
-    else:
-        try:
-            lo, hi = domain
-        except (TypeError, ValueError):
-            raise InputValidationError("domain must be a Certificate or a (lower, upper) pair.") from None
-        lo = torch.as_tensor(lo, dtype=torch.float64).flatten()
-        hi = torch.as_tensor(hi, dtype=torch.float64).flatten()
-        lo = lo.expand(d).clone() if lo.numel() == 1 else lo
-        hi = hi.expand(d).clone() if hi.numel() == 1 else hi
-    if lo.numel() != d or hi.numel() != d:
-        raise InputValidationError(f"The domain box has {lo.numel()} dimensions; the head takes {d} features.")
-    if bool((lo > hi).any()) or not bool(torch.isfinite(lo).all() and torch.isfinite(hi).all()):
-        raise InputValidationError("The domain box must be finite with lower ≤ upper everywhere.")
-    return lo, hi
-
-
-def write_vnnlib(patched: PatchedModel, r: int, path, *, domain=None, constraints: str = "output",
-                 onnx_name: str | None = None, head_only: bool = False) -> Path:
-    """Write region r's claim as a VNN-LIB property (its negation; UNSAT proves the claim).
-
-    ``constraints="output"`` pairs with ``export_onnx(..., regions=[r], with_region_constraints=r)``
-    and asserts ``Y_{C+i} ≥ θ_r``; ``"input"`` pairs with ``export_onnx(..., regions=[r])`` and writes
-    ``A X ≤ b`` from :func:`region_constraints`. ``domain`` as in :func:`domain_box`. ``onnx_name``
-    is only recorded in the header comment.
-    """
-    _check_patched(patched, head_only)
-    r = _check_region_claim(patched, r)
-    if constraints not in CONSTRAINT_MODES:
-        raise InputValidationError(f"constraints must be one of {', '.join(CONSTRAINT_MODES)}; got {constraints!r}.")
-    lo, hi = domain_box(patched, domain)
-    ps = patched.patches
-    d, n, c = patched.split.feature_dim, ps.num_hidden, ps.num_classes
-    t = int(ps.targets[r])
-    theta = float(ps.region_threshold[r])
-    n_out = c + (n if constraints == "output" else 0)
-    pair = onnx_name or ("the model from export_onnx(patched, path, regions=[r]"
-                         + (", with_region_constraints=r)" if constraints == "output" else ")"))
-    lines = [
-        f"; VNN-LIB property written by prune-unlearn {__version__}",
-        f"; Region {r}: label {t} wins on {{h in B : s_i z_i(h) >= theta for every hidden neuron i}},",
-        f"; theta = {_num(theta)}, certified margin {float(ps.certified_margin[r]):.6g}.",
-        "; This file states the counterexample: UNSAT proves the claim.",
-        f"; Network: {pair}",
-        f"; X: {d} head features. Y_0..Y_{c - 1}: logits"
-        + (f"; Y_{c}..Y_{n_out - 1}: slacks s_i z_i(h) of region {r}." if constraints == "output" else "."),
-        "",
-    ]
-    lines += [f"(declare-const X_{i} Real)" for i in range(d)]
-    lines.append("")
-    lines += [f"(declare-const Y_{j} Real)" for j in range(n_out)]
-    lines += ["", "; domain box B"]
-    for i in range(d):
-        lines.append(f"(assert (<= X_{i} {_num(hi[i])}))")
-        lines.append(f"(assert (>= X_{i} {_num(lo[i])}))")
-    lines += ["", f"; region {r}: every hidden slack at least theta"]
-    if constraints == "output":
-        lines += [f"(assert (>= Y_{c + i} {_num(theta)}))" for i in range(n)]
-    else:
-        a, b = region_constraints(patched, r)
-        for row, rhs in zip(a.tolist(), b.tolist()):
-            terms = [f"(* {_num(v)} X_{i})" for i, v in enumerate(row) if v != 0.0]
-            lhs = "0.0" if not terms else terms[0] if len(terms) == 1 else f"(+ {' '.join(terms)})"
-            lines.append(f"(assert (<= {lhs} {_num(rhs)}))")
-    lines += ["", f"; unsafe: some label other than {t} scores at least as high", "(assert (or"]
-    lines += [f"    (and (>= Y_{j} Y_{t}))" for j in range(c) if j != t]
-    lines += ["))", ""]
-    from ..core.serialization import atomic_write_text
-
-    path = Path(path)
-    atomic_write_text(path, "\n".join(lines))
-    return path
+# former private names, kept for callers written against them
+_check_patched, _check_regions, _check_region_claim = check_patched, check_regions, check_region_claim
 
 
 def export_benchmark(patched: PatchedModel, out, *, onnx: bool = True, vnnlib: bool = True,
-                     regions: Sequence[int] | None = None, domain=None, constraints: str = "output",
-                     scaling: str = "mul", head_only: bool = False, opset: int = DEFAULT_OPSET,
-                     timeout: int = 300, info: dict | None = None) -> dict:
-    """Write a VNN-COMP style benchmark folder for ``patched``; returns what was written (also in ``export.json``).
+                     regions: Sequence[int] | None = None, domain=None, scaling: str = "mul", head_only: bool = False,
+                     opset: int = DEFAULT_OPSET, timeout: int = 300, info: dict | None = None,
+                     compress: bool = False, certificate_path=None, model_path=None) -> dict:
+    """The VNN-COMP style folder ``prune export`` writes: :func:`prune_unlearn.verify.bundle.export_bundle`.
 
-    ``onnx``: ``patched.onnx``, the whole patched head. ``vnnlib``: for each region in ``regions`` (default: every
-    region claim) ``region_<r>.vnnlib`` and the network it pairs with, ``region_<r>.onnx``, plus ``instances.csv``
-    (``onnx,vnnlib,timeout`` rows). ``domain`` as in :func:`domain_box`; the other keywords as in
-    :func:`export_onnx` and :func:`write_vnnlib`; ``info``: entries that lead ``export.json`` (e.g. the model file).
-    Everything is checked before the first file is written.
+    ``domain``: the forget run's :class:`~prune_unlearn.verify.certificate.Certificate` (the model is checked
+    against it before anything is written) or ``None`` (forget's default box, flatten-only prefix);
+    ``info``: entries that lead ``export.json``; ``certificate_path``, ``model_path``: the files given, whose
+    SHA-256 ``export.json`` records.
     """
-    import json
+    from .bundle import export_bundle
+    from .certificate import Certificate
 
-    from ..core.serialization import atomic_write_text
-
-    out = Path(out)
-    _check_patched(patched, head_only)
-    ps = patched.patches
-    point_claims = [r for r in range(len(ps)) if int(ps.bound_code[r]) == BOUND_CODES["point"]]
-    if regions and not vnnlib:
-        raise InputValidationError("regions selects property files; use it with vnnlib=True (CLI: --vnnlib).")
-    if vnnlib:
-        chosen = ([_check_region_claim(patched, r) for r in _check_regions(patched, regions)] if regions
-                  else [r for r in range(len(ps)) if r not in point_claims])
-        domain_box(patched, domain)  # refuse a bad box before writing anything
-    result = {**(info or {}), "out": str(out), "opset": opset, "constraints": constraints, "scaling": scaling,
-              "input": "head features (for a flatten-only prefix: the flattened input)"}
-    if onnx:
-        whole = export_onnx(patched, out / "patched.onnx", opset=opset, scaling=scaling, head_only=head_only)
-        result["onnx"] = {"path": str(whole.path), "regions": len(whole.regions), "op_types": list(whole.op_types),
-                          "inputs": whole.input_dim, "outputs": whole.output_dim}
-    if vnnlib:
-        items, rows = [], []
-        for r in chosen:
-            net, prop = out / f"region_{r}.onnx", out / f"region_{r}.vnnlib"
-            one = export_onnx(patched, net, regions=[r], opset=opset, scaling=scaling, head_only=head_only,
-                              with_region_constraints=r if constraints == "output" else None)
-            write_vnnlib(patched, r, prop, domain=domain, constraints=constraints, onnx_name=net.name,
-                         head_only=head_only)
-            items.append({"region": r, "onnx": str(net), "vnnlib": str(prop), "target": int(ps.targets[r]),
-                          "threshold": float(ps.region_threshold[r]), "outputs": one.output_dim,
-                          "op_types": list(one.op_types)})
-            rows.append(f"{net.name},{prop.name},{timeout}")
-        atomic_write_text(out / "instances.csv", "\n".join(rows) + ("\n" if rows else ""))
-        result["properties"] = items
-        result["skipped_point_claims"] = [] if regions else point_claims
-    atomic_write_text(out / "export.json", json.dumps(result, indent=1) + "\n")
+    if domain is not None and not isinstance(domain, Certificate):
+        raise InputValidationError("export_benchmark takes the forget run's Certificate as its domain (or None).")
+    result = export_bundle(patched, out, certificate=domain, regions=regions, onnx=onnx, vnnlib=vnnlib,
+                           scaling=scaling, head_only=head_only, opset=opset, timeout=timeout, compress=compress,
+                           info=info, certificate_path=certificate_path, model_path=model_path)
     return result
