@@ -630,3 +630,43 @@ print(json.dumps(out))
         assert np.all(s * y[c:] >= theta * (1 - 1e-6))
         t = int(ps.targets[r])
         assert max(y[lab] - y[t] for lab in range(c) if lab != t) >= 0
+
+
+def test_hash_spec_reproduces_every_hash(digits_patched, tmp_path):
+    """docs/certificate.md's byte-for-byte recipe, with NumPy and hashlib only, from the files an outsider gets."""
+    from safetensors import safe_open
+
+    res, forgotten = digits_patched
+    save(res.model, tmp_path / "m.safetensors")
+    cert = res.certificate
+    names = {"float32": "torch.float32", "float64": "torch.float64", "int64": "torch.int64", "uint8": "torch.uint8",
+             "bool": "torch.bool"}
+
+    def spec_hash(arrays):
+        h = hashlib.sha256()
+        for name in sorted(arrays):
+            a = np.ascontiguousarray(arrays[name])
+            h.update(f"{name}|{names[str(a.dtype)]}|{tuple(a.shape)}\n".encode())
+            h.update(a.astype(a.dtype.newbyteorder("<")).tobytes())
+        return h.hexdigest()
+
+    with safe_open(str(tmp_path / "m.safetensors"), framework="numpy") as fh:
+        stored = {k: fh.get_tensor(k) for k in fh.keys()}
+        header = json.loads(fh.metadata()["prune_unlearn"]) if "prune_unlearn" in fh.metadata() else None
+    base = {k[len("base."):]: v for k, v in stored.items() if k.startswith("base.")}
+    patches = {k: v for k, v in stored.items() if not k.startswith("base.")}
+    assert spec_hash(base) == cert.model_sha256
+    assert spec_hash(patches) == cert.patches_sha256 and set(patches) >= {"patches.values", "patches.patterns"}
+    if header is not None:
+        assert spec_hash(stored) == header["tensors_sha256"]
+    mult = np.zeros((2, 3, 4), np.float32) + np.float32(0.25)
+    from prune_unlearn._hashing import state_sha256
+
+    assert spec_hash({"multipliers": mult}) == state_sha256({"multipliers": torch.from_numpy(mult)})
+    # points and patterns
+    x = forgotten[0].numpy().astype(np.float32)
+    assert hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest() == cert.claims[0]["point_sha256"]
+    r = cert.claims[0]["region"]
+    bits = res.model.patches.masks()[r].numpy().astype(np.uint8)
+    packed = np.packbits(np.concatenate([bits, np.zeros(-len(bits) % 8, np.uint8)]), bitorder="little")
+    assert hashlib.sha256(packed.tobytes()).hexdigest() == cert.regions[r]["pattern_sha256"]

@@ -50,7 +50,16 @@ def test_bounds_run_single_threaded_whatever_the_caller_set():
 
 def test_setting_environment_and_validation(monkeypatch):
     monkeypatch.setattr(_threads, "_workers", None)
+    monkeypatch.setattr(_threads, "_intra_op", None)
     monkeypatch.delenv("PRUNE_THREADS", raising=False)
+    monkeypatch.delenv("PRUNE_INTRA_OP_THREADS", raising=False)
+    assert _threads.get_intra_op_threads() == 1
+    monkeypatch.setenv("PRUNE_INTRA_OP_THREADS", "2")
+    assert _threads.get_intra_op_threads() == 2
+    set_threads(intra_op=3)
+    assert _threads.get_intra_op_threads() == 3 and get_threads() == 1
+    set_threads()
+    monkeypatch.delenv("PRUNE_INTRA_OP_THREADS")
     assert get_threads() == 1
     monkeypatch.setenv("PRUNE_THREADS", "3")
     assert get_threads() == 3

@@ -11,7 +11,9 @@ of stalling a barrier.
 
 The setting ``workers`` (how many chunks run at once) comes from, in order: :func:`set_threads`, the
 environment variable ``PRUNE_THREADS``, else 1 (safe on a shared machine; on an idle one,
-``PRUNE_THREADS=2`` on 2 cores is about 1.8× faster on large requests, see docs/benchmarks.md).
+``PRUNE_THREADS=2`` on 2 cores is faster on large requests, see docs/benchmarks.md). The intra-op
+thread count inside kernels can be changed too (``set_threads(intra_op=n)`` or
+``PRUNE_INTRA_OP_THREADS``), for measuring or for a large idle machine; it defaults to 1.
 """
 
 from __future__ import annotations
@@ -26,46 +28,64 @@ from typing import TypeVar
 
 import torch
 
-__all__ = ["set_threads", "get_threads", "kernel_threads", "with_kernel_threads", "parallel_map"]
+__all__ = ["set_threads", "get_threads", "get_intra_op_threads", "kernel_threads", "with_kernel_threads",
+           "parallel_map"]
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 _workers: int | None = None
+_intra_op: int | None = None
 _lock = threading.RLock()
 _depth = threading.local()
 
 
-def set_threads(workers: int | None) -> None:
-    """Set how many chunks of a large request the library works on at once (``None``: back to the default).
+def _check_count(value, what: str) -> int | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value
+                              or value < 1):
+        raise ValueError(f"set_threads takes an integer ≥ 1 or None for {what}; got {value!r}.")
+    return None if value is None else int(value)
 
-    Kernels always run with one torch intra-op thread each; see the module docstring for why.
+
+def set_threads(workers: int | None = None, *, intra_op: int | None = None) -> None:
+    """Set how many chunks of a large request the library works on at once, and (rarely needed) the torch
+    intra-op threads inside each kernel. ``None`` puts a setting back to its default (environment, else 1).
     """
-    global _workers
-    if workers is not None and (isinstance(workers, bool) or int(workers) != workers or workers < 1):
-        raise ValueError(f"set_threads takes an integer ≥ 1 or None; got {workers!r}.")
-    _workers = None if workers is None else int(workers)
+    global _workers, _intra_op
+    _workers = _check_count(workers, "workers")
+    _intra_op = _check_count(intra_op, "intra_op")
+
+
+def _from_env(name: str) -> int | None:
+    env = os.environ.get(name, "").strip()
+    if not env:
+        return None
+    try:
+        value = int(env)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer ≥ 1; got {env!r}.") from None
+    if value < 1:
+        raise ValueError(f"{name} must be an integer ≥ 1; got {env!r}.")
+    return value
+
+
+def get_intra_op_threads() -> int:
+    """Torch intra-op threads inside the library's kernels (``set_threads(intra_op=…)``,
+    ``PRUNE_INTRA_OP_THREADS``, else 1)."""
+    return _intra_op if _intra_op is not None else (_from_env("PRUNE_INTRA_OP_THREADS") or 1)
 
 
 def get_threads() -> int:
     """The current ``workers`` setting (:func:`set_threads`, else ``PRUNE_THREADS``, else 1)."""
     if _workers is not None:
         return _workers
-    env = os.environ.get("PRUNE_THREADS", "").strip()
-    if env:
-        try:
-            value = int(env)
-        except ValueError:
-            raise ValueError(f"PRUNE_THREADS must be an integer ≥ 1; got {env!r}.") from None
-        if value < 1:
-            raise ValueError(f"PRUNE_THREADS must be an integer ≥ 1; got {env!r}.")
-        return value
-    return 1
+    return _from_env("PRUNE_THREADS") or 1
 
 
 @contextmanager
-def kernel_threads(intra_op: int = 1) -> Iterator[None]:
-    """Run the block with ``intra_op`` torch threads, restoring the caller's setting afterwards.
+def kernel_threads(intra_op: int | None = None) -> Iterator[None]:
+    """Run the block with ``intra_op`` (default :func:`get_intra_op_threads`) torch threads, restoring the
+    caller's setting afterwards.
 
     Re-entrant: nested blocks (a bound called from inside forget) leave the setting to the outermost.
     """
@@ -77,6 +97,7 @@ def kernel_threads(intra_op: int = 1) -> Iterator[None]:
         finally:
             _depth.value = depth
         return
+    intra_op = get_intra_op_threads() if intra_op is None else intra_op
     with _lock:
         saved = torch.get_num_threads()
         if saved != intra_op:
@@ -101,7 +122,7 @@ def with_kernel_threads(fn: Callable[..., R]) -> Callable[..., R]:
 
 
 def _worker_init() -> None:
-    torch.set_num_threads(1)  # OpenMP's thread count is per calling thread: set it in each worker
+    torch.set_num_threads(get_intra_op_threads())  # OpenMP's thread count is per calling thread: set it in each
     _depth.value = 1
 
 
