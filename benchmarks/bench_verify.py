@@ -5,7 +5,7 @@ Sections (``--only`` picks some; all by default):
 ``threads``   the authors' PurchaseModel (600-256-20) on 20,000 Purchase-like points (built here,
               benchmarks/purchase_like.py): forget 500 points, box and dual, with the caller's torch
               thread setting at 1 and 2 and the library's ``PRUNE_THREADS`` workers at 1 and 2, idle and
-              with two busy-loop processes loading both cores; exact LP (20 points) and CROWN radii (200).
+              with two busy-loop processes loading both cores; exact LP (10 points) and CROWN radii (200).
 ``audit6``    MNIST, 784-256×6-10 trained here (2 epochs), 8 neurons per hidden layer made constant
               (4 dead, 4 always active); forget 500 points (dual) and run the default audit (20 LPs).
 ``mnist10k``  full MNIST, FC(256×256) (the core benchmark's recipe): forget 10,000 random training
@@ -112,8 +112,8 @@ def section_threads(out: dict) -> None:
                     row[f"{bound}_certified"] = res.report.n_certified_region
                     row[f"{bound}_patch_linf_mean"] = res.report.patch_linf_mean
                 if workers == 1 and torch_threads == intra_op:
-                    row["lp_20_s"], _ = timed(lambda: forget(model, pts[:20], labels=lab[:20], bound="lp"))
-                    row["lp_20_cpu_s"] = CPU_SECONDS[-1]
+                    row["lp_10_s"], _ = timed(lambda: forget(model, pts[:10], labels=lab[:10], bound="lp"))
+                    row["lp_10_cpu_s"] = CPU_SECONDS[-1]
                     row["crown_radius_200_s"], _ = timed(lambda: certified_radius(
                         head, pts[:200].double(), lab[:200], torch.zeros(600), torch.ones(600), iterations=8))
                     row["crown_radius_200_cpu_s"] = CPU_SECONDS[-1]
@@ -303,7 +303,7 @@ def main() -> None:
     out_dir = Path(args.scratch)
     out_dir.mkdir(parents=True, exist_ok=True)
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    path = Path(args.out) / "verify.json"
+    path = Path(args.out) / f"verify-{args.only.replace(',', '-')}.json"
     results = json.loads(path.read_text()) if path.exists() else {}
     results["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
                           "python": platform.python_version()}

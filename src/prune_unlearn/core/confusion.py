@@ -235,7 +235,7 @@ def _dual_bound(head, masks, rows, signs, w0_rows, q, thresholds, lower, upper, 
 _DUAL_PATIENCE = 5
 _DUAL_RTOL = 1e-3
 # Labels whose bound lies more than this (relative) below their region's largest do not set the patch size.
-_DUAL_FOCUS = 0.05
+_DUAL_FOCUS = 0.02
 
 
 def _lp_bound(head, masks, thresholds, targets, rows, signs, w0_rows, q, lower, upper):

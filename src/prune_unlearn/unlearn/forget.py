@@ -39,6 +39,7 @@ from .._validation import (
     check_positive_int,
     check_seed,
 )
+from .._threads import with_kernel_threads
 from ..verify.certificate import Certificate, describe_box
 from ..core.domain import feature_box
 from ..core.confusion import BOUND_METHODS, confusion_patch, float32_aware_epsilon, margin_upper_bounds, patch_margins
@@ -316,6 +317,7 @@ def _validate(model, points, labels, strategy, bound, epsilon, target, seed, del
     return base, prior, head, x
 
 
+@with_kernel_threads  # the whole run with one torch thread per kernel (see prune_unlearn._threads)
 def forget(
     model: nn.Module,
     points: torch.Tensor,

@@ -31,7 +31,6 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from dataclasses import dataclass, field
 from fractions import Fraction
 
 import numpy as np
@@ -40,11 +39,13 @@ from torch import nn
 
 from .._hashing import points_sha256, state_sha256
 from .._threads import kernel_threads, parallel_map
+from .audit_result import AuditResult, Check
 from .certificate import Certificate, box_from_description, certified_patches_sha256
 from .exact import BACKEND as EXACT_BACKEND
 from .exact import ExactHead, exact_leads
 from .lp import lp_min_leads, region_maps
 from .probes import boundary_probes
+from .properties import class_offsets
 from ..errors import CertificateError, InputValidationError
 from ..core.patches import PatchedModel
 
@@ -53,64 +54,6 @@ __all__ = ["audit", "AuditResult", "Check"]
 AUDIT_MODES = ("white-box", "black-box")
 _REL_TOL = 1e-9  # a claim's margin may differ from its region's in the last bits
 _PROBE_POINTS = 200  # forgotten points pushed across a face of their region (locality probes)
-
-
-@dataclass
-class Check:
-    """One audited claim: ``name`` (check family), ``subject`` (what it is about), pass/fail and why."""
-
-    name: str
-    subject: str
-    passed: bool
-    detail: str = ""
-
-
-@dataclass
-class AuditResult:
-    """All checks; ``passed`` only if every one passed. ``summary()`` gives the pass/fail table."""
-
-    checks: list = field(default_factory=list)
-    seconds: float = 0.0
-    mode: str = "white-box"
-    timings: dict = field(default_factory=dict)  # seconds per stage, e.g. "exact bounds", "lp"
-    exact_backend: str = ""  # what did the exact rational arithmetic (python-flint or Python integers)
-
-    @property
-    def passed(self) -> bool:
-        return all(c.passed for c in self.checks)
-
-    @property
-    def failures(self) -> list:
-        return [c for c in self.checks if not c.passed]
-
-    def add(self, name: str, subject: str, passed: bool, detail: str = "") -> None:
-        self.checks.append(Check(name, subject, bool(passed), detail))
-
-    def counts(self) -> dict:
-        out: dict = {}
-        for c in self.checks:
-            p, f = out.get(c.name, (0, 0))
-            out[c.name] = (p + c.passed, f + (not c.passed))
-        return out
-
-    def to_dict(self) -> dict:
-        return {"passed": self.passed, "mode": self.mode, "seconds": self.seconds, "timings": self.timings,
-                "exact_backend": self.exact_backend,
-                "counts": {k: {"passed": p, "failed": f} for k, (p, f) in self.counts().items()},
-                "failures": [c.__dict__ for c in self.failures]}
-
-    def summary(self) -> str:
-        stages = ", ".join(f"{k} {v:.1f} s" for k, v in self.timings.items())
-        lines = [f"audit ({self.mode}) {'PASSED' if self.passed else 'FAILED'} in {self.seconds:.1f} s"
-                 + (f" ({stages})" if stages else ""),
-                 f"{'check':10s} {'passed':>7s} {'failed':>7s}"]
-        for name, (p, f) in self.counts().items():
-            lines.append(f"{name:10s} {p:7d} {f:7d}")
-        for c in self.failures[:20]:
-            lines.append(f"FAIL {c.name} [{c.subject}]: {c.detail}")
-        if len(self.failures) > 20:
-            lines.append(f"… and {len(self.failures) - 20} more failures")
-        return "\n".join(lines)
 
 
 def _unpack(packed: np.ndarray, n: int) -> np.ndarray:
@@ -222,22 +165,31 @@ def _weights(model: PatchedModel, dtype=np.float64):
     return ws, bs
 
 
+class _Rows:
+    """The patch set's rows as NumPy arrays, read once per audit."""
+
+    def __init__(self, model: PatchedModel, cert: Certificate):
+        ps = model.patches
+        self.n_hidden, self.n_classes, self.count = ps.num_hidden, ps.num_classes, len(ps)
+        self.packed = ps.patterns.detach().cpu().numpy()
+        self.lam = ps.gate_lambda.detach().cpu().double().numpy()
+        self.theta = ps.region_threshold.detach().cpu().numpy()
+        self.values32 = ps.values.detach().cpu().numpy()
+        self.values = self.values32.astype(np.float64)
+        self.targets = ps.targets.detach().cpu().numpy()
+        self.codes = ps.bound_names()
+        self.lo, self.hi = (t.numpy() for t in box_from_description(cert.domain))
+
+    def active(self, r: int) -> np.ndarray:
+        return _unpack(self.packed[r], self.n_hidden)
+
+
 def _check_regions(model: PatchedModel, cert: Certificate, result: AuditResult, rng, lp_samples: int,
                    exhaustive: bool) -> None:
-    ps = model.patches
-    n_hidden, n_classes = ps.num_hidden, ps.num_classes
-    packed = ps.patterns.detach().cpu().numpy()
-    lam = ps.gate_lambda.detach().cpu().double().numpy()
-    theta = ps.region_threshold.detach().cpu().numpy()
-    values32 = ps.values.detach().cpu().numpy()
-    values = values32.astype(np.float64)
-    targets = ps.targets.detach().cpu().numpy()
-    codes = ps.bound_names()
-    lo, hi = (t.numpy() for t in box_from_description(cert.domain))
-    cps = model.class_patches
-    class_values = cps.values.detach().cpu().numpy() if cps is not None and len(cps) else None
-    if len(cert.regions) != len(ps):
-        result.add("regions", "patch set", False, f"certificate lists {len(cert.regions)} regions, the model has {len(ps)}")
+    rows = _Rows(model, cert)
+    if len(cert.regions) != rows.count:
+        result.add("regions", "patch set", False, f"certificate lists {len(cert.regions)} regions, the model has "
+                   f"{rows.count}")
     claimed_regions = sorted({c["region"] for c in cert.claims if c["proved"] == "region"})
     lp_set = set(claimed_regions if exhaustive else
                  rng.choice(claimed_regions, size=min(lp_samples, len(claimed_regions)), replace=False).tolist()
@@ -249,11 +201,11 @@ def _check_regions(model: PatchedModel, cert: Certificate, result: AuditResult, 
     for entry in cert.regions:
         r = entry["region"]
         subject = f"region {r}"
-        if not 0 <= r < len(ps):
+        if not 0 <= r < rows.count:
             result.add("regions", subject, False, "no such row in the patch set")
             continue
-        problems = _region_entry_problems(entry, packed[r], lam[r], theta[r], targets[r], values[r], codes[r],
-                                          margin_of.get(r, []))
+        problems = _region_entry_problems(entry, rows.packed[r], rows.lam[r], rows.theta[r], rows.targets[r],
+                                          rows.values[r], rows.codes[r], margin_of.get(r, []))
         result.add("regions", subject, not problems, "; ".join(problems))
         if problems or entry["proved"] != "region":
             continue
@@ -261,51 +213,56 @@ def _check_regions(model: PatchedModel, cert: Certificate, result: AuditResult, 
             result.add("bounds", subject, False, "no multipliers for a dual/LP claim")
             continue
         proven.append((r, entry))
-    if not proven:
-        return
-    # bounds: every region claim, exact rational arithmetic
+    if proven:
+        _check_bounds_exactly(model, cert, rows, proven, result)
+        _check_lp_sample(model, rows, [(r, e) for r, e in proven if r in lp_set], result)
+
+
+def _check_bounds_exactly(model: PatchedModel, cert: Certificate, rows: _Rows, proven: list, result) -> None:
+    """``bounds``: every region claim's margin re-derived from its proof in exact rational arithmetic."""
     t0 = time.perf_counter()
     ws, bs = _weights(model, np.float32)
-    rows = np.array([r for r, _ in proven])
-    masks = np.stack([_unpack(packed[r], n_hidden) for r in rows]) if n_hidden else np.zeros((len(rows), 0), bool)
-    mu = np.zeros((len(rows), n_classes, n_hidden), np.float32)
+    idx = np.array([r for r, _ in proven])
+    masks = np.stack([rows.active(r) for r in idx]) if rows.n_hidden else np.zeros((len(idx), 0), bool)
+    mu = np.zeros((len(idx), rows.n_classes, rows.n_hidden), np.float32)
     for k, (r, entry) in enumerate(proven):
         if entry["bound"] != "box":
             mu[k] = cert.multipliers[r].detach().cpu().numpy()
-    offsets = None
-    if class_values is not None:  # each class-patch group adds at most max(0, d_g[l] − d_g[t]) to f_l − f_t
-        cv = class_values.astype(np.float64)
-        offsets = np.maximum(cv[:, None, :] - cv[:, :, None], 0).sum(axis=0)
+    # each class-patch group adds at most max(0, d_g[l] − d_g[t]) to f_l − f_t (exact fractions)
+    offsets = class_offsets(model)
     try:
-        leads = exact_leads(ExactHead(ws, bs), masks, np.where(masks, 1, -1), mu, theta[rows], targets[rows],
-                            values32[rows], offsets, lo, hi)
+        leads = exact_leads(ExactHead(ws, bs), masks, np.where(masks, 1, -1), mu, rows.theta[idx], rows.targets[idx],
+                            rows.values32[idx], offsets, rows.lo, rows.hi)
     except ValueError as exc:  # negative or non-finite multipliers: no proof at all
         for r, _ in proven:
             result.add("bounds", f"region {r}", False, f"cannot evaluate the proof exactly: {exc}")
         return
     for (r, entry), row in zip(proven, leads):
-        worst = min(v for v in row if v is not None) if n_classes > 1 else None
+        worst = min(v for v in row if v is not None) if rows.n_classes > 1 else None
         ok = worst is None or worst >= Fraction(entry["margin"])
         result.add("bounds", f"region {r}", ok, "" if ok else
                    f"exact re-derived margin {float(worst):.6g} < claimed {entry['margin']:.6g}")
     result.timings["exact bounds"] = time.perf_counter() - t0
     result.exact_backend = EXACT_BACKEND
-    # lp: a sample of regions (or all), exact LPs by row generation, on the library's workers
+
+
+def _check_lp_sample(model: PatchedModel, rows: _Rows, todo: list, result) -> None:
+    """``lp``: exact LPs (row generation) for the sampled regions, on the library's workers."""
+    if not todo:
+        return
     t0 = time.perf_counter()
     ws64, bs64 = _weights(model, np.float64)
-    todo = [(r, entry) for r, entry in proven if r in lp_set]
 
     def solve(item):
-        r, entry = item
-        active = _unpack(packed[r], n_hidden)
-        signs = np.where(active, 1.0, -1.0)
+        r, _ = item
+        active = rows.active(r)
         A, c, W, w = region_maps(ws64, bs64, active)
-        return lp_min_leads(A, c, W, w, values[r], signs, theta[r], int(targets[r]), lo, hi)
+        return lp_min_leads(A, c, W, w, rows.values[r], np.where(active, 1.0, -1.0), rows.theta[r],
+                            int(rows.targets[r]), rows.lo, rows.hi)
 
     for (r, entry), (solved, _) in zip(todo, parallel_map(solve, todo)):
-        _record_lp(model, entry, solved, int(targets[r]), result)
-    if todo:
-        result.timings["lp"] = time.perf_counter() - t0
+        _record_lp(model, entry, solved, int(rows.targets[r]), result)
+    result.timings["lp"] = time.perf_counter() - t0
 
 
 def _region_entry_problems(entry, packed_r, lam_r, theta_r, target_r, values_r, code_r, margins) -> list:

@@ -80,12 +80,13 @@ def _add(a: Dyadic, b: Dyadic) -> Dyadic:
 
 def _matmul(a: np.ndarray, b) -> np.ndarray:
     """Exact product of integer matrices (``b`` may be a prepared flint matrix)."""
-    if _flint is not None:
-        fa = _flint.fmpz_mat(a.shape[0], a.shape[1], [int(v) for v in a.ravel().tolist()])
-        fb = b if isinstance(b, _flint.fmpz_mat) else _flint.fmpz_mat(b.shape[0], b.shape[1],
-                                                                        [int(v) for v in b.ravel().tolist()])
+    if _flint is not None:  # entries stay flint integers (fmpz) between products: no conversion to int
+        fa = _flint.fmpz_mat(a.shape[0], a.shape[1], a.ravel().tolist())
+        fb = b if isinstance(b, _flint.fmpz_mat) else _flint.fmpz_mat(b.shape[0], b.shape[1], b.ravel().tolist())
         out = fa * fb
-        return np.array([int(v) for v in out.entries()], dtype=object).reshape(a.shape[0], fb.ncols())
+        arr = np.empty(a.shape[0] * fb.ncols(), dtype=object)
+        arr[:] = out.entries()
+        return arr.reshape(a.shape[0], fb.ncols())
     return a.dot(b)
 
 
@@ -137,7 +138,8 @@ def exact_leads(head: ExactHead, masks, signs, mu, theta, targets, values, class
     masks : (K, N) bool activation patterns; signs : (K, N) ±1.
     mu : (K, C, N) float32 multipliers ≥ 0 (zeros for box claims).
     theta : (K,) float64 thresholds; targets : (K,) int; values : (K, C) float32 patches.
-    class_offsets : (C, C) float32-exact array ``O[t, l] = Σ_g max(0, d_g[l] − d_g[t])`` or ``None``.
+    class_offsets : (C, C) ``O[t, l] = Σ_g max(0, d_g[l] − d_g[t])`` as Fractions (or floats, taken exactly), or
+        ``None``.
     lower, upper : (d,) float64 domain box.
     """
     k_all, c = values.shape
@@ -169,7 +171,11 @@ def exact_leads(head: ExactHead, masks, signs, mu, theta, targets, values, class
             mu_sum = Dyadic(m_exact.ints.sum(axis=1), m_exact.exp).fractions()
         th = dyadic(np.asarray(theta[sl], dtype=np.float64)).fractions()
         vals = dyadic(np.asarray(values[sl], dtype=np.float64)).fractions()
-        offs = dyadic(np.asarray(class_offsets, dtype=np.float64)).fractions() if class_offsets is not None else None
+        offs = None
+        if class_offsets is not None:
+            offs = np.asarray(class_offsets)
+            if offs.dtype != object:  # float values: their exact binary fractions
+                offs = dyadic(offs.astype(np.float64)).fractions()
         for i in range(k):
             t = int(tg[i])
             row = []
