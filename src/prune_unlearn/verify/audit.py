@@ -215,7 +215,7 @@ def _check_regions(model: PatchedModel, cert: Certificate, result: AuditResult, 
         proven.append((r, entry))
     if proven:
         _check_bounds_exactly(model, cert, rows, proven, result)
-        _check_lp_sample(model, rows, [(r, e) for r, e in proven if r in lp_set], result)
+        _check_lp_sample(model, cert, rows, [(r, e) for r, e in proven if r in lp_set], result)
 
 
 def _check_bounds_exactly(model: PatchedModel, cert: Certificate, rows: _Rows, proven: list, result) -> None:
@@ -246,7 +246,7 @@ def _check_bounds_exactly(model: PatchedModel, cert: Certificate, rows: _Rows, p
     result.exact_backend = EXACT_BACKEND
 
 
-def _check_lp_sample(model: PatchedModel, rows: _Rows, todo: list, result) -> None:
+def _check_lp_sample(model: PatchedModel, cert: Certificate, rows: _Rows, todo: list, result) -> None:
     """``lp``: exact LPs (row generation) for the sampled regions, on the library's workers."""
     if not todo:
         return
@@ -254,11 +254,13 @@ def _check_lp_sample(model: PatchedModel, rows: _Rows, todo: list, result) -> No
     ws64, bs64 = _weights(model, np.float64)
 
     def solve(item):
-        r, _ = item
+        r, entry = item
         active = rows.active(r)
         A, c, W, w = region_maps(ws64, bs64, active)
+        # the halfspaces the proof leans on (positive multipliers) bind at the optimum: start with them
+        start = (cert.multipliers[r] > 0).any(dim=0).numpy() if entry["bound"] != "box" else None
         return lp_min_leads(A, c, W, w, rows.values[r], np.where(active, 1.0, -1.0), rows.theta[r],
-                            int(rows.targets[r]), rows.lo, rows.hi)
+                            int(rows.targets[r]), rows.lo, rows.hi, start_rows=start)
 
     for (r, entry), (solved, _) in zip(todo, parallel_map(solve, todo)):
         _record_lp(model, entry, solved, int(rows.targets[r]), result)

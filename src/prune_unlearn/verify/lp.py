@@ -17,7 +17,7 @@ __all__ = ["region_maps", "lp_min_leads"]
 
 # A row counts as violated when the solution misses it by more than this (relative to the row's size).
 _FEAS_TOL = 1e-9
-_ROWS_PER_ROUND = 32
+_ROWS_PER_ROUND = 128
 
 
 def region_maps(weights, biases, active: np.ndarray):
@@ -45,10 +45,12 @@ def _quiet_highs():
     return new_highs()
 
 
-def lp_min_leads(A, c, W, w, values, signs, theta, target, lo, hi) -> tuple[dict, int]:
+def lp_min_leads(A, c, W, w, values, signs, theta, target, lo, hi, start_rows=None) -> tuple[dict, int]:
     """Exact ``min_{h ∈ S_θ ∩ B} (f_t + d_t) − (f_l + d_l)`` for each ``l ≠ t``, with minimisers.
 
-    Returns ``({l: (lead, argmin, status)}, rows used)``; ``lead`` is None where HiGHS found no optimum.
+    ``start_rows`` (N,) bool: halfspaces to put in the LP from the start (e.g. those with a positive
+    multiplier in the certificate's proof: the ones that bind). Returns ``({l: (lead, argmin, status)},
+    rows used)``; ``lead`` is None where HiGHS found no optimum.
     """
     import highspy
 
@@ -59,6 +61,9 @@ def lp_min_leads(A, c, W, w, values, signs, theta, target, lo, hi) -> tuple[dict
     lp = _quiet_highs()
     lp.addVars(d, lo, hi)
     in_lp = np.zeros(len(rhs), dtype=bool)
+    if start_rows is not None and np.any(start_rows):
+        _add_rows(lp, rows, rhs, np.flatnonzero(start_rows), highspy)
+        in_lp[start_rows] = True
     out = {}
     for lab in range(W.shape[0]):
         if lab == target:
@@ -79,10 +84,14 @@ def lp_min_leads(A, c, W, w, values, signs, theta, target, lo, hi) -> tuple[dict
                 lead = float(obj @ x + w[target] - w[lab] + values[target] - values[lab])
                 out[lab] = (lead, x, "optimal")
                 break
-            sub = rows[add]
-            nz = sub != 0
-            starts = np.concatenate([[0], np.cumsum(nz.sum(axis=1))[:-1]]).astype(np.int32)
-            lp.addRows(len(add), rhs[add], np.full(len(add), highspy.kHighsInf), int(nz.sum()), starts,
-                       np.nonzero(nz)[1].astype(np.int32), sub[nz])
+            _add_rows(lp, rows, rhs, add, highspy)
             in_lp[add] = True
     return out, int(in_lp.sum())
+
+
+def _add_rows(lp, rows, rhs, add, highspy) -> None:
+    sub = rows[add]
+    nz = sub != 0
+    starts = np.concatenate([[0], np.cumsum(nz.sum(axis=1))[:-1]]).astype(np.int32)
+    lp.addRows(len(add), rhs[add], np.full(len(add), highspy.kHighsInf), int(nz.sum()), starts,
+               np.nonzero(nz)[1].astype(np.int32), sub[nz])
