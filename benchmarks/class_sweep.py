@@ -38,7 +38,7 @@ for cfg in json.loads(args.configs):
         cls = ds.y_train == label
         res = forget_class(base, label, ds.X_train[cls], seed=label, domain=(ds.domain_lower, ds.domain_upper),
                            train_data=(ds.X_train, ds.y_train), test_data=(ds.X_test, ds.y_test), **cfg)
-        e, r = res.report.extra, res.report
+        e, r = res.report.whole_class.metrics(), res.report
         print(f"{json.dumps(cfg)} class {label}: A_u {e['A_u_after']:.4f} A_tes_u {e['A_tes_u_after']:.4f} "
               f"dA_tes_r {100 * (e['A_tes_r_after'] - e['A_tes_r_before']):+.2f} pp "
               f"reach {e['reach_other_test']:.3f} {r.unlearn_seconds:.2f} s "

@@ -193,7 +193,7 @@ def test_forget_class_command_with_gate_options(trained, tmp_path):
         reports[gate] = json.loads(res.stdout)
         assert reports[gate]["A_u_after"] == 0 and (out / "patched.safetensors").is_file()
         assert json.loads((out / "certificate.json").read_text())["head"]["scope"] == "whole class 3"
-    gated, plain = reports["--decision-gate"]["extra"], reports["--no-decision-gate"]["extra"]
+    gated, plain = reports["--decision-gate"]["whole_class"], reports["--no-decision-gate"]["whole_class"]
     assert gated["A_tes_r_after"] >= gated["A_tes_r_before"] and gated["reach_other_test"] > 0
     assert plain["changed_other_test"] > gated["changed_other_test"]
     base = ["forget-class", "--model", path, "--data", "digits", "--label", 3, "--out", tmp_path / "bad"]

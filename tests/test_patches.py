@@ -34,7 +34,7 @@ def _preacts(model, x):
 def test_empty_patchset_reproduces_base_bit_for_bit():
     model = tiny_mlp((4, 8, 8, 3))
     patched = PatchedModel(model, PatchSet(16, 3)).eval()
-    x = torch.rand(1000, 4) * 4 - 2
+    x = torch.rand(1000, 4, generator=torch.Generator().manual_seed(37)) * 4 - 2
     assert torch.equal(patched(x), model(x))
 
 
@@ -56,7 +56,7 @@ def test_fast_support_equals_dense_network_formula():
 
 
 def test_hash_collisions_are_resolved_by_exact_comparison(monkeypatch):
-    import prune_unlearn.core.patches as patches_mod
+    import prune_unlearn.core.point_patches as patches_mod
 
     zero = lambda active, weights: torch.zeros(len(active), dtype=torch.int64)  # noqa: E731
     monkeypatch.setattr(patches_mod, "_keys_exact", zero)

@@ -15,6 +15,7 @@ from .experiments.datasets import Dataset, load_dataset
 from .errors import (
     CertificateError,
     DataError,
+    ExportError,
     FormatError,
     InputValidationError,
     LedgerError,
@@ -22,7 +23,8 @@ from .errors import (
     PruneError,
     UnsupportedModelError,
 )
-from .unlearn.forget import ForgetResult, Report, forget
+from .unlearn.forget import forget
+from .unlearn.report import ClassReport, ForgetResult, Report
 from .unlearn.whole_class import forget_class
 from .verify.audit import AuditResult, audit
 from .ops.ledger import Ledger
@@ -38,6 +40,7 @@ __all__ = [
     "AuditResult",
     "ForgetResult",
     "Report",
+    "ClassReport",
     "Certificate",
     "PatchedModel",
     "PatchSet",
@@ -60,6 +63,7 @@ __all__ = [
     "FormatError",
     "CertificateError",
     "LedgerError",
+    "ExportError",
     "NotFittedError",
     "__version__",
 ]

@@ -15,6 +15,7 @@ __all__ = [
     "FormatError",
     "CertificateError",
     "LedgerError",
+    "ExportError",
     "NotFittedError",
     "LooseBoundWarning",
     "UncertifiedWarning",
@@ -49,6 +50,10 @@ class LedgerError(PruneError):
     """The request ledger is inconsistent, tampered with, or was asked for something impossible."""
 
 
+class ExportError(PruneError, RuntimeError):
+    """The exporter produced a graph outside the verifier normal form (or the ONNX tools are missing)."""
+
+
 class NotFittedError(PruneError, ValueError, AttributeError):
     """A baseline was used before ``fit``."""
 
@@ -58,4 +63,5 @@ class LooseBoundWarning(UserWarning):
 
 
 class UncertifiedWarning(UserWarning):
-    """Done, but some points are certified only at the point, or not at all; the report says which."""
+    """Done, but some requested points were not forgotten; ``report.failed`` (and the certificate's
+    ``failed`` list) say which and why. Raised by ``forget`` and ``forget_class`` when ``n_failed > 0``."""

@@ -21,7 +21,7 @@ from .split import ModelSplit, split_model
 __all__ = ["feature_box", "data_feature_box"]
 
 
-def _is_reshape_only(prefix: nn.Module) -> bool:
+def is_reshape_only(prefix: nn.Module) -> bool:
     return isinstance(prefix, nn.Identity) or (
         isinstance(prefix, nn.Sequential) and all(isinstance(m, (nn.Flatten, nn.Identity, nn.Dropout)) for m in prefix)
     )
@@ -45,7 +45,7 @@ def feature_box(split: ModelSplit, lower, upper, input_shape, feature_domain=Non
         if torch.any(lo > hi):
             raise InputValidationError("The 'feature_domain' parameter of forget must have lower ≤ upper everywhere.")
         return lo, hi, "given"
-    if _is_reshape_only(split.prefix):
+    if is_reshape_only(split.prefix):
         n_in = int(np.prod(input_shape))
         if n_in != d:
             raise InputValidationError(f"The domain box has {n_in} features but the head takes {d}.")

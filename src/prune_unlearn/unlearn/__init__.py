@@ -1,6 +1,13 @@
-"""Forgetting: points (Theorem 1 per point, or the paper's Algorithm 1) and whole classes (Algorithm 2)."""
+"""Forgetting: points (Theorem 1 per point, or the paper's Algorithm 1) and whole classes (Algorithm 2).
 
-from .forget import ForgetResult, Report, forget
+``forget`` and ``forget_class`` are thin callers: a strategy (:mod:`.point_strategies`,
+:mod:`.class_strategy`) turns a problem (:mod:`.problem`) into patch rows (:mod:`.rows`), the
+:class:`~prune_unlearn.PatchedModel` adds them, and the certificate is built from them
+(:func:`~prune_unlearn.verify.certificate.certificate_for`); :mod:`.report` holds what was measured.
+"""
+
+from .forget import forget
+from .report import ClassReport, ForgetResult, Report
 from .whole_class import forget_class
 
-__all__ = ["forget", "forget_class", "ForgetResult", "Report"]
+__all__ = ["forget", "forget_class", "ForgetResult", "Report", "ClassReport"]

@@ -1,19 +1,10 @@
 """Whole-class unlearning (the paper's Algorithm 2, Eq. 11) with CROWN-relaxed supports.
 
-Round k: the pending member nearest to the pending members' centroid (in the head's input space) is
-the representative; its linear region gets a confusion patch ``d_k`` (target: random other label,
-seeded). Every pending member that ``d_k`` flips at the point is to be covered by a support of
-group k. Supports are built greedily, in order of distance to the centroid: for a batch of still
-uncovered members, CROWN finds (by bisection) the largest L∞ radius on which the base model still
-provably predicts the class; the ball is widened by ``radius_scale``; neurons CROWN proves
-sign-stable on it keep their constraint, the others are dropped. The relaxed support covers the
-member itself and, because it constrains fewer neurons, also nearby members and unseen points of
-the class — that is the point of the relaxation. Members a relaxed support already covers need no
-support of their own, which keeps the number of CROWN calls well below the class size;
-``max_relaxed`` caps them, and members left uncovered get the exact support of their own linear
-region. Rounds repeat on the members still predicted as the class, until ``delta``; with
-``delta = 1`` the last stragglers get per-point (Theorem 1) patches, so every training member is
-forgotten.
+``forget_class`` validates its arguments, runs the :class:`~prune_unlearn.unlearn.class_strategy.WholeClass`
+strategy (Algorithm 2, described there) on the class's members, adds its class rows and exact point rows
+to the model, patches the last stragglers by Theorem 1 (``delta = 1``), and builds the certificate and
+report. Relaxed supports constrain fewer neurons than a linear region, so they cover nearby members and
+unseen points of the class too — that is the point of the relaxation.
 
 Decision gate (``decision_gate=True``, the default; beyond the paper): every relaxed support is
 multiplied by ``clamp(λ_d · (f_label − max_{j≠label} f_j), 0, 1)`` of the base logits. CROWN's ball
@@ -38,20 +29,20 @@ from torch import nn
 
 from .._hashing import points_sha256
 from .._progress import progress_bar
-from .._validation import as_float_tensor, check_choice, check_fraction, check_in_box, check_positive_float
+from .._validation import as_float_tensor, check_choice, check_fraction, check_positive_float
 from .._validation import check_positive_int, check_seed
-from ..core.bounds import certified_radius, stable_neurons
-from ..verify.certificate import Certificate, describe_box
 from ..core.confusion import BOUND_METHODS
-from ..core.domain import feature_box
+from ..core.patches import PatchedModel, stack_preacts
+from ..core.regions import HeadNetwork, point_regions
+from ..core.split import split_model
 from ..errors import InputValidationError, UnsupportedModelError
+from ..verify.certificate import certificate_for
+from .class_strategy import ClassProblem, WholeClass
+from .forget import ForgetOptions, run_forget, warn_if_failed
 from .metrics import accuracy, predict
-from .forget import GATE_HEADROOM, ForgetResult, Report, _region_patches, build_certificate, forget
-from ..core.patches import ClassPatchSet, PatchedModel, PatchSet, stack_preacts, label_lead
-from ..core.regions import HeadNetwork, pack_patterns, point_regions
-from ..core.split import split_model, verify_split
+from .problem import check_fits, domain_box, model_device
+from .report import ClassReport, ForgetResult, Report
 
-DECISION_MARGIN = 1e-3
 RADIUS_RULES = ("per-member", "calibrated")
 INTERMEDIATE_BOUNDS = ("crown", "ibp")  # hidden-layer bounds of the CROWN radius search: CROWN, CROWN-IBP
 
@@ -61,7 +52,7 @@ __all__ = ["forget_class", "class_metrics"]
 def class_metrics(base: nn.Module, patched: nn.Module, label: int, *, train=None, test=None) -> dict:
     """The paper's Table V metrics: ``A_u`` (class, train), ``A_tes_u`` (class, test), ``A_res``
     (other classes, train), ``A_tes_r`` (other classes, test), before/after, and changed predictions
-    on other classes."""
+    on other classes (the numeric fields of :class:`~prune_unlearn.unlearn.report.ClassReport`)."""
     out = {}
     for split_name, data in (("train", train), ("test", test)):
         if data is None:
@@ -148,28 +139,86 @@ def forget_class(
         Confine class patches to inputs the base model assigns to ``label`` (see the module docstring).
     max_relaxed : most CROWN-relaxed supports per round (members beyond it get exact supports).
     delta : forgotten share of ``X_class`` to reach; with 1.0 stragglers get per-point patches.
-    train_data, test_data : (X, y), optional — for the report's Table V metrics.
+    train_data, test_data : (X, y), optional — for the report's Table V metrics (``report.whole_class``).
+
+    Warns
+    -----
+    UncertifiedWarning
+        When some members were not forgotten (``report.failed`` says which and why).
     """
     t_start = time.perf_counter()
+    strategy = WholeClass(target=target, delta=delta, epsilon=epsilon, bound=bound, radius_scale=radius_scale,
+                          radius=radius, calibration_points=calibration_points, crown_iterations=crown_iterations,
+                          radius_rtol=radius_rtol, intermediate=intermediate, decision_gate=decision_gate,
+                          max_relaxed=max_relaxed, batch_size=batch_size, max_rounds=max_rounds)
+    _validate_options(strategy, seed)
+    x, problem = _class_problem(model, label, X_class, head, strategy, seed, domain, feature_domain, progress)
+    result = _patch_class(model, head, x, problem, strategy, seed, domain, feature_domain, train_data, test_data,
+                          t_start)
+    warn_if_failed(result.report)
+    return result
+
+
+def _patch_class(model, head, x, problem: ClassProblem, strategy: WholeClass, seed: int, domain, feature_domain,
+                 train_data, test_data, t_start: float) -> ForgetResult:
+    """Run Algorithm 2, add its rows to the model, patch the last stragglers by Theorem 1 (``delta = 1``), then
+    the claims, the certificate and the report."""
+    label = problem.label
+    t_rounds = time.perf_counter()
+    rows = strategy.rows(problem)
+    problem.progress.close()
+    patched = PatchedModel.wrap(model, head=head).with_patches(rows.exact.to_patch_set(),
+                                                               rows.to_class_patch_set()).eval()
+    stragglers = rows.pending.nonzero().flatten()
+    point_result = None
+    if strategy.delta >= 1.0 and len(stragglers):
+        point_result = run_forget(patched, x[stragglers], labels=torch.full((len(stragglers),), label),
+                                  options=ForgetOptions(bound=strategy.bound, epsilon=strategy.epsilon, seed=seed,
+                                                        domain=domain, feature_domain=feature_domain))
+        patched = point_result.model
+    timings = {"rounds": time.perf_counter() - t_rounds}
+    after = predict(patched, x, batch_size=4096) if len(x) else torch.zeros(0, dtype=torch.int64)
+    claims, failed = _class_claims(x, label, after, rows, stragglers if point_result is not None else None)
+    certificate = certificate_for(
+        patched, lower=problem.box.lower, upper=problem.box.upper, domain_source=problem.box.source,
+        epsilon=strategy.epsilon, claims=claims, failed=failed, scope=f"whole class {label}",
+        multipliers=point_result.certificate.multipliers if point_result else None)
+    unlearn_seconds = time.perf_counter() - t_start
+    whole = ClassReport(label=label, crown_points=rows.crown_points, common_radius=rows.common_radius,
+                        stragglers_per_point=int(len(stragglers)) if point_result else 0,
+                        **class_metrics(model, patched, label, train=train_data, test=test_data))
+    report = _class_report(strategy, seed, x, model, patched, rows, point_result, claims, failed, after,
+                           unlearn_seconds, timings, whole)
+    return ForgetResult(patched, report, certificate)
+
+
+def _validate_options(strategy: WholeClass, seed) -> None:
     caller = "forget_class"
     check_seed(caller, seed)
-    check_fraction("delta", caller, delta)
-    check_positive_float("epsilon", caller, epsilon)
-    check_positive_float("radius_scale", caller, radius_scale)
-    check_positive_float("radius_rtol", caller, radius_rtol, allow_zero=True)
-    check_positive_int("crown_iterations", caller, crown_iterations)
-    check_positive_int("max_rounds", caller, max_rounds)
-    check_positive_int("batch_size", caller, batch_size)
-    check_choice("bound", caller, bound, BOUND_METHODS)
-    check_choice("radius", caller, radius, RADIUS_RULES)
-    check_choice("intermediate", caller, intermediate, INTERMEDIATE_BOUNDS)
-    if not isinstance(decision_gate, bool):
+    check_fraction("delta", caller, strategy.delta)
+    check_positive_float("epsilon", caller, strategy.epsilon)
+    check_positive_float("radius_scale", caller, strategy.radius_scale)
+    check_positive_float("radius_rtol", caller, strategy.radius_rtol, allow_zero=True)
+    check_positive_int("crown_iterations", caller, strategy.crown_iterations)
+    check_positive_int("max_rounds", caller, strategy.max_rounds)
+    check_positive_int("batch_size", caller, strategy.batch_size)
+    check_choice("bound", caller, strategy.bound, BOUND_METHODS)
+    check_choice("radius", caller, strategy.radius, RADIUS_RULES)
+    check_choice("intermediate", caller, strategy.intermediate, INTERMEDIATE_BOUNDS)
+    if not isinstance(strategy.decision_gate, bool):
         raise InputValidationError(f"The 'decision_gate' parameter of {caller} must be True or False. "
-                                   f"Got {decision_gate!r} instead.")
-    check_positive_int("calibration_points", caller, calibration_points)
+                                   f"Got {strategy.decision_gate!r} instead.")
+    check_positive_int("calibration_points", caller, strategy.calibration_points)
+    max_relaxed = strategy.max_relaxed
     if isinstance(max_relaxed, bool) or not isinstance(max_relaxed, int) or max_relaxed < 0:
         raise InputValidationError(f"The 'max_relaxed' parameter of {caller} must be a non-negative integer. "
                                    f"Got {max_relaxed!r} instead.")
+
+
+def _class_problem(model, label, X_class, head, strategy: WholeClass, seed: int, domain, feature_domain,
+                   progress: bool) -> tuple[torch.Tensor, ClassProblem]:
+    """Check the model, label and target; compute the members' regions: Algorithm 2's problem."""
+    caller = "forget_class"
     if isinstance(model, PatchedModel):
         raise UnsupportedModelError("forget_class needs the unpatched model (class patches are built on the base "
                                     "model's regions). HINT: pass patched.unpatched().")
@@ -182,244 +231,61 @@ def forget_class(
         raise InputValidationError(f"The 'label' parameter of {caller} must be a class in [0, {num_classes - 1}]. "
                                    f"Got {label!r} instead.")
     label = int(label)
+    target = strategy.target
     if target != "random" and (isinstance(target, bool) or not isinstance(target, (int, np.integer))
                                or not 0 <= int(target) < num_classes or int(target) == label):
         raise InputValidationError(f"The 'target' parameter of {caller} must be 'random' or a label in "
                                    f"[0, {num_classes - 1}] other than {label}. Got {target!r} instead.")
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    verify_split(model, split, x[:64].to(device))
-    lower, upper, domain_source = feature_box(split, domain[0], domain[1], tuple(x.shape[1:]), feature_domain)
-    in_lo, in_hi = (torch.as_tensor(v, dtype=torch.float64) for v in domain)
-    check_in_box(x, in_lo.flatten() if in_lo.dim() else in_lo, in_hi.flatten() if in_hi.dim() else in_hi,
-                 "X_class", caller, "input domain box")
+    device = model_device(model)
+    check_fits(model, split, x.to(device), "X_class", caller)
+    box = domain_box(split, domain, feature_domain, x, "X_class", caller)
     head64 = HeadNetwork.from_split(split)
     with torch.no_grad():
         feats = split.features(x.to(device)).detach()
-    pr = point_regions(head64, split, feats)
-    h64 = feats.to("cpu", torch.float64)
-    n = len(x)
-    y = torch.full((n,), label, dtype=torch.int64)
-    rng = np.random.default_rng(seed)
-    others = [c for c in range(num_classes) if c != label]
-
-    # Relaxed supports (class patch set) and exact supports of leftover members (point patch set rows).
-    sup_patterns, sup_stable, sup_lambda, sup_group = [], [], [], []
-    group_values, group_targets = [], []
-    exact_rows: dict[bytes, dict] = {}
-    rounds = []
-    pending = pr.consistent.clone()  # members on a numerical region boundary cannot get supports
-    degenerate = set((~pr.consistent).nonzero().flatten().tolist())
-    n_crown = 0
-    with torch.no_grad():
         preacts, base_logits = split.head_forward(feats)
-        z_all = stack_preacts(preacts, base_logits)
-    base64 = pr.logits.clone()
-    already = label_lead(base64, label) < 0  # mispredicted by the base model: forgotten without a patch
-    pending &= ~already
-    gsupp = torch.zeros(n, 0)                       # (n, G) largest relaxed support per group
-    exact_extra = torch.zeros(n, num_classes, dtype=torch.float64)
-    bar = progress_bar(total=n, desc="forget-class", unit="point", enabled=progress)
+    problem = ClassProblem(head=head64, label=label, features=feats.to("cpu", torch.float64),
+                           regions=point_regions(head64, split, feats), z=stack_preacts(preacts, base_logits),
+                           base_logits=base_logits, box=box, rng=np.random.default_rng(seed),
+                           progress=progress_bar(total=len(x), desc="forget-class", unit="point", enabled=progress))
+    return x, problem
 
-    def current() -> torch.Tensor:
-        """float64 logits of the model built so far, at every member."""
-        vals = torch.stack(group_values).double() if group_values else torch.zeros(0, num_classes, dtype=torch.float64)
-        return base64 + gsupp.double() @ vals + exact_extra
 
-    def lead_over_label(logits: torch.Tensor) -> torch.Tensor:
-        return -label_lead(logits, label)
-
-    def gate_lambdas(members: torch.Tensor, stable: torch.Tensor) -> torch.Tensor:
-        """λ per support: GATE_HEADROOM over the member's smallest slack on the stable neurons."""
-        m = torch.where(stable, pr.slack[members], torch.full_like(pr.slack[members], float("inf"))).amin(dim=1) \
-            if stable.shape[1] else torch.full((len(members),), float("inf"), dtype=torch.float64)
-        lam = (GATE_HEADROOM / m).to(torch.float32)
-        return torch.where(torch.isfinite(m), lam, torch.ones_like(lam))
-
-    # λ_d: the gate is fully open once the class leads by DECISION_MARGIN (float32, as evaluated)
-    decision_lambda = torch.tensor([1.0 / DECISION_MARGIN if decision_gate else 0.0], dtype=torch.float32)
-
-    def relaxed_set(masks: list, stable: list, lambdas, groups: list, values, targets: list) -> ClassPatchSet:
-        """The class patch set of these relaxed supports (one (N,) mask and stable set each) and group values."""
-        return ClassPatchSet(
-            head64.num_hidden, num_classes,
-            patterns=pack_patterns(torch.stack(masks)) if masks else None,
-            stable=pack_patterns(torch.stack(stable)) if stable else None,
-            gate_lambda=torch.as_tensor(lambdas, dtype=torch.float32), group=torch.as_tensor(groups, dtype=torch.int64),
-            values=values, targets=torch.as_tensor(targets, dtype=torch.int64), label=torch.tensor([label]),
-            decision_lambda=decision_lambda)
-
-    t_rounds = time.perf_counter()
-    common_radius = None
-    if radius == "calibrated" and n:
-        ok = pr.consistent.nonzero().flatten()
-        centre = h64[ok].mean(dim=0)
-        sample = ok[torch.argsort((h64[ok] - centre).norm(dim=1))[:calibration_points]]
-        radii = certified_radius(head64, h64[sample], y[sample], lower, upper, iterations=crown_iterations)
-        n_crown += len(sample)
-        common_radius = float(radii.median())
-    proven_radii = []  # positive radii found so far: their median warm-starts the next batch's search
-    for rnd in range(1, max_rounds + 1):
-        if n == 0 or not pending.any() or 1 - pending.float().mean().item() >= delta:
-            break
-        t0 = time.perf_counter()
-        idx = pending.nonzero().flatten()
-        centre = h64[idx].mean(dim=0)
-        order = idx[torch.argsort((h64[idx] - centre).norm(dim=1))]
-        rep = int(order[0])
-        tgt = int(rng.choice(others)) if target == "random" else int(target)
-        # the representative's region patch, certified on its (tightened) exact linear region
-        d_k = _region_patches(head64, pr.masks[rep: rep + 1], pr.min_slack[rep: rep + 1],
-                              pr.float32_error[rep: rep + 1], torch.tensor([tgt]), lower, upper, bound, epsilon,
-                              60)[2][0]
-        group = len(group_values)
-        group_values.append(d_k)
-        group_targets.append(tgt)
-        gsupp = torch.cat([gsupp, torch.zeros(n, 1)], dim=1)
-        # members the patch flips at the point, on top of what earlier rounds added
-        flipped = pending & (lead_over_label(current() + d_k.double()) >= epsilon)
-        flipped[rep] = True
-        to_cover = order[flipped[order]]  # nearest to the centroid first
-        relaxed_here = 0
-        first = len(sup_patterns)
-        uncovered = []  # members whose own relaxed support does not reach 1 at them (e.g. a half-open gate)
-        while len(to_cover) and relaxed_here < max_relaxed:
-            b = to_cover[: min(batch_size, max_relaxed - relaxed_here)]
-            if common_radius is None:
-                found = torch.cat(proven_radii) if proven_radii else torch.zeros(0)
-                rad = certified_radius(head64, h64[b], y[b], lower, upper, iterations=crown_iterations,
-                                       rtol=radius_rtol, intermediate=intermediate, search_dtype=torch.float32,
-                                       start=float(found.median()) if len(found) else None)
-                proven_radii.append(rad[rad > 0])
-                sa, si = stable_neurons(head64, h64[b], rad * radius_scale, lower, upper, intermediate=intermediate)
-                n_crown += len(b)
-            else:
-                sa, si = stable_neurons(head64, h64[b], common_radius * radius_scale, lower, upper,
-                                        intermediate="ibp")
-            relaxed_here += len(b)
-            new = relaxed_set(list(pr.masks[b]), list(sa | si), gate_lambdas(b, sa | si), [0] * len(b),
-                              torch.zeros(1, num_classes), [tgt]).to(z_all.device)
-            with torch.no_grad():  # coverage is only needed where a support is still wanted
-                got = new.group_support(z_all[to_cover], base_logits[to_cover])[:, 0].cpu()
-            gsupp[to_cover, group] = torch.maximum(gsupp[to_cover, group], got)
-            sup_patterns += list(pr.masks[b])
-            sup_stable += list(sa | si)
-            sup_lambda += new.gate_lambda.tolist()
-            sup_group += [group] * len(b)
-            uncovered += b[gsupp[b, group] != 1].tolist()
-            to_cover = to_cover[len(b):]
-            to_cover = to_cover[gsupp[to_cover, group] != 1]
-        rest = (gsupp[:, group] < 1).nonzero().flatten()
-        if len(sup_patterns) > first and len(rest):
-            # the group's support at every member, for the bookkeeping below; where a batch's supports
-            # already reached 1 (the most a support can be) the group's support is 1, nothing to recompute
-            whole = relaxed_set(sup_patterns[first:], sup_stable[first:], sup_lambda[first:],
-                                [0] * (len(sup_patterns) - first), torch.zeros(1, num_classes), [tgt]).to(z_all.device)
-            with torch.no_grad():
-                gsupp[rest, group] = whole.group_support(z_all[rest], base_logits[rest])[:, 0].cpu()
-        for i in uncovered + to_cover.tolist():  # budget spent: the member's own exact region, in the point patch set
-            key = pr.masks[i].numpy().tobytes()
-            row = exact_rows.setdefault(key, {"members": [], "group": group})
-            row["members"].append(i)
-            exact_extra[i] += d_k.double()
-        lead = lead_over_label(current())
-        newly = pending & (lead > 0)
-        pending &= lead <= 0
-        bar.update(int(newly.sum()))
-        rounds.append({"round": rnd, "representative": rep, "target": tgt, "flipped_by_patch": int(flipped.sum()),
-                       "relaxed_supports": relaxed_here, "exact_supports": len(uncovered) + len(to_cover),
-                       "pending_points": int(pending.sum()), "A_u": float((lead <= 0).float().mean()),
-                       "seconds": time.perf_counter() - t0})
-    bar.close()
-    class_set = relaxed_set(sup_patterns, sup_stable, sup_lambda, sup_group,
-                            torch.stack(group_values) if group_values else torch.zeros(0, num_classes), group_targets)
-    point_set = _exact_rows(exact_rows, pr, group_values, group_targets, label, num_classes, head64.num_hidden)
-    patched = PatchedModel(model, point_set, head=head, class_patches=class_set).to(device).eval()
-    stragglers = pending.nonzero().flatten()
-    point_result = None
-    if delta >= 1.0 and len(stragglers):
-        point_result = forget(patched, x[stragglers], labels=y[stragglers], bound=bound, epsilon=epsilon, seed=seed,
-                              domain=domain, feature_domain=feature_domain)
-        patched = point_result.model
-    timings = {"rounds": time.perf_counter() - t_rounds}
-    with torch.no_grad():
-        after = torch.cat([patched(x[i: i + 4096].to(device)).argmax(1).cpu() for i in range(0, n, 4096)]) \
-            if n else torch.zeros(0, dtype=torch.int64)
+def _class_claims(x: torch.Tensor, label: int, after: torch.Tensor, rows, stragglers) -> tuple[list, list]:
+    """One claim per member no longer predicted as ``label`` (and by what), one ``failed`` entry per other."""
     claims, failed = [], []
-    straggler_set = set(stragglers.tolist()) if point_result is not None else set()
-    hashes = points_sha256(x)
-    after_list, already_list = after.tolist(), already.tolist()
-    for i in range(n):
-        if after_list[i] == label:
-            reason = ("the point lies numerically on a linear-region boundary" if i in degenerate
+    straggler_set = set(stragglers.tolist()) if stragglers is not None else set()
+    degenerate, already = rows.degenerate.tolist(), rows.already.tolist()
+    for i, (digest, predicted) in enumerate(zip(points_sha256(x), after.tolist())):
+        if predicted == label:
+            reason = ("the point lies numerically on a linear-region boundary" if degenerate[i]
                       else "not reached: the forgotten share already met delta")
-            failed.append({"index": i, "point_sha256": hashes[i], "label": label, "reason": reason})
+            failed.append({"index": i, "point_sha256": digest, "label": label, "reason": reason})
             continue
-        claims.append({"index": i, "point_sha256": hashes[i], "label": label,
-                       "target": after_list[i], "predicted_after": after_list[i],
-                       "region": -1, "proved": "point", "margin": 0.0,
+        claims.append({"index": i, "point_sha256": digest, "label": label, "target": predicted,
+                       "predicted_after": predicted, "region": -1, "proved": "point", "margin": 0.0,
                        "bound": "per-point patch" if i in straggler_set else
-                       "base model" if already_list[i] else "class patch"})
-    unlearn_seconds = time.perf_counter() - t_start
-    cert = Certificate(
-        model_sha256=patched.base_sha256(),
-        patches_sha256=patched.patches_sha256(),
-        epsilon=float(epsilon),
-        domain={"space": "head input (features)", "source": domain_source, **describe_box(lower, upper)},
-        head={"name": head, "layer_sizes": [split.feature_dim, *split.hidden_sizes, num_classes],
-              "scope": f"whole class {label}"},
-        # point-patch rows: leftover members' exact regions (and the stragglers' Theorem-1 patches)
-        regions=(point_result.certificate if point_result else
-                 build_certificate(patched, lower, upper, domain_source, epsilon, [], [])).regions,
-        claims=claims, failed=failed,
-        proof=point_result.certificate.proof if point_result else None,
-        multipliers=point_result.certificate.multipliers if point_result else None,
-    )
-    metrics = class_metrics(model, patched, label, train=train_data, test=test_data)
+                       "base model" if already[i] else "class patch"})
+    return claims, failed
+
+
+def _class_report(strategy: WholeClass, seed: int, x, model, patched: PatchedModel, rows, point_result, claims,
+                  failed, after, unlearn_seconds: float, timings: dict, whole: ClassReport) -> Report:
+    n, label = len(x), rows.label
+    class_set = patched.class_patches
     values = class_set.values
-    report = Report(
-        strategy="class", bound=bound, seed=seed, epsilon=float(epsilon), target_rule=str(target),
-        n_forget=n, n_forgotten=len(claims), n_certified_region=0, n_certified_point=len(claims),
-        n_failed=len(failed), n_regions_new=len(class_set) + (len(point_result.model.patches) if point_result else 0),
+    y = torch.full((n,), label, dtype=torch.int64)
+    return Report(
+        strategy="class", bound=strategy.bound, seed=seed, epsilon=float(strategy.epsilon),
+        target_rule=str(strategy.target), n_forget=n, n_forgotten=len(claims), n_certified_region=0,
+        n_certified_point=len(claims), n_failed=len(failed),
+        n_regions_new=len(class_set) + (len(point_result.model.patches) if point_result else 0),
         n_patches_total=len(class_set) + len(patched.patches),
-        A_u_before=float(accuracy(predict(model, x), y)) if n else float("nan"),
-        A_u_after=float((after == label).float().mean()) if n else float("nan"),
+        A_u_before=float(accuracy(predict(model, x), y)) if n else None,
+        A_u_after=float((after == label).float().mean()) if n else None,
         unlearn_seconds=unlearn_seconds,
         patch_linf_mean=float(values.abs().max(dim=1).values.mean()) if len(values) else 0.0,
         patch_linf_max=float(values.abs().max()) if len(values) else 0.0,
-        patch_stored_numbers=float(len(class_set) * (2 * head64.num_hidden / 32 + 2) + values.numel()),
-        n_float32_robust=0, rounds=rounds,
-        timings={**{k: round(v, 6) for k, v in timings.items()}, "crown_points": n_crown,
-                 "common_radius": common_radius,
-                 "stragglers_per_point": int(len(stragglers)) if point_result else 0},
-        failed=failed, extra=metrics,
-    )
-    return ForgetResult(patched, report, cert)
+        patch_stored_numbers=float(len(class_set) * (2 * rows.num_hidden / 32 + 2) + values.numel()),
+        n_float32_robust=0, rounds=rows.rounds, timings={k: round(v, 6) for k, v in timings.items()},
+        failed=failed, whole_class=whole)
 
-
-def _exact_rows(rows: dict, pr, group_values, group_targets, label: int, num_classes: int, num_hidden: int) -> PatchSet:
-    """Point-patch-set rows for members left without a relaxed support: their exact region, group value."""
-    from ..core.patches import BOUND_CODES
-
-    if not rows:
-        return PatchSet(num_hidden, num_classes)
-    masks, lam, vals, tgts, excl, slack = [], [], [], [], [], []
-    for row in rows.values():
-        m = float(pr.min_slack[row["members"]].min())
-        masks.append(pr.masks[row["members"][0]])
-        lam.append(float(torch.tensor(GATE_HEADROOM / m, dtype=torch.float32)))
-        vals.append(group_values[row["group"]])
-        tgts.append(group_targets[row["group"]])
-        e = torch.zeros(num_classes, dtype=torch.bool)
-        e[label] = True
-        excl.append(e)
-        slack.append(m)
-    r = len(masks)
-    return PatchSet(
-        num_hidden, num_classes, patterns=pack_patterns(torch.stack(masks)),
-        gate_lambda=torch.tensor(lam, dtype=torch.float32), values=torch.stack(vals).to(torch.float32),
-        targets=torch.tensor(tgts, dtype=torch.int64), excluded=torch.stack(excl),
-        point_min_slack=torch.tensor(slack, dtype=torch.float64),
-        region_threshold=torch.full((r,), float("nan"), dtype=torch.float64),
-        certified_margin=torch.zeros(r, dtype=torch.float64),
-        bound_code=torch.full((r,), BOUND_CODES["point"], dtype=torch.uint8),
-        float32_robust=torch.zeros(r, dtype=torch.bool))

@@ -10,6 +10,7 @@ hold at the point (float64 computation, float32 model checked).
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -19,9 +20,11 @@ from typing import Any
 import torch
 
 from .._hashing import state_sha256
+from .._version import __version__
 from ..errors import FormatError
 
-__all__ = ["Certificate", "CERTIFICATE_FORMAT_VERSION", "describe_box", "certified_patches_sha256"]
+__all__ = ["Certificate", "CERTIFICATE_FORMAT_VERSION", "describe_box", "certified_patches_sha256",
+           "certificate_for", "describe_point_rows", "proof_entry"]
 
 # 2: ``patches_sha256`` hashes the patched model's state-dict names (``patches.<field>``,
 #    ``class_patches.<field>``); version 1 (still read) hashed them unprefixed / under ``class.``.
@@ -94,13 +97,13 @@ class Certificate:
             data["proof"]["file"] = self.proof_path(path).name
         text = json.dumps(data, indent=indent, sort_keys=False)
         if path is not None:
-            from ..core.serialization import _atomic_replace, atomic_write_text
+            from ..core.serialization import atomic_replace, atomic_write_text
 
             if self.multipliers is not None:
                 from safetensors.torch import save_file
 
                 tensors = {"multipliers": self.multipliers.contiguous()}
-                _atomic_replace(self.proof_path(path), lambda tmp: save_file(tensors, tmp))
+                atomic_replace(self.proof_path(path), lambda tmp: save_file(tensors, tmp))
             atomic_write_text(Path(path), text + "\n")
         return text
 
@@ -172,3 +175,66 @@ def certified_patches_sha256(patched, certificate: "Certificate") -> str:
     if certificate.format_version == 1:
         return legacy_patches_sha256(patched)
     return patched.patches_sha256()
+
+
+# --- building a certificate from a patched model's rows ------------------------------------------------
+
+def describe_point_rows(patches) -> list[dict]:
+    """The certificate's ``regions``: one entry per point row of a :class:`~prune_unlearn.core.patches.PatchSet`."""
+    masks = patches.masks()
+    names = patches.bound_names()
+    return [{
+        "region": r,
+        "pattern_sha256": hashlib.sha256(patches.patterns[r].cpu().numpy().tobytes()).hexdigest(),
+        "active_neurons": int(masks[r].sum()),
+        "lambda": float(patches.gate_lambda[r]),
+        "threshold": float(patches.region_threshold[r]),
+        "H": float(patches.values[r].abs().max()) if patches.num_classes else 0.0,
+        "target": int(patches.targets[r]),
+        "margin": float(patches.certified_margin[r]),
+        "proved": "point" if names[r] == "point" else "region",
+        "bound": names[r],
+        "float32_robust": bool(patches.float32_robust[r]),
+    } for r in range(len(patches))]
+
+
+def proof_entry(multipliers: torch.Tensor | None) -> dict | None:
+    """The certificate's ``proof``: what the multipliers file holds, and its hash (None without one)."""
+    if multipliers is None:
+        return None
+    return {
+        "kind": "lagrange-multipliers",
+        "about": "multipliers[r, l, i] ≥ 0 for region r, label l, hidden neuron i: the weak-duality bound "
+                 "of max (f_l − f_t) over region r evaluated at them is the bound behind the claim",
+        "shape": list(multipliers.shape),
+        "sha256": state_sha256({"multipliers": multipliers}),
+    }
+
+
+def certificate_for(patched, *, lower: torch.Tensor, upper: torch.Tensor, domain_source: str, epsilon: float,
+                    claims: list, failed: list, multipliers: torch.Tensor | None = None,
+                    scope: str | None = None) -> Certificate:
+    """The certificate of ``patched`` (a :class:`~prune_unlearn.PatchedModel`): its hashes, every point row
+    (:func:`describe_point_rows`), the per-point ``claims`` and ``failed`` entries a run made, and the
+    ``multipliers`` (R, C, N) behind its dual/LP region claims, aligned with the point rows.
+
+    The one place a certificate is built, for ``forget`` and ``forget_class`` alike; ``scope`` (e.g.
+    ``"whole class 3"``) says what the claims are about when it is not the listed points alone.
+    """
+    split = patched.split
+    head = {"name": patched.head, "layer_sizes": [split.feature_dim, *split.hidden_sizes, split.num_classes]}
+    if scope is not None:
+        head["scope"] = scope
+    return Certificate(
+        model_sha256=patched.base_sha256(),
+        patches_sha256=patched.patches_sha256(),
+        epsilon=float(epsilon),
+        domain={"space": "head input (features)", "source": domain_source, **describe_box(lower, upper)},
+        head=head,
+        regions=describe_point_rows(patched.patches),
+        claims=claims,
+        failed=failed,
+        proof=proof_entry(multipliers),
+        library_version=__version__,
+        multipliers=multipliers,
+    )
