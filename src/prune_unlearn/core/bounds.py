@@ -10,6 +10,9 @@ batch norm) map a centre/radius pair as ``(f(c), |A| r)``.
 Head (second section, "CROWN"): batched float64 interval and CROWN (linear) bounds of the head's
 pre-activations and logits over per-point boxes, certified L∞ radii around points, and the hidden
 neurons whose sign is stable on such a ball (for whole-class unlearning, DESIGN §3).
+
+Over 400 lines on purpose, for now: the two sections are to become two modules once the thread policy
+(issue 15, decorators on the public functions here) has landed, so that its merge stays trivial.
 """
 
 from __future__ import annotations
@@ -414,6 +417,73 @@ def _check_intermediate(intermediate: str) -> None:
         raise InputValidationError(f"intermediate must be 'crown' or 'ibp'; got {intermediate!r}.")
 
 
+def _crown_plan(head, lo, hi, spec, want_upper, refine_stable, known, intermediate, want_output):
+    """What :func:`_crown` needs before its chunks: IBP output bounds, the reference hidden bounds (IBP,
+    intersected with ``known``), the spec, and the points ordered by their widest backward pass (rows)."""
+    p, d = lo.shape
+    ibp_hidden, ibp_out = ibp_head_bounds(head, lo, hi)
+    ref = list(ibp_hidden)
+    if known is not None:
+        for k, (kl, ku) in enumerate(zip(head.split_hidden(known[0]), head.split_hidden(known[1]))):
+            ref[k] = (torch.maximum(ref[k][0], kl), torch.minimum(ref[k][1], ku))
+    spec = _as_spec(head, spec, p)
+    k_out = spec.shape[1]
+    sizes = head.hidden_sizes
+    width = max([d] + sizes)
+    # Rows per point in its widest backward pass.
+    rows = torch.full((p,), k_out * (2 if want_upper else 1) if want_output else 1, dtype=torch.long)
+    for k in range(1, len(sizes) if intermediate == "crown" else 1):  # CROWN-IBP: the output's pass only
+        count = torch.full((p,), sizes[k]) if refine_stable else ((ref[k][0] < 0) & (ref[k][1] > 0)).sum(dim=1)
+        rows = torch.maximum(rows, 2 * count)
+    order = torch.argsort(rows, stable=True)
+    return ibp_out, ref, spec, order, rows[order].tolist(), width
+
+
+def _crown_refine_layer(head, k, l_k, u_k, relax, box: _Chunk, refine_stable: bool):
+    """CROWN bounds of hidden layer ``k ≥ 1`` on one chunk, intersected with its reference bounds; with
+    ``refine_stable=False`` only the neurons the reference leaves unstable get a backward pass."""
+    m = l_k.shape[0]
+    idx = None  # neurons to refine, (m, U); None: all of them
+    if not refine_stable:
+        unstable = (l_k < 0) & (u_k > 0)
+        u_max = int(unstable.sum(dim=1).max())
+        if u_max == 0:
+            return l_k, u_k
+        if u_max < 0.8 * head.hidden_sizes[k]:  # else all rows: cheaper than gathering
+            idx = torch.topk(unstable.to(torch.int8), u_max, dim=1, sorted=False).indices
+    if k == 1:
+        c_lo, c_hi = _second_layer_bounds(head, idx, relax[0], box)
+    else:
+        w, b = head.weights[k], head.biases[k]
+        if idx is None:
+            rows_w, rows_b = w.expand(m, -1, -1), b.expand(m, -1)
+        else:
+            rows_w = w.index_select(0, idx.reshape(-1)).view(m, idx.shape[1], -1)
+            rows_b = b[idx]
+        bound = _backward_lower(head, k, torch.cat([rows_w, -rows_w], dim=1),
+                                torch.cat([rows_b, -rows_b], dim=1), relax, box)
+        c_lo, c_hi = bound[:, :rows_w.shape[1]], -bound[:, rows_w.shape[1]:]
+    if idx is None:
+        return torch.maximum(l_k, c_lo), torch.minimum(u_k, c_hi)
+    l_k.scatter_(1, idx, torch.maximum(l_k.gather(1, idx), c_lo))
+    u_k.scatter_(1, idx, torch.minimum(u_k.gather(1, idx), c_hi))
+    return l_k, u_k
+
+
+def _crown_output(head, spec, sl, relax, box: _Chunk, ibp_out, want_upper: bool, out_lo, out_hi) -> None:
+    """Output bounds of one chunk, intersected with IBP: ``spec @ logits = (spec W_{L-1}) a_{L-2} + spec b_{L-1}``."""
+    k_out = spec.shape[1]
+    s = spec.index_select(0, sl) if spec.stride(0) else spec[:len(sl)]
+    rows_w, rows_b = s @ head.weights[-1], s @ head.biases[-1]
+    if want_upper:
+        rows_w, rows_b = torch.cat([rows_w, -rows_w], dim=1), torch.cat([rows_b, -rows_b], dim=1)
+    bound = _backward_lower(head, len(head.hidden_sizes), rows_w, rows_b, relax, box)
+    i_lo, i_hi = _spec_interval(s, ibp_out[0].index_select(0, sl), ibp_out[1].index_select(0, sl))
+    out_lo[sl] = torch.maximum(bound[:, :k_out], i_lo)
+    if want_upper:
+        out_hi[sl] = torch.minimum(-bound[:, k_out:], i_hi)
+
+
 def _crown(head, lo, hi, spec, *, want_upper: bool, refine_stable: bool, known=None, intermediate: str = "crown",
            want_output: bool = True):
     """CROWN with CROWN intermediate bounds, intersected with IBP at every layer (see crown_head_bounds).
@@ -430,27 +500,12 @@ def _crown(head, lo, hi, spec, *, want_upper: bool, refine_stable: bool, known=N
     ``want_output=False`` skips the output's backward pass (hidden bounds only; output bounds are None).
     """
     _check_intermediate(intermediate)
-    p, d = lo.shape
-    ibp_hidden, ibp_out = ibp_head_bounds(head, lo, hi)
-    ref = list(ibp_hidden)
-    if known is not None:
-        for k, (kl, ku) in enumerate(zip(head.split_hidden(known[0]), head.split_hidden(known[1]))):
-            ref[k] = (torch.maximum(ref[k][0], kl), torch.minimum(ref[k][1], ku))
-    spec = _as_spec(head, spec, p)
+    p = lo.shape[0]
+    ibp_out, ref, spec, order, rows_sorted, width = _crown_plan(head, lo, hi, spec, want_upper, refine_stable, known,
+                                                                intermediate, want_output)
     k_out = spec.shape[1]
-    sizes = head.hidden_sizes
-    n_hidden = len(sizes)
-    width = max([d] + sizes)
-    # Rows per point in its widest backward pass.
-    rows = torch.full((p,), k_out * (2 if want_upper else 1) if want_output else 1, dtype=torch.long)
-    for k in range(1, n_hidden if intermediate == "crown" else 1):  # CROWN-IBP: the output's pass only
-        count = torch.full((p,), sizes[k]) if refine_stable else ((ref[k][0] < 0) & (ref[k][1] > 0)).sum(dim=1)
-        rows = torch.maximum(rows, 2 * count)
-    order = torch.argsort(rows, stable=True)
-    rows_sorted = rows[order].tolist()
-
-    hid_lo = [torch.empty(p, n, dtype=lo.dtype) for n in sizes]
-    hid_hi = [torch.empty(p, n, dtype=lo.dtype) for n in sizes]
+    hid_lo = [torch.empty(p, n, dtype=lo.dtype) for n in head.hidden_sizes]
+    hid_hi = [torch.empty(p, n, dtype=lo.dtype) for n in head.hidden_sizes]
     out_lo = torch.empty(p, k_out, dtype=lo.dtype)
     out_hi = torch.empty(p, k_out, dtype=lo.dtype) if want_upper else None
     s0 = 0
@@ -460,55 +515,19 @@ def _crown(head, lo, hi, spec, *, want_upper: bool, refine_stable: bool, known=N
             s1 += 1
         sl = order[s0:s1]
         s0 = s1
-        m = len(sl)
         box = _Chunk(head, lo.index_select(0, sl), hi.index_select(0, sl))
         relax = []
-        for k in range(n_hidden):
+        for k in range(len(head.hidden_sizes)):
             l_k, u_k = ref[k][0].index_select(0, sl), ref[k][1].index_select(0, sl)
             # layer 0 is affine in h: its IBP bounds are already exact (= CROWN). With
             # intermediate="ibp" (CROWN-IBP) deeper layers keep their interval bounds: one backward pass
             # (the output's) instead of one per hidden layer, far cheaper and somewhat looser.
             if k > 0 and intermediate == "crown":
-                idx = None  # neurons to refine, (m, U); None: all of them
-                refine = True
-                if not refine_stable:
-                    unstable = (l_k < 0) & (u_k > 0)
-                    u_max = int(unstable.sum(dim=1).max())
-                    refine = u_max > 0
-                    if refine and u_max < 0.8 * sizes[k]:  # else all rows: cheaper than gathering
-                        idx = torch.topk(unstable.to(torch.int8), u_max, dim=1, sorted=False).indices
-                if refine:
-                    if k == 1:
-                        c_lo, c_hi = _second_layer_bounds(head, idx, relax[0], box)
-                    else:
-                        w, b = head.weights[k], head.biases[k]
-                        if idx is None:
-                            rows_w, rows_b = w.expand(m, -1, -1), b.expand(m, -1)
-                        else:
-                            rows_w = w.index_select(0, idx.reshape(-1)).view(m, idx.shape[1], -1)
-                            rows_b = b[idx]
-                        bound = _backward_lower(head, k, torch.cat([rows_w, -rows_w], dim=1),
-                                                torch.cat([rows_b, -rows_b], dim=1), relax, box)
-                        c_lo, c_hi = bound[:, :rows_w.shape[1]], -bound[:, rows_w.shape[1]:]
-                    if idx is None:
-                        l_k, u_k = torch.maximum(l_k, c_lo), torch.minimum(u_k, c_hi)
-                    else:
-                        l_k.scatter_(1, idx, torch.maximum(l_k.gather(1, idx), c_lo))
-                        u_k.scatter_(1, idx, torch.minimum(u_k.gather(1, idx), c_hi))
+                l_k, u_k = _crown_refine_layer(head, k, l_k, u_k, relax, box, refine_stable)
             hid_lo[k][sl], hid_hi[k][sl] = l_k, u_k
             relax.append(_relu_relaxation(l_k, u_k))
-        if not want_output:
-            continue
-        # Output: spec @ logits = (spec W_{L-1}) a_{L-2} + spec b_{L-1}.
-        s = spec.index_select(0, sl) if spec.stride(0) else spec[:m]
-        rows_w, rows_b = s @ head.weights[-1], s @ head.biases[-1]
-        if want_upper:
-            rows_w, rows_b = torch.cat([rows_w, -rows_w], dim=1), torch.cat([rows_b, -rows_b], dim=1)
-        bound = _backward_lower(head, n_hidden, rows_w, rows_b, relax, box)
-        i_lo, i_hi = _spec_interval(s, ibp_out[0].index_select(0, sl), ibp_out[1].index_select(0, sl))
-        out_lo[sl] = torch.maximum(bound[:, :k_out], i_lo)
-        if want_upper:
-            out_hi[sl] = torch.minimum(-bound[:, k_out:], i_hi)
+        if want_output:
+            _crown_output(head, spec, sl, relax, box, ibp_out, want_upper, out_lo, out_hi)
     if not want_output:
         out_lo = out_hi = None
     return head.join_hidden(hid_lo, p), head.join_hidden(hid_hi, p), out_lo, out_hi
@@ -587,6 +606,115 @@ def margin_lower_bounds(head, lower, upper, labels) -> torch.Tensor:
     """
     lo, hi = _box_batch(head, lower, upper)
     return _margin_lower(head, lo, hi, _labels(head, labels, lo.shape[0]))[0]
+
+
+class _RadiusSearch:
+    """The bisection state of :func:`certified_radius`: per point a bracket ``[lo, hi]`` (``lo`` proven),
+    attack directions for the probe, and hidden bounds proven at each point's current ``hi``."""
+
+    def __init__(self, head, x, y, dom_lo, dom_hi, *, max_radius, iterations, tol, rtol, start, intermediate,
+                 search_dtype):
+        p = x.shape[0]
+        if head.dtype != torch.float64 or search_dtype not in (torch.float64, torch.float32):
+            raise InputValidationError(f"certified_radius needs a float64 head and search_dtype float64 or float32; "
+                                       f"got {head.dtype} and {search_dtype}.")
+        if int(iterations) != iterations or iterations < 0 or not tol >= 0 or not rtol >= 0:
+            raise InputValidationError(f"iterations must be an integer ≥ 0 and tol, rtol ≥ 0; got {iterations!r}, "
+                                       f"{tol!r}, {rtol!r}.")
+        if max_radius is None:
+            max_r = torch.maximum(x - dom_lo, dom_hi - x).amax(dim=1)
+        else:
+            max_r = torch.as_tensor(max_radius, dtype=torch.float64).expand(p).clone()
+            if not (torch.isfinite(max_r).all() and (max_r >= 0).all()):
+                raise InputValidationError("max_radius must be finite and ≥ 0.")
+        max_r = max_r.to(torch.float64)
+        self.x, self.y, self.dom_lo, self.dom_hi = x, y, dom_lo, dom_hi
+        self.tol, self.rtol, self.intermediate, self.dtype = tol, rtol, intermediate, search_dtype
+        z, logits = head.forward(x)
+        others = logits.clone()
+        others[torch.arange(p), y] = -float("inf")
+        self.ok = logits[torch.arange(p), y] > others.amax(dim=1) if head.num_classes > 1 \
+            else torch.ones(p, dtype=torch.bool)
+        self.lo = torch.zeros(p, dtype=torch.float64)
+        self.hi = torch.where(self.ok, max_r, self.lo)
+        if not self.ok.any():
+            return
+        self.guess = None
+        if start is not None:
+            guess = torch.as_tensor(start, dtype=torch.float64).expand(p).clone()
+            if not (torch.isfinite(guess).all() and (guess > 0).all()):
+                raise InputValidationError("start must be finite and > 0.")
+            self.guess = torch.minimum(guess, max_r)
+        self.bracketed = torch.zeros(p, dtype=torch.bool)  # some radius has failed (hi is no longer max_radius)
+        # The search's head and points (a float32 search is checked in float64 at the end).
+        self.work, self.xw = (head, x) if search_dtype == torch.float64 else (head.to(search_dtype), x.to(search_dtype))
+        self.signs = self._attack_signs(z)
+        # Hidden bounds proven at each point's current ``hi`` (a failed radius): the ball of every later
+        # midpoint lies inside that ball, so they stay valid there and spare CROWN most stable neurons.
+        n = head.num_hidden
+        self.known_lo = torch.full((p, n), -float("inf"), dtype=search_dtype)
+        self.known_hi = torch.full((p, n), float("inf"), dtype=search_dtype)
+        # Probes stop once they fail at a radius ≥ the midpoint (smaller balls rarely hold a corner
+        # counterexample that a larger one did not).
+        self.clear = torch.zeros(p, dtype=torch.float64)
+
+    def _attack_signs(self, z) -> torch.Tensor:
+        """Signs of the gradients of ``f_y − f_l`` at x (exact on x's linear region), int8 (P, C, d); computed
+        in chunks of points to bound memory."""
+        work, x, y = self.work, self.x, self.y
+        p, c = x.shape[0], work.num_classes
+        signs = torch.empty(p, c, x.shape[1], dtype=torch.int8)
+        step = max(1, _CROWN_CHUNK_ELEMENTS // (c * x.shape[1]))
+        for s0 in range(0, p, step):
+            sl = slice(s0, s0 + step)
+            w_logits, _ = affine_logits(work, z[sl] > 0)
+            grads = w_logits[torch.arange(w_logits.shape[0]), y[sl]].unsqueeze(1) - w_logits
+            signs[sl] = torch.sign(grads).to(torch.int8)
+        return signs
+
+    def _midpoints(self, todo, step_no: int) -> torch.Tensor:
+        # Radii span orders of magnitude (CROWN-IBP on a wide head proves ~1e-3 where the box is 1 wide),
+        # so the search first falls by factors of 8 until a radius is proven, then bisects geometrically:
+        # 8 steps resolve a radius to a few percent at any scale, where halving [0, 1] would stop at 1/256.
+        lt, ht = self.lo[todo], self.hi[todo]
+        if self.guess is None:
+            return torch.where(lt > 0, (lt * ht).sqrt(), ht / 8)
+        if step_no == 0:
+            return self.guess[todo]
+        return torch.where(lt == 0, ht / _WARM_STEP, torch.where(self.bracketed[todo], (lt * ht).sqrt(),
+                                                                  torch.minimum(_WARM_STEP * lt, (lt * ht).sqrt())))
+
+    def step(self, step_no: int) -> bool:
+        """One bisection step for every unfinished point; False once every point is finished."""
+        lo, hi = self.lo, self.hi
+        todo = torch.nonzero(self.ok & (hi - lo > self.tol) & (hi > lo * (1 + self.rtol))).squeeze(1)
+        if todo.numel() == 0:
+            return False
+        mid = self._midpoints(todo, step_no)
+        blo, bhi = (t.to(self.dtype) for t in _ball(self.x[todo], mid, self.dom_lo[todo], self.dom_hi[todo]))
+        mid_w = mid.to(self.dtype)
+        beaten = torch.zeros(len(todo), dtype=torch.bool)
+        probe = torch.nonzero(mid > self.clear[todo]).squeeze(1)
+        if probe.numel():
+            # A concrete counterexample in the ball settles "not certified" without CROWN.
+            hit = _probe(self.work, self.xw, self.y, self.signs, todo[probe], mid_w[probe], blo[probe], bhi[probe])
+            beaten[probe] = hit
+            self.clear[todo[probe][~hit]] = mid[probe][~hit]
+        certified = torch.zeros(len(todo), dtype=torch.bool)
+        run = torch.nonzero(~beaten).squeeze(1)
+        if run.numel():
+            pts = todo[run]
+            bounds, (hl, hu) = _margin_lower(self.work, blo[run], bhi[run], self.y[todo][run],
+                                             known=(self.known_lo[pts], self.known_hi[pts]),
+                                             intermediate=self.intermediate)
+            cert = (bounds > 0).all(dim=1)
+            certified[run] = cert
+            failed = pts[~cert]
+            self.known_lo[failed], self.known_hi[failed] = hl[~cert], hu[~cert]
+        lo[todo[certified]] = mid[certified]
+        hi[todo[~certified]] = mid[~certified]
+        self.bracketed[todo[~certified]] = True
+        return True
 
 
 def _ball(x, radius, dom_lo, dom_hi):
@@ -684,93 +812,15 @@ def certified_radius(head, x, labels, lower, upper, *, max_radius=None, iteratio
     """
 
     x, dom_lo, dom_hi = _points_and_domain(head, x, lower, upper)
-    p = x.shape[0]
-    y = _labels(head, labels, p)
-    if head.dtype != torch.float64 or search_dtype not in (torch.float64, torch.float32):
-        raise InputValidationError(f"certified_radius needs a float64 head and search_dtype float64 or float32; got "
-                                   f"{head.dtype} and {search_dtype}.")
-    if int(iterations) != iterations or iterations < 0 or not tol >= 0 or not rtol >= 0:
-        raise InputValidationError(f"iterations must be an integer ≥ 0 and tol, rtol ≥ 0; got {iterations!r}, "
-                                   f"{tol!r}, {rtol!r}.")
-    if max_radius is None:
-        max_r = torch.maximum(x - dom_lo, dom_hi - x).amax(dim=1)
-    else:
-        max_r = torch.as_tensor(max_radius, dtype=torch.float64).expand(p).clone()
-        if not (torch.isfinite(max_r).all() and (max_r >= 0).all()):
-            raise InputValidationError("max_radius must be finite and ≥ 0.")
-    max_r = max_r.to(torch.float64)
-    z, logits = head.forward(x)
-    others = logits.clone()
-    others[torch.arange(p), y] = -float("inf")
-    ok = logits[torch.arange(p), y] > others.amax(dim=1) if head.num_classes > 1 else torch.ones(p, dtype=torch.bool)
-    lo = torch.zeros(p, dtype=torch.float64)
-    hi = torch.where(ok, max_r, lo)
-    if not ok.any():
+    y = _labels(head, labels, x.shape[0])
+    search = _RadiusSearch(head, x, y, dom_lo, dom_hi, max_radius=max_radius, iterations=iterations, tol=tol,
+                           rtol=rtol, start=start, intermediate=intermediate, search_dtype=search_dtype)
+    lo = search.lo
+    if not search.ok.any():
         return lo
-    guess = None
-    if start is not None:
-        guess = torch.as_tensor(start, dtype=torch.float64).expand(p).clone()
-        if not (torch.isfinite(guess).all() and (guess > 0).all()):
-            raise InputValidationError("start must be finite and > 0.")
-        guess = torch.minimum(guess, max_r)
-    bracketed = torch.zeros(p, dtype=torch.bool)  # some radius has failed (hi is no longer max_radius)
-    # The search's head and points (a float32 search is checked in float64 at the end).
-    work, xw = (head, x) if search_dtype == torch.float64 else (head.to(search_dtype), x.to(search_dtype))
-    # Attack directions: signs of the gradients of f_y − f_l at x (exact on x's linear region),
-    # kept as int8 (P, C, d); computed in chunks of points to bound memory.
-    signs = torch.empty(p, head.num_classes, x.shape[1], dtype=torch.int8)
-    step = max(1, _CROWN_CHUNK_ELEMENTS // (head.num_classes * x.shape[1]))
-    for s0 in range(0, p, step):
-        sl = slice(s0, s0 + step)
-        w_logits, _ = affine_logits(work, z[sl] > 0)
-        grads = w_logits[torch.arange(w_logits.shape[0]), y[sl]].unsqueeze(1) - w_logits
-        signs[sl] = torch.sign(grads).to(torch.int8)
-    # Hidden bounds proven at each point's current ``hi`` (a failed radius): the ball of every later
-    # midpoint lies inside that ball, so they stay valid there and spare CROWN most stable neurons.
-    n = head.num_hidden
-    known_lo = torch.full((p, n), -float("inf"), dtype=search_dtype)
-    known_hi = torch.full((p, n), float("inf"), dtype=search_dtype)
-    # Probes stop once they fail at a radius ≥ the midpoint (smaller balls rarely hold a corner
-    # counterexample that a larger one did not).
-    clear = torch.zeros(p, dtype=torch.float64)
     for step_no in range(iterations):
-        todo = torch.nonzero(ok & (hi - lo > tol) & (hi > lo * (1 + rtol))).squeeze(1)
-        if todo.numel() == 0:
+        if not search.step(step_no):
             break
-        # Radii span orders of magnitude (CROWN-IBP on a wide head proves ~1e-3 where the box is 1 wide),
-        # so the search first falls by factors of 8 until a radius is proven, then bisects geometrically:
-        # 8 steps resolve a radius to a few percent at any scale, where halving [0, 1] would stop at 1/256.
-        lt, ht = lo[todo], hi[todo]
-        if guess is None:
-            mid = torch.where(lt > 0, (lt * ht).sqrt(), ht / 8)
-        elif step_no == 0:
-            mid = guess[todo]
-        else:
-            mid = torch.where(lt == 0, ht / _WARM_STEP, torch.where(bracketed[todo], (lt * ht).sqrt(),
-                                                                     torch.minimum(_WARM_STEP * lt, (lt * ht).sqrt())))
-        blo, bhi = (t.to(search_dtype) for t in _ball(x[todo], mid, dom_lo[todo], dom_hi[todo]))
-        mid_w = mid.to(search_dtype)
-        yt = y[todo]
-        beaten = torch.zeros(len(todo), dtype=torch.bool)
-        probe = torch.nonzero(mid > clear[todo]).squeeze(1)
-        if probe.numel():
-            # A concrete counterexample in the ball settles "not certified" without CROWN.
-            hit = _probe(work, xw, y, signs, todo[probe], mid_w[probe], blo[probe], bhi[probe])
-            beaten[probe] = hit
-            clear[todo[probe][~hit]] = mid[probe][~hit]
-        certified = torch.zeros(len(todo), dtype=torch.bool)
-        run = torch.nonzero(~beaten).squeeze(1)
-        if run.numel():
-            pts = todo[run]
-            bounds, (hl, hu) = _margin_lower(work, blo[run], bhi[run], yt[run], known=(known_lo[pts], known_hi[pts]),
-                                             intermediate=intermediate)
-            cert = (bounds > 0).all(dim=1)
-            certified[run] = cert
-            failed = pts[~cert]
-            known_lo[failed], known_hi[failed] = hl[~cert], hu[~cert]
-        lo[todo[certified]] = mid[certified]
-        hi[todo[~certified]] = mid[~certified]
-        bracketed[todo[~certified]] = True
     if search_dtype != torch.float64:
         found = torch.nonzero(lo > 0).squeeze(1)
         if found.numel():
