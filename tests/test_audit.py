@@ -105,10 +105,20 @@ def test_missing_proof_fails_dual_claims(forgotten):
     assert any("proof file" in c.detail for c in result.failures)
 
 
-def test_batch_point_hashes_equal_one_at_a_time_hashes():
-    """forget_class hashes thousands of members in one pass; the audit re-hashes them one by one."""
+def test_point_hashes_are_sha256_of_the_float32_bytes():
+    """A certificate names each point by SHA-256 of its values as the model sees them (float32, C order):
+    checked against hashlib on bytes written out here, for a batch and for one point."""
+    import hashlib
+
+    import numpy as np
+
     from prune_unlearn._hashing import point_sha256, points_sha256
 
-    x = torch.rand(7, 1, 8, 8, dtype=torch.float64)
-    assert points_sha256(x) == [point_sha256(row) for row in x]
-    assert len(set(points_sha256(x))) == 7 and points_sha256(x[:0]) == []
+    x = torch.rand(7, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(112))
+    want = [hashlib.sha256(np.asarray(row, dtype="<f4").tobytes(order="C")).hexdigest() for row in x.numpy()]
+    assert points_sha256(x) == want                        # float64 input: hashed as the float32 the model sees
+    assert point_sha256(x[3]) == want[3] and points_sha256(x[:0]) == []
+    assert points_sha256(x.permute(0, 1, 3, 2).contiguous().transpose(2, 3)) == want  # memory layout is irrelevant
+    nudged = x.clone()
+    nudged[2, 0, 5, 5] = float(np.nextafter(np.float32(x[2, 0, 5, 5]), np.float32(2)))  # one float32 ulp
+    assert points_sha256(nudged)[2] != want[2] and points_sha256(nudged)[:2] == want[:2]
