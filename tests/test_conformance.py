@@ -246,6 +246,8 @@ class ModelKindSuite:
         assert torch.equal(got.argmax(1), want.argmax(1))
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
+    # --- consolidation (issue 13): ``test_consolidate`` goes here, run on every kind ----------------------
+
 
 # --- the kinds ------------------------------------------------------------------------------------------
 

@@ -180,7 +180,7 @@ def run_forget(model: nn.Module, points, *, labels=None, head: str | None = None
     rows = _solve(problem, options)
     problem.progress.close()
     timings["patches"] = time.perf_counter() - t0
-    patched = problem.model.add_point_rows(rows.to_patch_set(), replace=problem.replaced_prior_rows()).eval()
+    patched = rows.add_to(problem.model, replace=problem.replaced_prior_rows()).eval()
     offset = len(patched.patches) - len(rows)  # prior rows kept come first
     t0 = time.perf_counter()
     after32 = predict(patched, x_dev, batch_size=max(1, len(x_dev))).cpu()  # the float32 model, as served

@@ -2,9 +2,10 @@
 
 A strategy (Theorem 1 per point, the paper's Algorithm 1 or 2) decides *which* rows to add; it
 returns them as plain data — the row tensors, the proof behind each row, and the requested points
-each row covers — and the patched model turns them into a new model
-(:meth:`~prune_unlearn.PatchedModel.add_point_rows`, :meth:`~prune_unlearn.PatchedModel.with_patches`).
-Claims and certificates are then read off the rows, never recomputed.
+each row covers — and the patched model turns them into a new model (``rows.add_to(model)``, which
+calls :meth:`~prune_unlearn.PatchedModel.add_point_rows`; :meth:`~prune_unlearn.PatchedModel.with_patches`
+for class rows). Claims and certificates are then read off the rows, never recomputed. A new kind of
+row (e.g. certified neighbourhoods) is one more dataclass here with its own ``add_to``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..core.class_patches import ClassPatchSet
-from ..core.patches import BOUND_CODES, PatchSet
+from ..core.patches import BOUND_CODES, PatchedModel, PatchSet
 from ..core.regions import pack_patterns
 
 __all__ = ["PatchRows", "ClassRows"]
@@ -80,6 +81,10 @@ class PatchRows:
         return cls(first.num_hidden, first.num_classes, **tensors, multipliers=mult,
                    covers=[c for p in parts for c in p.covers], rounds=[r for p in parts for r in p.rounds])
 
+    def add_to(self, model: PatchedModel, replace: torch.Tensor | None = None) -> PatchedModel:
+        """A new model: ``model``'s point rows (minus the bool mask ``replace``), then these; other rows kept."""
+        return model.add_point_rows(self.to_patch_set(), replace=replace)
+
     def to_patch_set(self) -> PatchSet:
         """The rows as a :class:`PatchSet` (patterns packed; proofs and coverage stay here)."""
         tensors = {name: getattr(self, name) for name in self._ROW_FIELDS[1:]}
@@ -127,6 +132,11 @@ class ClassRows:
 
     def __len__(self) -> int:
         return int(self.patterns.shape[0])
+
+    def add_to(self, model: PatchedModel) -> PatchedModel:
+        """A new model on ``model``'s base with these class rows and exact point rows (a whole class is forgotten
+        on the unpatched model, so nothing else is there to keep)."""
+        return model.with_patches(self.exact.to_patch_set(), self.to_class_patch_set())
 
     def to_class_patch_set(self) -> ClassPatchSet:
         """The relaxed supports as a :class:`ClassPatchSet`."""

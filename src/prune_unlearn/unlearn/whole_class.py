@@ -167,8 +167,7 @@ def _patch_class(model, head, x, problem: ClassProblem, strategy: WholeClass, se
     t_rounds = time.perf_counter()
     rows = strategy.rows(problem)
     problem.progress.close()
-    patched = PatchedModel.wrap(model, head=head).with_patches(rows.exact.to_patch_set(),
-                                                               rows.to_class_patch_set()).eval()
+    patched = rows.add_to(PatchedModel.wrap(model, head=head)).eval()
     stragglers = rows.pending.nonzero().flatten()
     point_result = None
     if strategy.delta >= 1.0 and len(stragglers):
