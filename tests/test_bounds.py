@@ -508,7 +508,7 @@ def test_warm_started_float32_search_returns_float64_proven_radii_close_to_the_p
 
 def test_float32_search_falls_back_to_float64_where_rounding_overshoots(monkeypatch):
     """Radii the float32 search finds but float64 CROWN cannot prove are searched again in float64."""
-    import prune_unlearn.core.bounds as B
+    import prune_unlearn.core.radius as B
 
     head = _trained_head()
     gen = torch.Generator().manual_seed(13)
@@ -516,7 +516,7 @@ def test_float32_search_falls_back_to_float64_where_rounding_overshoots(monkeypa
     y = head.forward(x)[1].argmax(1)
     lower, upper = torch.zeros(4, dtype=F64), torch.ones(4, dtype=F64)
     plain = certified_radius(head, x, y, lower, upper, iterations=30, tol=0.0)
-    real = B._margin_lower
+    real = B.margin_lower
 
     def optimistic(h, lo, hi, labels, **kw):  # a float32 "proof" of everything: a lying search
         out, hidden = real(h, lo, hi, labels, **kw)
@@ -528,7 +528,7 @@ def test_float32_search_falls_back_to_float64_where_rounding_overshoots(monkeypa
         redone.append(len(xs))
         return certified_radius(h, xs, *args, **kw)
 
-    monkeypatch.setattr(B, "_margin_lower", optimistic)
+    monkeypatch.setattr(B, "margin_lower", optimistic)
     monkeypatch.setattr(B, "certified_radius", spy)
     r = certified_radius(head, x, y, lower, upper, iterations=30, tol=0.0, rtol=0.01, search_dtype=torch.float32)
     monkeypatch.undo()

@@ -96,7 +96,7 @@ def forget_cmd(model_path, layers, data_name, data_dir, indices, count, forget_k
 
 def class_summary(report, label: int, dataset: str) -> str:
     """The human summary of a ``forget-class`` run."""
-    e = report.extra
+    e = report.whole_class.metrics()
     return (f"forgot class {label} of {dataset}: {report.n_forgotten}/{report.n_forget} training points "
             f"mispredicted in {report.unlearn_seconds:.1f} s\n"
             f"A_u {100 * e['A_u_before']:.2f} -> {100 * e['A_u_after']:.2f}   A_tes_u {100 * e['A_tes_u_before']:.2f} "

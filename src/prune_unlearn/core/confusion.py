@@ -371,7 +371,3 @@ def patch_margins(upper: torch.Tensor, targets: torch.Tensor, values: torch.Tens
     m[torch.arange(len(targets)), targets] = float("inf")
     return m.min(dim=1).values
 
-
-def new_highs():
-    """A silent HiGHS instance, for LPs set up elsewhere (the audit's independent re-solves)."""
-    return _new_highs()

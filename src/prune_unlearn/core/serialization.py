@@ -31,7 +31,7 @@ from ..errors import FormatError
 from .models import architecture_of, build_model
 from .patches import PatchedModel, model_state
 
-__all__ = ["save", "load", "load_info", "load_model", "atomic_write_text", "MODEL_FORMAT_VERSION"]
+__all__ = ["save", "load", "load_info", "load_model", "atomic_write_text", "atomic_replace", "MODEL_FORMAT_VERSION"]
 
 # 2: class patches carry ``decision_lambda`` (a version-1 file reads as an ungated class patch set).
 MODEL_FORMAT_VERSION = 2
@@ -39,7 +39,8 @@ READABLE_FORMAT_VERSIONS = (1, 2)
 _HEADER_KEY = "prune_unlearn"
 
 
-def _atomic_replace(path: Path, write) -> None:
+def atomic_replace(path: Path, write) -> None:
+    """Create ``path`` by ``write(tmp)`` on a temporary file in the same folder, fsync, then rename over it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -69,7 +70,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         with open(tmp, "w") as fh:
             fh.write(text)
 
-    _atomic_replace(Path(path), write)
+    atomic_replace(Path(path), write)
 
 
 def save(model: nn.Module, path: str | Path, *, info: dict[str, Any] | None = None,
@@ -100,7 +101,7 @@ def save(model: nn.Module, path: str | Path, *, info: dict[str, Any] | None = No
             header["class_patches"] = {"supports": len(cps), "groups": cps.num_groups}
     header["tensors_sha256"] = state_sha256(tensors)
     metadata = {_HEADER_KEY: json.dumps(header)}
-    _atomic_replace(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    atomic_replace(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 def _read(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:

@@ -166,7 +166,20 @@ def warn_if_failed(report: Report) -> None:
         reasons = sorted({f["reason"] for f in report.failed})
         warnings.warn(UncertifiedWarning(
             f"{report.n_failed} of {report.n_forget} point(s) were not forgotten ({'; '.join(reasons)}); "
-            "report.failed and the certificate's 'failed' list say which."), stacklevel=3)
+            "report.failed and the certificate's 'failed' list say which."), stacklevel=_outside_the_package())
+
+
+def _outside_the_package() -> int:
+    """``stacklevel`` of the first frame outside prune_unlearn, so the warning names the user's line
+    (decorators such as ``with_kernel_threads`` add frames; counting them by hand drifts)."""
+    import sys
+    from pathlib import Path
+
+    package = str(Path(__file__).resolve().parents[1])
+    frame, level = sys._getframe(1), 1
+    while frame is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def run_forget(model: nn.Module, points, *, labels=None, head: str | None = None, options: ForgetOptions,

@@ -157,7 +157,7 @@ def _write_region_network(module, path: Path, opset: int) -> Path:
     ops = {n.op_type for n in model.graph.node}
     if not ops <= {"Gemm", "Relu", "Concat"}:
         path.unlink(missing_ok=True)
-        from .export import ExportError
+        from ..errors import ExportError
 
         raise ExportError(f"The region network has operators {sorted(ops)} beyond Gemm, Relu and Concat.")
     onnx.checker.check_model(model)

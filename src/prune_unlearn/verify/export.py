@@ -47,8 +47,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from .._version import __version__
-from ..core.domain import _is_reshape_only
-from ..errors import InputValidationError, PruneError, UnsupportedModelError
+from ..core.domain import is_reshape_only
+from ..errors import ExportError, InputValidationError, UnsupportedModelError
 from ..core.patches import BOUND_CODES, PatchedModel
 from .class_export import ClassPatchBranch
 
@@ -74,10 +74,6 @@ ALLOWED_OPS = frozenset({"Gemm", "MatMul", "Add", "Mul", "Relu", "Constant"})
 DEFAULT_OPSET = 13
 SCALINGS = ("mul", "matmul")
 CONSTRAINT_MODES = ("output", "input")
-
-
-class ExportError(PruneError, RuntimeError):
-    """The exporter produced a graph outside the verifier normal form."""
 
 
 class LinearConstraints(NamedTuple):
@@ -113,7 +109,7 @@ def check_patched(patched, head_only: bool, allow_class_patches: bool = False) -
             "This model carries whole-class patches (relaxed supports). They are exported with the whole model "
             "(export_onnx without regions or region constraints), but a per-region network would leave them out. "
             "HINT: use prune export (one region network for every property), which accounts for them.")
-    if not head_only and not _is_reshape_only(patched.split.prefix):
+    if not head_only and not is_reshape_only(patched.split.prefix):
         raise UnsupportedModelError(
             "The model's prefix before the Linear/ReLU head does more than flatten, and only the head can be "
             "written in verifier normal form. HINT: pass head_only=True (CLI: --head-only); the ONNX input is "
@@ -308,6 +304,22 @@ def verifier_normal_form(patched: PatchedModel, regions: Sequence[int] | None = 
 
 # --- ONNX -------------------------------------------------------------------------------------------
 
+def _drop_identities(graph) -> None:
+    """Remove ``Identity`` nodes, reading their input wherever their output was read.
+
+    The TorchScript exporter's constant deduplication inserts them when two buffers hold equal values
+    (e.g. a class patch's scale and a base bias); they are no-ops, but outside the operator set.
+    """
+    outputs = {o.name for o in graph.output}
+    for node in [n for n in graph.node if n.op_type == "Identity" and n.output[0] not in outputs]:
+        src, dst = node.input[0], node.output[0]
+        for other in graph.node:
+            for i, name in enumerate(other.input):
+                if name == dst:
+                    other.input[i] = src
+        graph.node.remove(node)
+
+
 def export_onnx(patched: PatchedModel, path, *, regions: Sequence[int] | None = None,
                 with_region_constraints: int | None = None, opset: int = DEFAULT_OPSET, scaling: str = "mul",
                 dynamic_batch: bool = True, head_only: bool = False) -> OnnxExport:
@@ -334,6 +346,7 @@ def export_onnx(patched: PatchedModel, path, *, regions: Sequence[int] | None = 
         torch.onnx.export(module, (dummy,), str(path), dynamo=False, input_names=["X"], output_names=["Y"],
                           dynamic_axes=axes, opset_version=int(opset), do_constant_folding=True)
     model = onnx.load(str(path))
+    _drop_identities(model.graph)
     ops = tuple(sorted({node.op_type for node in model.graph.node}))
     bad = sorted(set(ops) - ALLOWED_OPS)
     if bad:

@@ -15,7 +15,7 @@ import torch
 
 from .._version import __version__
 from .certificate import Certificate, box_from_description, certified_patches_sha256
-from ..core.domain import _is_reshape_only
+from ..core.domain import is_reshape_only
 from ..errors import CertificateError, InputValidationError
 from ..core.patches import PatchedModel
 from ..core.regions import HeadNetwork, region_halfspaces
@@ -45,7 +45,7 @@ def domain_box(patched: PatchedModel, domain=None) -> tuple[torch.Tensor, torch.
                                    "(patches_sha256 differs).")
         lo, hi = box_from_description(domain.domain)
     elif domain is None:
-        if not _is_reshape_only(patched.split.prefix):
+        if not is_reshape_only(patched.split.prefix):
             raise InputValidationError("The model's features are not its inputs, so there is no default domain "
                                        "box. HINT: pass the certificate of the forget run (--certificate).")
         lo, hi = torch.zeros(d, dtype=torch.float64), torch.ones(d, dtype=torch.float64)
