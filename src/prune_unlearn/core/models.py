@@ -7,6 +7,7 @@ rebuild the module without pickling code.
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
 import torch
@@ -14,7 +15,7 @@ from torch import nn
 
 from ..errors import FormatError, InputValidationError
 
-__all__ = ["mlp", "vgg16", "VGG", "build_model", "architecture_of", "default_architecture", "head_of",
+__all__ = ["mlp", "vgg16", "VGG", "scaled_config", "build_model", "architecture_of", "default_architecture", "head_of",
            "mlp_from_state_dict"]
 
 
@@ -38,6 +39,24 @@ def mlp(input_dim: int, hidden: list[int] | tuple[int, ...], num_classes: int) -
 
 # VGG16 = configuration "D" of Simonyan & Zisserman (13 conv layers); "M" = 2×2 max-pooling.
 VGG16_CONFIG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
+
+
+def scaled_config(config, width: float) -> list:
+    """``config`` with every conv layer's channels multiplied by ``width`` (rounded, at least 1).
+
+    The layout (13 conv layers, five blocks, where the pooling sits) is unchanged; only the channel
+    counts shrink, so a width-¼ VGG16 costs about 1/16 of the full network's multiply-adds.
+    """
+    w = _check_width(width)
+    return [v if v == "M" else max(1, int(round(v * w))) for v in config]
+
+
+def _check_width(width) -> float:
+    if isinstance(width, bool) or not isinstance(width, (int, float)) or not math.isfinite(width) or width <= 0:
+        raise InputValidationError(
+            f"The VGG width multiplier must be a positive number (1 = full VGG16, 0.25 = a quarter of its "
+            f"channels); got {width!r}.")
+    return float(width)
 
 
 class VGG(nn.Module):
@@ -81,21 +100,28 @@ class VGG(nn.Module):
 
 
 def vgg16(num_classes: int = 10, batch_norm: bool = True, in_channels: int = 3, input_size: int = 32,
-          head_hidden=(512, 512), dropout: float = 0.5) -> VGG:
-    """VGG16 (configuration D) with a Linear/ReLU head named ``classifier``."""
-    model = VGG(VGG16_CONFIG, num_classes, batch_norm, in_channels, input_size, head_hidden, dropout)
+          head_hidden=(512, 512), dropout: float = 0.5, width: float = 1.0) -> VGG:
+    """VGG16 (configuration D) with a Linear/ReLU head named ``classifier``.
+
+    ``width`` multiplies every conv layer's channel count (1 = VGG16 itself). The spec records it only
+    when it is not 1, so specs saved before the multiplier existed rebuild the same network.
+    """
+    model = VGG(scaled_config(VGG16_CONFIG, width), num_classes, batch_norm, in_channels, input_size, head_hidden,
+                dropout)
     model.prune_architecture = {
         "kind": "vgg16", "num_classes": int(num_classes), "batch_norm": bool(batch_norm),
         "in_channels": int(in_channels), "input_size": int(input_size),
         "head_hidden": [int(w) for w in head_hidden], "dropout": float(dropout), "head": "classifier",
     }
+    if float(width) != 1.0:
+        model.prune_architecture["width"] = float(width)
     return model
 
 
 _BUILDERS = {
     "mlp": lambda spec: mlp(spec["input_dim"], spec["hidden"], spec["num_classes"]),
     "vgg16": lambda spec: vgg16(spec["num_classes"], spec["batch_norm"], spec["in_channels"], spec["input_size"],
-                                spec["head_hidden"], spec["dropout"]),
+                                spec["head_hidden"], spec["dropout"], spec.get("width", 1.0)),
 }
 
 
@@ -138,8 +164,8 @@ _DEFAULTS = {
 
 
 def default_architecture(dataset_name: str, input_dim: int, num_classes: int,
-                         input_shape: tuple[int, ...] | None = None) -> dict[str, Any]:
-    """The paper's model for a data set, as a spec for :func:`build_model`."""
+                         input_shape: tuple[int, ...] | None = None, width: float = 1.0) -> dict[str, Any]:
+    """The paper's model for a data set, as a spec for :func:`build_model` (``width``: VGG channel multiplier)."""
     if dataset_name not in _DEFAULTS:
         raise InputValidationError(
             f"No default architecture for data set {dataset_name!r}; known: {', '.join(sorted(_DEFAULTS))}."
@@ -147,7 +173,9 @@ def default_architecture(dataset_name: str, input_dim: int, num_classes: int,
     kind, hidden = _DEFAULTS[dataset_name]
     if kind == "vgg16":
         shape = tuple(input_shape or (3, 32, 32))
-        return vgg16(num_classes, in_channels=shape[0], input_size=shape[-1]).prune_architecture
+        return vgg16(num_classes, in_channels=shape[0], input_size=shape[-1], width=width).prune_architecture
+    if float(width) != 1.0:
+        raise InputValidationError(f"A width multiplier applies to the VGG16 of cifar10 only, not to {dataset_name!r}.")
     return {"kind": kind, "input_dim": int(input_dim), "hidden": list(hidden), "num_classes": int(num_classes)}
 
 

@@ -14,7 +14,8 @@ def predict(model: nn.Module, X: torch.Tensor, batch_size: int = 8192) -> torch.
     was_training = model.training
     model.eval()
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    out = [model(X[i: i + batch_size].to(device)).argmax(dim=1).cpu() for i in range(0, len(X), batch_size)]
+    with torch.no_grad():  # no autograd graph: a conv net's saved activations would not fit in memory
+        out = [model(X[i: i + batch_size].to(device)).argmax(dim=1).cpu() for i in range(0, len(X), batch_size)]
     model.train(was_training)
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.int64)
 

@@ -40,6 +40,7 @@ from torch.nn.utils import parameters_to_vector, vector_to_parameters
 from ..._validation import param_error
 from ...errors import InputValidationError
 from ...core.models import build_model
+from ..training import train_model
 from .base import UnlearningMethod, derive_seed, non_negative_int
 
 __all__ = ["Amnesiac"]
@@ -106,49 +107,34 @@ class Amnesiac(UnlearningMethod):
 
     def _train_recording(self, model: nn.Module, rows: torch.Tensor, recipe, phase: str,
                          max_steps: int | None = None) -> None:
-        """``train_model``'s loop on ``X_[rows]``, recording the steps selected by ``record_candidates``."""
-        X, y = self.X_[rows], self.y_[rows]
+        """``train_model`` on ``X_[rows]``, recording the steps selected by ``record_candidates``."""
         params = [p for p in model.parameters()]
-        model.train()
-        opt = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
-        gen = torch.Generator().manual_seed(recipe.seed)
-        steps = 0
-        for epoch in range(recipe.epochs if max_steps is None else max(1, -(-max_steps * recipe.batch_size // len(X)))):
-            if max_steps is None and recipe.anneal_epochs and epoch == recipe.epochs - recipe.anneal_epochs:
-                for group in opt.param_groups:  # the same schedule as training.train_model
-                    group["lr"] = recipe.lr / 10
-            perm = torch.randperm(len(X), generator=gen)
-            for i in range(0, len(X), recipe.batch_size):
-                if max_steps is not None and steps >= max_steps:
-                    break
-                steps += 1
-                idx = perm[i: i + recipe.batch_size]
-                ids = rows[idx]
-                if self._set_masks is not None and phase == "train":
-                    hits = self._set_masks[:, ids].any(dim=1)
-                    record = bool(hits.any())
-                else:
-                    hits = None
-                    record = self._set_masks is None and (
-                        self._candidate_mask is None or bool(self._candidate_mask[ids].any()))
-                if record:
-                    with torch.no_grad():
-                        before = parameters_to_vector(params).clone()
-                opt.zero_grad(set_to_none=True)
-                loss = nn.functional.cross_entropy(model(X[idx]), y[idx])
-                loss.backward()
-                opt.step()
-                if record and hits is not None:
-                    with torch.no_grad():
-                        update = parameters_to_vector(params).to(torch.float64) - before.to(torch.float64)
-                        self._set_sums[hits] += update
-                elif record:
-                    with torch.no_grad():
-                        update = (parameters_to_vector(params) - before).to(torch.float32)
-                    self.batch_updates_.append(update)
-                    self.batch_ids_.append(ids.clone())
-                    self.batch_phase_.append(phase)
-        model.eval()
+
+        def hook(idx: torch.Tensor):
+            ids = rows[idx]
+            if self._set_masks is not None and phase == "train":
+                hits = self._set_masks[:, ids].any(dim=1)
+                if not bool(hits.any()):
+                    return None
+            elif self._set_masks is None and (self._candidate_mask is None or bool(self._candidate_mask[ids].any())):
+                hits = None
+            else:
+                return None
+            with torch.no_grad():
+                before = parameters_to_vector(params).clone()
+
+            def record() -> None:
+                with torch.no_grad():
+                    if hits is not None:
+                        self._set_sums[hits] += parameters_to_vector(params).to(torch.float64) - before.to(torch.float64)
+                        return
+                    self.batch_updates_.append((parameters_to_vector(params) - before).to(torch.float32))
+                self.batch_ids_.append(ids.clone())
+                self.batch_phase_.append(phase)
+
+            return record
+
+        train_model(model, self.X_[rows], self.y_[rows], recipe, step_hook=hook, max_steps=max_steps)
 
     @property
     def recorded_bytes_(self) -> int:
@@ -236,7 +222,12 @@ class Amnesiac(UnlearningMethod):
         """The short recovery training on the remaining data (epochs, or ``recovery_steps`` batches)."""
         if self.recovery_steps == 0 or (self.recovery_steps is None and self.recovery_epochs == 0):
             return
-        recipe = dataclasses.replace(self.recipe_, epochs=max(self.recovery_epochs, 1),
+        # A short retraining at the recipe's base learning rate: a one-cycle schedule belongs to a full
+        # training run, not to a few repair steps (the recovery of a constant-rate recipe is unchanged).
+        epochs = max(self.recovery_epochs, 1) if self.recovery_steps is None else \
+            max(1, -(-self.recovery_steps * self.recipe_.batch_size // int(keep.sum())))
+        anneal = self.recipe_.anneal_epochs if self.recovery_steps is None else 0  # a few steps: no annealed tail
+        recipe = dataclasses.replace(self.recipe_, epochs=epochs, schedule="constant", anneal_epochs=anneal,
                                      seed=derive_seed(self.recipe_.seed, 2, self._n_forget_calls))
         self._train_recording(model, keep.nonzero().flatten(), recipe, f"recovery-{self._n_forget_calls}",
                               max_steps=self.recovery_steps)
