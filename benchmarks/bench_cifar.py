@@ -1,16 +1,30 @@
-"""CIFAR-10 / VGG16 end to end: train, forget in feature space, check the guarantees.
+"""CIFAR-10 with a VGG16-layout network trained on this CPU: forget 500 points, then the paper's CIFAR-10 rows.
 
-On a GPU (``--device auto`` finds one) this trains VGG16 with the authors' recipe on the whole JPEG
-copy. On a CPU it runs a reduced configuration and says so in its output: a stratified subset of
-the training images, few epochs and a subset of the test set, so that it finishes in minutes.
+Steps (``--steps``, default all):
 
-    python benchmarks/bench_cifar.py --out results/bench            # reduced on CPU, full on GPU
+``forget``  The base model (VGG16 layout at ``--width``, the ``cifar10`` recipe) is trained once and cached in
+            ``<out>/cache`` with a JSON of recipe, seed, data hash, accuracy and training time (``--retrain``
+            trains it again). 500 random training points are forgotten in the head's feature space, once per
+            feature domain box: interval propagation of [0,1]^3072 through the conv layers (the claims hold for
+            every input) and the training features ± 10% of their range (the claims hold for inputs whose
+            features lie in that box). Certified regions, A_u, exactly counted changed predictions on the test
+            set and on the remaining training data, and the unlearning time against retraining without the
+            points (the same retraining the Table III run uses; cached too) → ``<out>/forget-500.json``.
+``table3``  Table III, IV and Figure 3 with :func:`prune_unlearn.experiments.runner.run_table3`; the methods that
+            train use ``--baseline-epochs`` (the full budget does not fit on a 2-core CPU), FU estimates its
+            Hessian on ``--fu-hessian-samples`` points. ``--methods`` with ``--merge`` splits it over processes.
+``table5``  Table V (whole class) with :func:`~prune_unlearn.experiments.runner.run_table5`.
+
+    PRUNE_DATA_DIR=../shared/data python benchmarks/bench_cifar.py --out results/cifar10 --threads 1
+
+On a GPU (``--device cuda``) only the training runs there; everything else is CPU work.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -18,73 +32,120 @@ import torch
 
 from prune_unlearn import forget, load_dataset
 from prune_unlearn.core.domain import data_feature_box
-from prune_unlearn.unlearn.metrics import accuracy, predict
-from prune_unlearn.experiments.runner import machine_description
 from prune_unlearn.core.models import default_architecture
-from prune_unlearn.experiments.training import recipe_for, train_from_spec
+from prune_unlearn.experiments.runner import (
+    ClassRunOptions,
+    ExperimentConfig,
+    machine_description,
+    run_table3,
+    run_table5,
+    train_base,
+    train_without,
+)
+from prune_unlearn.experiments.training import recipe_for, width_for
+
+REPORT_KEYS = ("n_forget", "n_forgotten", "n_certified_region", "n_certified_point", "n_failed", "A_u_before",
+               "A_u_after", "A_tes_before", "A_tes_after", "A_res_before", "A_res_after", "changed_tes", "changed_res",
+               "unlearn_seconds", "patch_linf_mean", "patch_linf_max", "n_float32_robust")
 
 
-def stratified(y: torch.Tensor, per_class: int, seed: int) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    idx = [torch.nonzero(y == c).flatten() for c in range(int(y.max()) + 1)]
-    return torch.cat([i[torch.randperm(len(i), generator=gen)[:per_class]] for i in idx])
+def forget_step(args, ds, log) -> dict:
+    spec = default_architecture("cifar10", ds.input_dim, ds.num_classes, ds.input_shape, width=args.width)
+    recipe = recipe_for("cifar10", epochs=args.epochs)
+    out = Path(args.out)
+    opts = ClassRunOptions(cache_dir=args.cache_dir, retrain_base=args.retrain)
+    model, train_seconds = train_base(opts, ds, spec, recipe, out, args.progress, log)
+    # the same draw as run_table3's seed 0, so that this |D_U| = 500 is Table III's
+    perm = torch.randperm(len(ds.y_train), generator=torch.Generator().manual_seed(0))
+    idx = perm[: args.forget]
+    keep = torch.ones(len(ds.y_train), dtype=torch.bool)
+    keep[idx] = False
+    b_recipe = recipe_for("cifar10", epochs=args.baseline_epochs or args.epochs)
+    _, retrain_seconds = train_without(opts, ds, spec, b_recipe, keep, str(args.forget), out, log)
+    t = time.perf_counter()
+    data_box = data_feature_box(model, ds.X_train, margin=0.1)
+    box_seconds = time.perf_counter() - t
+    domains = {"ibp": (None, "interval propagation of [0,1]^3072 through the conv layers: claims hold for every "
+                             "input"),
+               "data": (data_box, "training features ± 10% of their range: claims hold for inputs whose features "
+                                  "lie in this box")}
+    runs = {}
+    for key, (fdom, claim) in domains.items():
+        for bound in args.bounds:
+            res = forget(model, ds.X_train[idx], labels=ds.y_train[idx], bound=bound, feature_domain=fdom,
+                         test_data=(ds.X_test, ds.y_test), remaining_data=(ds.X_train[keep], ds.y_train[keep]))
+            r = res.report
+            runs[f"{key}/{bound}"] = {"feature_domain": key, "claim_covers": claim, "bound": bound,
+                                      **{k: getattr(r, k) for k in REPORT_KEYS},
+                                      "unlearn_vs_retrain": r.unlearn_seconds / retrain_seconds}
+            log(f"[{key}, {bound}] {r.summary()}")
+    return {"width": args.width, "recipe": recipe.to_dict(), "train_seconds": train_seconds,
+            "retrain_recipe": b_recipe.to_dict(), "retrain_seconds": retrain_seconds,
+            "data_box_seconds": box_seconds, "forgotten_indices_sha256": _indices_hash(idx), "runs": runs}
+
+
+def _indices_hash(idx: torch.Tensor) -> str:
+    import hashlib
+
+    return hashlib.sha256(",".join(str(int(i)) for i in idx).encode()).hexdigest()
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data-dir", default=None)
-    ap.add_argument("--out", default="results/bench")
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--forget", type=int, default=100)
-    ap.add_argument("--train-per-class", type=int, default=None, help="default: all on GPU, 500 on CPU")
-    ap.add_argument("--epochs", type=int, default=None, help="default: recipe (GPU) or 4 (CPU)")
-    ap.add_argument("--test-size", type=int, default=None, help="default: all on GPU, 2000 on CPU")
+    ap.add_argument("--data-dir", default=None, help="CIFAR-10 folder or archive (default: $PRUNE_DATA_DIR/cifar10…)")
+    ap.add_argument("--out", default="results/cifar10")
+    ap.add_argument("--cache-dir", default=None, help="trained models (default: <out>/cache)")
+    ap.add_argument("--steps", default="forget,table3,table5")
+    ap.add_argument("--width", type=float, default=width_for("cifar10"), help="VGG16 channel multiplier (1 = VGG16)")
+    ap.add_argument("--epochs", type=int, default=None, help="base model epochs (default: the cifar10 recipe's)")
+    ap.add_argument("--baseline-epochs", type=int, default=4, help="epochs of every retraining (Retrain, SISA, "
+                    "Amnesiac, FU, Table V's retraining without the class)")
+    ap.add_argument("--retrain", action="store_true", help="train the base model even if a cached one matches")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: two threads slow down 6x on a "
+                    "loaded 2-core machine, docs/benchmarks.md)")
+    ap.add_argument("--forget", type=int, default=500)
+    ap.add_argument("--bounds", default="box,dual")
+    ap.add_argument("--methods", default="prune,retrain,sisa,amnesiac,fu")
+    ap.add_argument("--merge", action="store_true", help="keep other methods' rows of an earlier table3 run")
+    ap.add_argument("--fu-hessian-samples", type=int, default=500)
+    ap.add_argument("--fu-cg-iterations", type=int, default=20)
+    ap.add_argument("--feature-domain", choices=("ibp", "data"), default="ibp", help="PRUNE's box in table3/table5")
+    ap.add_argument("--trials", type=int, default=20)
+    ap.add_argument("--radius-scale", type=float, default=2.0)
+    ap.add_argument("--retrain-labels", type=int, default=3, help="Table V: retrain for this many distinct labels")
+    ap.add_argument("--progress", action="store_true")
     args = ap.parse_args()
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    reduced = device == "cpu"
-    ds = load_dataset("cifar10", args.data_dir)
-    per_class = args.train_per_class or (500 if reduced else None)
-    train_idx = stratified(ds.y_train, per_class, 0) if per_class else torch.arange(len(ds.y_train))
-    X, y = ds.X_train[train_idx], ds.y_train[train_idx]
-    test_n = args.test_size or (2000 if reduced else len(ds.y_test))
-    test_idx = stratified(ds.y_test, test_n // 10, 1) if test_n < len(ds.y_test) else torch.arange(len(ds.y_test))
-    Xt, yt = ds.X_test[test_idx], ds.y_test[test_idx]
-    spec = default_architecture("cifar10", ds.input_dim, 10, ds.input_shape)
-    # The authors' recipe is SGD, momentum 0.5, lr 0.01, 100 epochs. The reduced CPU run keeps SGD with
-    # momentum 0.5 but uses lr 0.05 so that a few epochs on a subset learn something.
-    recipe = recipe_for("cifar10", epochs=args.epochs or (4 if reduced else 100), lr=0.05 if reduced else 0.01)
-    note = ("REDUCED CPU RUN: " if reduced else "") + f"{len(y)} training images, {recipe.epochs} epochs, " \
-        f"{len(yt)} test images, device {device}"
-    print(note, flush=True)
-    t = time.perf_counter()
-    model = train_from_spec(spec, X, y, recipe, device=device, progress=False).model.eval()
-    train_seconds = time.perf_counter() - t
-    acc = accuracy(predict(model, Xt), yt)
-    print(f"trained in {train_seconds:.0f} s: test accuracy {100 * acc:.2f}%", flush=True)
-    gen = torch.Generator().manual_seed(0)
-    forget_idx = torch.randperm(len(y), generator=gen)[: args.forget]
-    keep = torch.ones(len(y), dtype=torch.bool)
-    keep[forget_idx] = False
-    runs = {}
-    domains = {"interval propagation (sound for every input in [0,1]^3072)": None,
-               "training features ± 10% (claims hold for features in this box)":
-                   data_feature_box(model, X.to(device), margin=0.1)}
-    for name, fdom in domains.items():
-        res = forget(model, X[forget_idx], labels=y[forget_idx], bound="dual", feature_domain=fdom,
-                     test_data=(Xt, yt), remaining_data=(X[keep], y[keep]))
-        r = res.report
-        runs[name] = {k: getattr(r, k) for k in ("n_forget", "n_forgotten", "n_certified_region", "A_u_before",
-                                                  "A_u_after", "A_tes_before", "A_tes_after", "A_res_before",
-                                                  "A_res_after", "changed_tes", "changed_res", "unlearn_seconds",
-                                                  "patch_linf_mean", "patch_linf_max", "n_float32_robust")}
-        print(f"[{name}] {r.summary()}", flush=True)
+    args.bounds = [b for b in args.bounds.split(",") if b]
+    torch.set_num_threads(args.threads)
+    if args.width <= 0:
+        ap.error(f"--width must be a positive number (1 = full VGG16); got {args.width}")
+
+    def log(msg: str) -> None:
+        print(time.strftime("%H:%M:%S"), msg, flush=True)
+
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    result = {"note": note, "machine": machine_description(), "device": device, "recipe": recipe.to_dict(),
-              "train_images": len(y), "test_images": len(yt), "train_seconds": train_seconds,
-              "test_accuracy": acc, "runs": runs}
-    (out / "cifar10-vgg16.json").write_text(json.dumps(result, indent=1))
-    print(f"wrote {out / 'cifar10-vgg16.json'}")
+    ds = load_dataset("cifar10", args.data_dir)
+    steps = [s for s in args.steps.split(",") if s]
+    env = {"machine": machine_description(), "torch_threads": args.threads, "load_average_start": os.getloadavg()}
+    if "forget" in steps:
+        result = {**forget_step(args, ds, log), **env, "load_average_end": os.getloadavg()}
+        (out / f"forget-{args.forget}.json").write_text(json.dumps(result, indent=1))
+        log(f"wrote {out / f'forget-{args.forget}.json'}")
+        args.retrain = False  # trained afresh just now: the next steps reuse it
+    if "table3" in steps:
+        cfg = ExperimentConfig(dataset="cifar10", data_dir=args.data_dir, width=args.width, epochs=args.epochs,
+                               baseline_epochs=args.baseline_epochs, methods=tuple(args.methods.split(",")),
+                               fu_hessian_samples=args.fu_hessian_samples, fu_cg_iterations=args.fu_cg_iterations,
+                               prune_feature_domain=args.feature_domain, cache_dir=args.cache_dir,
+                               retrain_base=args.retrain, merge=args.merge)
+        run_table3(cfg, out, progress=args.progress, log=log)
+    if "table5" in steps:
+        opts = ClassRunOptions(width=args.width, baseline_epochs=args.baseline_epochs,
+                               feature_domain=args.feature_domain, cache_dir=args.cache_dir,
+                               retrain_labels=args.retrain_labels)
+        run_table5("cifar10", out, data_dir=args.data_dir, trials=args.trials, epochs=args.epochs,
+                   radius_scale=args.radius_scale, intermediate="ibp", options=opts, log=log)
 
 
 if __name__ == "__main__":

@@ -41,3 +41,44 @@ def test_bench_cli_runs_an_experiment(tmp_path):
                                    "--out", str(tmp_path)])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "digits" / "fig5-digits.md").is_file()
+
+
+def _write_image_folders(root, n_train: int, n_test: int):
+    """CIFAR-10's image-folder layout (train/<class>/*.png, test/<class>/*.png) with four easy synthetic classes."""
+    import numpy as np
+    from PIL import Image
+    from test_training import _images
+
+    for split, (x, y) in (("train", _images(n_train, 0)), ("test", _images(n_test, 1))):
+        for i in range(len(y)):
+            folder = root / split / f"class{int(y[i])}"
+            folder.mkdir(parents=True, exist_ok=True)
+            pixels = (x[i].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+            Image.fromarray(pixels).save(folder / f"{i:04d}.png")
+
+
+def test_table3_on_a_tiny_vgg_caches_models_and_merges_methods(tmp_path, monkeypatch, one_thread):
+    monkeypatch.setenv("PRUNE_CACHE_DIR", str(tmp_path / "decoded"))
+    _write_image_folders(tmp_path / "data", 480, 160)
+    logs = []
+    cfg = ExperimentConfig(dataset="cifar10", data_dir=str(tmp_path / "data"), sizes=(4, 8), methods=("prune", "retrain"),
+                           width=1 / 16, epochs=3, baseline_epochs=1, mia_eval_size=40, prune_feature_domain="data",
+                           merge=True)
+    first = run_table3(cfg, tmp_path / "out", log=logs.append)
+    cache = tmp_path / "out" / "cache"  # cifar10's models are cached beside the tables by default
+    names = sorted(p.name for p in cache.glob("*.json"))
+    assert names == ["vgg16-w0.0625-e1-seed0-without-4.json", "vgg16-w0.0625-e1-seed0-without-8.json",
+                     "vgg16-w0.0625-e3-seed0.json"]
+    prune = [r for r in first["rows"] if r["method"] == "prune"]
+    assert all(r["A_u_a"] == 0.0 and r["n_certified_region"] == r["n"] and r["feature_domain"] == "given"
+               for r in prune)
+    # a second process adds another method: the base model is reused, the earlier rows are kept
+    logs.clear()
+    run_table3(ExperimentConfig(**{**cfg.__dict__, "methods": ("prune", "amnesiac"), "sizes": (4, 8)}),
+               tmp_path / "out", log=logs.append)
+    assert any("reusing the cached model" in m and "e3-seed0.safetensors" in m for m in logs)
+    table = json.loads((tmp_path / "out" / "table3-cifar10.json").read_text())
+    assert sorted({r["method"] for r in table["rows"]}) == ["amnesiac", "prune", "retrain"] and len(table["rows"]) == 6
+    assert all("unlearn_phase_vs_retrain" in r for r in table["rows"])
+    md = (tmp_path / "out" / "table3-cifar10.md").read_text()
+    assert "Base model (PRUNE's): 3 epochs; the methods that train (Retrain, SISA, Amnesiac, FU): 1 epoch(s)" in md

@@ -23,15 +23,19 @@ from pathlib import Path
 
 import torch
 
+from .._validation import check_choice
 from .._version import __version__
+from ..core.domain import data_feature_box
 from .datasets import Dataset, load_dataset
 from ..unlearn.metrics import accuracy, predict
 from ..unlearn.forget import forget
 from ..core.models import default_architecture
 from .privacy import mean_loss, mia_auc_tpr, mia_recall
-from .training import recipe_for, train_from_spec
+from .model_cache import cached_training
+from .training import recipe_for, train_from_spec, width_for
 
-__all__ = ["ExperimentConfig", "run_table3", "run_convergence", "machine_description", "EXPERIMENTS"]
+__all__ = ["ExperimentConfig", "ClassRunOptions", "run_table3", "run_table5", "run_convergence", "machine_description",
+           "train_base", "train_without", "EXPERIMENTS"]
 
 METHODS = ("prune", "retrain", "sisa", "amnesiac", "fu")
 # The paper's numbers for the same cells (Table III, MNIST / Fashion-MNIST, |D_U| = 500; Table IV, |D_U| = 100)
@@ -68,6 +72,17 @@ class ExperimentConfig:
     fu_cg_iterations: int = 100
     fu_step_scale: float = 1.0
     mia_eval_size: int = 1000
+    # Conv nets (CIFAR-10): VGG16 width multiplier (None: the data set's CPU default, see training.width_for);
+    # epochs of the methods that (re)train, when the base recipe's full budget does not fit (None: the same);
+    # PRUNE's feature-space domain box: "ibp" (interval propagation of [0,1]^d, sound for every input) or
+    # "data" (training features ± feature_margin of their range: claims hold for features in that box).
+    width: float | None = None
+    baseline_epochs: int | None = None
+    prune_feature_domain: str = "ibp"
+    feature_margin: float = 0.1
+    cache_dir: str | None = None       # trained base models are cached here (default: <out>/cache for cifar10)
+    retrain_base: bool = False         # train the base model even when a matching cached one exists
+    merge: bool = False                # keep the rows of other methods from the table already in the folder
     extra: dict = field(default_factory=dict)
 
 
@@ -93,10 +108,13 @@ def _mia(model, X_u, y_u, X_train_rest, y_train_rest, X_out, y_out) -> dict:
             "mia_tpr_at_1pct_fpr": scores.tpr_at_1pct_fpr}
 
 
-def _metrics(before, after, ds: Dataset, idx, X_rem, y_rem, X_out, y_out, mia_members) -> dict:
+def _metrics(before, after, ds: Dataset, idx, X_rem, y_rem, X_out, y_out, mia_members, before_pred) -> dict:
+    """One Table III/IV row; ``before_pred`` = (test, train) predictions of ``before``, computed once per model."""
     X_u, y_u = ds.X_train[idx], ds.y_train[idx]
-    tes_b, tes_a = predict(before, ds.X_test), predict(after, ds.X_test)
-    res_b, res_a = predict(before, X_rem), predict(after, X_rem)
+    keep = torch.ones(len(ds.y_train), dtype=torch.bool)
+    keep[idx] = False
+    tes_b, tes_a = before_pred[0], predict(after, ds.X_test, batch_size=2048)
+    res_b, res_a = before_pred[1][keep], predict(after, X_rem, batch_size=2048)
     row = {
         "A_tes": accuracy(tes_a, ds.y_test),
         "A_res": accuracy(res_a, y_rem),
@@ -128,74 +146,150 @@ def _baseline(name: str, cfg: ExperimentConfig, request_sets):
 
 
 def run_table3(cfg: ExperimentConfig, out_dir: str | Path, *, progress: bool = False, log=print) -> dict:
-    """Table III (+ Table IV and Figure 3 from the same runs) for one data set."""
+    """Table III (+ Table IV and Figure 3 from the same runs) for one data set.
+
+    With ``cfg.merge`` the rows of methods not run now are kept from the ``table3-<data set>.json`` already in
+    ``out_dir``, so that the methods can be run in separate processes (or sessions) and land in one table.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ds = load_dataset(cfg.dataset, cfg.data_dir)
-    spec = default_architecture(ds.name, ds.input_dim, ds.num_classes, ds.input_shape)
-    rows = []
-    sizes = sorted(int(n) for n in cfg.sizes)
+    width = cfg.width if cfg.width is not None else width_for(ds.name)
+    spec = default_architecture(ds.name, ds.input_dim, ds.num_classes, ds.input_shape, width=width)
+    check_choice("prune_feature_domain", "run_table3", cfg.prune_feature_domain, ("ibp", "data"))
+    previous = out / f"table3-{ds.name}.json"
+    kept = json.loads(previous.read_text()) if cfg.merge and previous.is_file() else {"rows": [], "notes": {}}
+    rows = [r for r in kept["rows"] if r["method"] not in cfg.methods or r["seed"] >= cfg.seeds]
+    notes = {**kept.get("notes", {}), "width": width}
     for seed in range(cfg.seeds):
-        recipe = recipe_for(ds.name, seed=seed, epochs=cfg.epochs)
-        gen = torch.Generator().manual_seed(seed)
-        perm = torch.randperm(len(ds.y_train), generator=gen)
-        requests = {n: perm[:n] for n in sizes}  # nested: the requests of the paper's rows grow
-        out_perm = torch.randperm(len(ds.y_test), generator=gen)[: cfg.mia_eval_size]
-        X_out, y_out = ds.X_test[out_perm], ds.y_test[out_perm]
-        log(f"[seed {seed}] training the base model: {spec['kind']} with {recipe}")
-        t = time.perf_counter()
-        base = train_from_spec(spec, ds.X_train, ds.y_train, recipe, progress=progress).model
-        base_train_seconds = time.perf_counter() - t
-        log(f"[seed {seed}] base model trained in {base_train_seconds:.1f} s, test accuracy "
-            f"{accuracy(predict(base, ds.X_test), ds.y_test):.4f}")
-        fitted = {}
-        for name in cfg.methods:
-            if name in ("prune", "retrain"):
-                continue
-            log(f"[seed {seed}] fitting {name} …")
-            fitted[name] = _baseline(name, cfg, [requests[n] for n in sizes]).fit(spec, ds.X_train, ds.y_train, recipe)
-            log(f"[seed {seed}] {name} trained in {fitted[name].train_seconds_:.1f} s")
-        for n in sizes:
-            idx = requests[n]
-            X_rem, y_rem = ds.remaining(idx)
-            members = (X_rem[: 5000], y_rem[: 5000])  # the attacker's known members, for the threshold
-            for name in cfg.methods:
-                if name == "prune":
-                    res = forget(base, ds.X_train[idx], labels=ds.y_train[idx], strategy=cfg.prune_strategy,
-                                 bound=cfg.prune_bound, epsilon=cfg.epsilon, seed=seed,
-                                 domain=(ds.domain_lower, ds.domain_upper))
-                    before, after = base, res.model
-                    train_s, unlearn_s = base_train_seconds, res.report.unlearn_seconds
-                    extra = {"n_certified_region": res.report.n_certified_region,
-                             "patch_linf_mean": res.report.patch_linf_mean}
-                elif name == "retrain":
-                    t = time.perf_counter()
-                    after = train_from_spec(spec, X_rem, y_rem, recipe).model
-                    before, train_s, unlearn_s, extra = base, base_train_seconds, time.perf_counter() - t, {}
-                else:
-                    method = copy.deepcopy(fitted[name])
-                    before = copy.deepcopy(method.model_)
-                    result = method.forget(idx)
-                    after, train_s, unlearn_s = result.model, result.train_seconds, result.unlearn_seconds
-                    extra = {k: v for k, v in result.info.items() if isinstance(v, (int, float, bool))}
-                row = {"dataset": ds.name, "seed": seed, "n": n, "method": name, "train_seconds": train_s,
-                       "unlearn_seconds": unlearn_s,
-                       **_metrics(before, after, ds, idx, X_rem, y_rem, X_out, y_out, members), **extra}
-                rows.append(row)
-                log(f"[seed {seed}] |D_U|={n:4d} {name:9s} A_tes {row['A_tes']:.4f} A_res {row['A_res']:.4f} "
-                    f"A_u {row['A_u_b']:.3f}->{row['A_u_a']:.3f} MIA recall {row['mia_recall_before']:.3f}->"
-                    f"{row['mia_recall_after']:.3f} unlearn {unlearn_s:.2f} s")
-            # retraining time of this |D_U| normalises both phases (Figure 3)
-            retrain_rows = [r for r in rows if r["seed"] == seed and r["n"] == n and r["method"] == "retrain"]
-            if retrain_rows:
-                ref = retrain_rows[0]["unlearn_seconds"]
-                for r in rows:
-                    if r["seed"] == seed and r["n"] == n:
-                        r["train_phase_vs_retrain"] = r["train_seconds"] / ref
-                        r["unlearn_phase_vs_retrain"] = r["unlearn_seconds"] / ref
-    result = {"config": asdict(cfg), "machine": machine_description(), "rows": rows}
+        rows += _table3_seed(cfg, ds, spec, seed, out, notes, progress, log)
+    _add_phase_ratios(rows)
+    result = {"config": asdict(cfg), "machine": machine_description(), "notes": notes, "rows": rows}
     _write_table3(result, out, ds.name)
     return result
+
+
+def _table3_seed(cfg: ExperimentConfig, ds: Dataset, spec: dict, seed: int, out: Path, notes: dict, progress: bool,
+                 log) -> list[dict]:
+    """The rows of one seed: every method in ``cfg.methods`` at every size."""
+    sizes = sorted(int(n) for n in cfg.sizes)
+    recipe = recipe_for(ds.name, seed=seed, epochs=cfg.epochs)
+    b_recipe = recipe_for(ds.name, seed=seed, epochs=cfg.baseline_epochs or cfg.epochs)
+    gen = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(ds.y_train), generator=gen)
+    requests = {n: perm[:n] for n in sizes}  # nested: the requests of the paper's rows grow
+    out_perm = torch.randperm(len(ds.y_test), generator=gen)[: cfg.mia_eval_size]
+    X_out, y_out = ds.X_test[out_perm], ds.y_test[out_perm]
+    rows, models = [], {}  # models: method → (model before unlearning, its test and train predictions, train s)
+    if "prune" in cfg.methods or "retrain" in cfg.methods:  # the other methods train their own models
+        log(f"[seed {seed}] base model: {spec['kind']} with {recipe}")
+        base, base_seconds = train_base(cfg, ds, spec, recipe, out, progress, log)
+        models["prune"] = models["retrain"] = (base, *_predictions(base, ds), base_seconds)
+        log(f"[seed {seed}] base model trained in {base_seconds:.1f} s, test accuracy "
+            f"{accuracy(models['prune'][1], ds.y_test):.4f}")
+        notes["base_epochs"] = recipe.epochs
+    if any(m != "prune" for m in cfg.methods):
+        notes["baseline_epochs"] = b_recipe.epochs
+    fdom, fdom_seconds = None, 0.0
+    if "prune" in cfg.methods and cfg.prune_feature_domain == "data":
+        t = time.perf_counter()
+        fdom = data_feature_box(models["prune"][0], ds.X_train, margin=cfg.feature_margin)
+        fdom_seconds = time.perf_counter() - t
+    fitted = {}
+    for name in cfg.methods:
+        if name not in ("prune", "retrain"):
+            log(f"[seed {seed}] fitting {name} …")
+            fitted[name] = _baseline(name, cfg, [requests[n] for n in sizes]).fit(spec, ds.X_train, ds.y_train,
+                                                                                     b_recipe)
+            models[name] = (fitted[name].model_, *_predictions(fitted[name].model_, ds), fitted[name].train_seconds_)
+            log(f"[seed {seed}] {name} trained in {fitted[name].train_seconds_:.1f} s")
+    for n in sizes:
+        idx = requests[n]
+        X_rem, y_rem = ds.remaining(idx)
+        members = (X_rem[: 5000], y_rem[: 5000])  # the attacker's known members, for the threshold
+        for name in cfg.methods:
+            before, *before_pred, train_s = models[name]
+            if name == "prune":
+                res = forget(before, ds.X_train[idx], labels=ds.y_train[idx], strategy=cfg.prune_strategy,
+                             bound=cfg.prune_bound, epsilon=cfg.epsilon, seed=seed,
+                             domain=(ds.domain_lower, ds.domain_upper), feature_domain=fdom)
+                after, unlearn_s = res.model, res.report.unlearn_seconds
+                extra = {"n_certified_region": res.report.n_certified_region,
+                         "patch_linf_mean": res.report.patch_linf_mean,
+                         "feature_domain": res.certificate.domain.get("source", ""), "feature_box_seconds": fdom_seconds}
+            elif name == "retrain":
+                keep = torch.ones(len(ds.y_train), dtype=torch.bool)
+                keep[idx] = False
+                after, unlearn_s = train_without(cfg, ds, spec, b_recipe, keep, str(n), out, log)
+                extra = {"epochs": b_recipe.epochs}
+            else:
+                result = copy.deepcopy(fitted[name]).forget(idx)
+                after, train_s, unlearn_s = result.model, result.train_seconds, result.unlearn_seconds
+                extra = {k: v for k, v in result.info.items() if isinstance(v, (int, float, bool))}
+            row = {"dataset": ds.name, "seed": seed, "n": n, "method": name, "train_seconds": train_s,
+                   "unlearn_seconds": unlearn_s,
+                   **_metrics(before, after, ds, idx, X_rem, y_rem, X_out, y_out, members, before_pred), **extra}
+            rows.append(row)
+            log(f"[seed {seed}] |D_U|={n:4d} {name:9s} A_tes {row['A_tes']:.4f} A_res {row['A_res']:.4f} "
+                f"A_u {row['A_u_b']:.3f}->{row['A_u_a']:.3f} MIA recall {row['mia_recall_before']:.3f}->"
+                f"{row['mia_recall_after']:.3f} unlearn {unlearn_s:.2f} s")
+    return rows
+
+
+def _predictions(model, ds: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    return predict(model, ds.X_test, batch_size=2048), predict(model, ds.X_train, batch_size=2048)
+
+
+def _add_phase_ratios(rows: list[dict]) -> None:
+    """Figure 3: both phases ÷ the retraining time of the same seed and |D_U| (rows without one get none)."""
+    ref = {(r["seed"], r["n"]): r["unlearn_seconds"] for r in rows if r["method"] == "retrain"}
+    for r in rows:
+        if (r["seed"], r["n"]) in ref:
+            r["train_phase_vs_retrain"] = r["train_seconds"] / ref[r["seed"], r["n"]]
+            r["unlearn_phase_vs_retrain"] = r["unlearn_seconds"] / ref[r["seed"], r["n"]]
+
+
+# Data sets whose base model takes too long to train for every run: trained once, cached, reused.
+CACHED_DATASETS = ("cifar10",)
+
+
+def _cache_folder(cfg, ds: Dataset, out: Path) -> str | None:
+    return cfg.cache_dir or (str(out / "cache") if ds.name in CACHED_DATASETS else None)
+
+
+def _model_name(spec: dict, recipe) -> str:
+    width = f"-w{spec['width']:g}" if "width" in spec else ""
+    return f"{spec['kind']}{width}-e{recipe.epochs}-seed{recipe.seed}"
+
+
+def train_base(cfg, ds: Dataset, spec: dict, recipe, out: Path, progress: bool, log):
+    """The base model and its training seconds: from the model cache for costly data sets, else trained now.
+
+    ``cfg`` needs ``cache_dir`` and ``retrain_base`` (an :class:`ExperimentConfig`, or any object with them).
+    A cached model's seconds are those measured when it was trained (its JSON record has the machine load)."""
+    cache = _cache_folder(cfg, ds, out)
+    if cache is None:
+        t = time.perf_counter()
+        model = train_from_spec(spec, ds.X_train, ds.y_train, recipe, progress=progress).model
+        return model, time.perf_counter() - t
+    cached = cached_training(_model_name(spec, recipe), spec, recipe, ds.X_train, ds.y_train, folder=cache,
+                             X_test=ds.X_test, y_test=ds.y_test, retrain=cfg.retrain_base, progress=progress,
+                             log=log, extra={"dataset": ds.name, "source": ds.source})
+    return cached.model, float(cached.info["train_seconds"])
+
+
+def train_without(cfg, ds: Dataset, spec: dict, recipe, keep: torch.Tensor, tag: str, out: Path, log):
+    """Retraining on the training rows ``keep`` (a mask) and its seconds; cached like the base model for costly
+    data sets, under the name ``<model>-without-<tag>``."""
+    X_rem, y_rem = ds.X_train[keep], ds.y_train[keep]
+    cache = _cache_folder(cfg, ds, out)
+    if cache is None:
+        t = time.perf_counter()
+        model = train_from_spec(spec, X_rem, y_rem, recipe).model
+        return model, time.perf_counter() - t
+    cached = cached_training(f"{_model_name(spec, recipe)}-without-{tag}", spec, recipe, X_rem, y_rem,
+                             folder=cache, retrain=cfg.retrain_base, log=log, extra={"dataset": ds.name})
+    return cached.model, float(cached.info["train_seconds"])
 
 
 def _mean_std(values: list[float]) -> str:
@@ -215,7 +309,13 @@ def _write_table3(result: dict, out: Path, name: str) -> None:
         w.writerows(rows)
     methods = list(dict.fromkeys(r["method"] for r in rows))
     sizes = sorted({r["n"] for r in rows})
-    lines = [f"## Table III — {name} (accuracy %, mean ± std over seeds)", "",
+    notes = result.get("notes") or {}
+    epochs_note = []
+    if notes.get("baseline_epochs") not in (None, notes.get("base_epochs")):
+        epochs_note = [f"Base model (PRUNE's): {notes['base_epochs']} epochs; the methods that train (Retrain, SISA, "
+                       f"Amnesiac, FU): {notes['baseline_epochs']} epoch(s), fewer because the full budget does not "
+                       f"fit on this machine.", ""]
+    lines = [f"## Table III — {name} (accuracy %, mean ± std over seeds)", "", *epochs_note,
              "| |D_U| | metric | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
     for n in sizes:
         for metric in ("A_tes", "A_res", "A_u_b", "A_u_a"):
@@ -349,22 +449,40 @@ def _plot_convergence(result: dict, path: Path) -> None:
 EXPERIMENTS = ("table3", "table4", "fig3", "fig4", "fig5", "table5")
 
 
+@dataclass
+class ClassRunOptions:
+    """Conv-net settings of :func:`run_table5` (see :class:`ExperimentConfig` for the first five)."""
+
+    width: float | None = None
+    baseline_epochs: int | None = None    # epochs of the retraining without the class
+    feature_domain: str = "ibp"
+    feature_margin: float = 0.1
+    cache_dir: str | None = None
+    retrain_base: bool = False
+    retrain_labels: int | None = None     # retrain for the first N distinct labels only (None: every label)
+
+
 def run_table5(dataset: str, out_dir: str | Path, *, data_dir=None, trials: int = 20, seed: int = 0,
                epochs: int | None = None, radius_scale: float = 1.0, radius: str = "per-member",
                max_relaxed: int = 1024, intermediate: str = "crown", decision_gate: bool = True,
-               retrain: bool = True, log=print) -> dict:
+               retrain: bool = True, options: ClassRunOptions | None = None, log=print) -> dict:
     """Table V: whole-class unlearning of ``trials`` class labels drawn at random (seeded, with
     replacement across trials as in the paper's "randomly selecting the category labels 20 times"),
     mean ± std of ``A_u``, ``A_tes_u``, ``A_res``, ``A_tes_r`` before/after, and the time against
     retraining without the class (one retraining per distinct label)."""
     from ..unlearn.whole_class import forget_class
 
+    opt = options or ClassRunOptions()
+    check_choice("feature_domain", "run_table5", opt.feature_domain, ("ibp", "data"))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ds = load_dataset(dataset, data_dir)
-    spec = default_architecture(ds.name, ds.input_dim, ds.num_classes, ds.input_shape)
+    width = opt.width if opt.width is not None else width_for(ds.name)
+    spec = default_architecture(ds.name, ds.input_dim, ds.num_classes, ds.input_shape, width=width)
     recipe = recipe_for(ds.name, seed=seed, epochs=epochs)
-    base = train_from_spec(spec, ds.X_train, ds.y_train, recipe).model
+    r_recipe = recipe_for(ds.name, seed=seed, epochs=opt.baseline_epochs or epochs)
+    base, base_seconds = train_base(opt, ds, spec, recipe, out, False, log)
+    fdom = data_feature_box(base, ds.X_train, margin=opt.feature_margin) if opt.feature_domain == "data" else None
     rng = torch.Generator().manual_seed(seed)
     labels = torch.randint(0, ds.num_classes, (trials,), generator=rng).tolist()
     retrain_seconds: dict[int, float] = {}
@@ -374,11 +492,10 @@ def run_table5(dataset: str, out_dir: str | Path, *, data_dir=None, trials: int 
         res = forget_class(base, label, ds.X_train[cls], seed=seed + trial, radius_scale=radius_scale,
                            radius=radius, max_relaxed=max_relaxed, intermediate=intermediate,
                            decision_gate=decision_gate, domain=(ds.domain_lower, ds.domain_upper),
-                           train_data=(ds.X_train, ds.y_train), test_data=(ds.X_test, ds.y_test))
-        if retrain and label not in retrain_seconds:
-            t = time.perf_counter()
-            train_from_spec(spec, ds.X_train[~cls], ds.y_train[~cls], recipe)
-            retrain_seconds[label] = time.perf_counter() - t
+                           feature_domain=fdom, train_data=(ds.X_train, ds.y_train), test_data=(ds.X_test, ds.y_test))
+        if retrain and label not in retrain_seconds and (opt.retrain_labels is None
+                                                         or len(retrain_seconds) < opt.retrain_labels):
+            retrain_seconds[label] = train_without(opt, ds, spec, r_recipe, ~cls, f"class-{label}", out, log)[1]
         row = {"trial": trial, "label": label, **res.report.whole_class.metrics(),
                "unlearn_seconds": res.report.unlearn_seconds,
                "relaxed_supports": sum(r["relaxed_supports"] for r in res.report.rounds),
@@ -392,7 +509,8 @@ def run_table5(dataset: str, out_dir: str | Path, *, data_dir=None, trials: int 
             f"{row['A_tes_r_after']:.4f} reach {row['reach_other_test']:.4f} {row['unlearn_seconds']:.1f} s")
     result = {"dataset": ds.name, "trials": trials, "seed": seed, "radius_scale": radius_scale, "radius": radius,
               "max_relaxed": max_relaxed, "intermediate": intermediate, "decision_gate": decision_gate,
-              "recipe": recipe.to_dict(), "machine": machine_description(), "rows": rows}
+              "recipe": recipe.to_dict(), "retrain_recipe": r_recipe.to_dict(), "options": asdict(opt),
+              "base_train_seconds": base_seconds, "machine": machine_description(), "rows": rows}
     (out / f"table5-{ds.name}.json").write_text(json.dumps(result, indent=1))
     with open(out / f"table5-{ds.name}.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=sorted({k for r in rows for k in r}))
@@ -400,7 +518,10 @@ def run_table5(dataset: str, out_dir: str | Path, *, data_dir=None, trials: int 
         w.writerows(rows)
     lines = [f"## Table V — {ds.name}: whole-class unlearning, {trials} random labels (%, mean ± std)", "",
              f"radius = {radius}, radius_scale = {radius_scale}, max_relaxed = {max_relaxed}, "
-             f"intermediate = {intermediate}, decision_gate = {decision_gate}", "",
+             f"intermediate = {intermediate}, decision_gate = {decision_gate}"
+             + (f", VGG16 width = {width:g}, feature domain = {opt.feature_domain}" if spec["kind"] == "vgg16" else "")
+             + (f"; retraining: {r_recipe.epochs} epochs (base model: {recipe.epochs})"
+                if r_recipe.epochs != recipe.epochs else ""), "",
              "| metric | before | after |", "|---|---|---|"]
     for key in ("A_u", "A_tes_u", "A_res", "A_tes_r"):
         lines.append(f"| {key} | {_mean_std([100 * r[f'{key}_before'] for r in rows])} | "

@@ -32,7 +32,8 @@ from ..core.patches import PatchedModel
 from ..errors import FormatError, InputValidationError
 
 __all__ = ["Recipe", "RECIPES", "TrainResult", "train_model", "train_from_spec", "recipe_for", "recorded_recipe",
-           "retrain", "augment_crop_flip", "lr_at_step", "SCHEDULES", "AUGMENTATIONS", "data_fingerprint"]
+           "retrain", "augment_crop_flip", "lr_at_step", "SCHEDULES", "AUGMENTATIONS", "data_fingerprint", "WIDTHS",
+           "width_for"]
 
 SCHEDULES = ("constant", "onecycle")
 AUGMENTATIONS = ("none", "crop-flip")
@@ -114,6 +115,16 @@ RECIPES = {
                       schedule="onecycle", warmup_fraction=0.25, label_smoothing=0.1, augment="crop-flip",
                       bf16=True, channels_last=True),
 }
+
+
+# VGG16 width multiplier trained with a data set's recipe on a CPU (1 = the paper's full VGG16). Chosen from the
+# measured throughput (docs/benchmarks.md): a quarter of the channels is ~1/16 of the multiply-adds.
+WIDTHS = {"cifar10": 0.25}
+
+
+def width_for(dataset_name: str) -> float:
+    """The VGG16 width multiplier of a data set's recipe (1.0 where the model is not a VGG)."""
+    return WIDTHS.get(dataset_name, 1.0)
 
 
 def recipe_for(dataset_name: str, **overrides) -> Recipe:

@@ -55,6 +55,12 @@ def _candidates_or_none(name: str, caller: str, value) -> None:
                           value if arr.size < 6 else f"array of shape {arr.shape}, dtype {arr.dtype}")
 
 
+def _flat(params: list) -> torch.Tensor:
+    """``parameters_to_vector`` that also reads channels-last weights (in the same, logical element order)."""
+    with torch.no_grad():
+        return torch.cat([p.detach().reshape(-1) for p in params])
+
+
 class Amnesiac(UnlearningMethod):
     """Amnesiac ML: subtract the recorded updates of every batch that contained forgotten data.
 
@@ -120,15 +126,13 @@ class Amnesiac(UnlearningMethod):
                 hits = None
             else:
                 return None
-            with torch.no_grad():
-                before = parameters_to_vector(params).clone()
+            before = _flat(params)
 
             def record() -> None:
-                with torch.no_grad():
-                    if hits is not None:
-                        self._set_sums[hits] += parameters_to_vector(params).to(torch.float64) - before.to(torch.float64)
-                        return
-                    self.batch_updates_.append((parameters_to_vector(params) - before).to(torch.float32))
+                if hits is not None:
+                    self._set_sums[hits] += _flat(params).to(torch.float64) - before.to(torch.float64)
+                    return
+                self.batch_updates_.append((_flat(params) - before).to(torch.float32))
                 self.batch_ids_.append(ids.clone())
                 self.batch_phase_.append(phase)
 
