@@ -205,3 +205,14 @@ def test_trained_tiny_vgg_forgets_in_feature_space_with_exact_locality(data, tmp
         assert r.changed_res == int((patched(x[keep]).argmax(1) != before_rest).sum())
         _, value = patched.covering_region(xt)
         assert torch.equal(patched(xt)[value == 0], model(xt)[value == 0])
+
+
+def test_cli_width_is_checked():
+    from click.testing import CliRunner
+
+    from prune_unlearn.cli import cli
+
+    res = CliRunner().invoke(cli, ["train", "--data", "digits", "--width", "0", "--out", "x.safetensors"])
+    assert res.exit_code == 2 and "Invalid value for '--width': 0.0 is not in the range x>0" in res.output
+    res = CliRunner().invoke(cli, ["train", "--data", "digits", "--width", "0.5", "--out", "x.safetensors"])
+    assert res.exit_code == 1 and "width multiplier applies to the VGG16 of cifar10 only" in res.output

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ..experiments.runner import METHODS, ExperimentConfig, run_convergence, run_table3, run_table5
+from ..experiments.runner import METHODS, ClassRunOptions, ExperimentConfig, run_convergence, run_table3, run_table5
 from .options import IntList, NameList, bound_option, data_options, relaxed_support_options
 from .output import json_option
 from .policy import command
@@ -17,7 +17,7 @@ __all__ = ["bench", "EXPERIMENTS"]
 def _table3(o: dict, dest: Path, log) -> None:
     cfg = ExperimentConfig(dataset=o["data_name"], data_dir=str(o["data_dir"]) if o["data_dir"] else None,
                            sizes=tuple(o["sizes"]), seeds=o["seeds"], methods=o["methods"], prune_bound=o["bound"],
-                           epochs=o["epochs"])
+                           epochs=o["epochs"], width=o["width"], baseline_epochs=o["baseline_epochs"])
     run_table3(cfg, dest, log=log)
 
 
@@ -34,7 +34,7 @@ def _convergence(vary: str):
 def _table5(o: dict, dest: Path, log) -> None:
     run_table5(o["data_name"], dest, data_dir=o["data_dir"], trials=o["trials"], epochs=o["epochs"],
                radius_scale=o["radius_scale"], intermediate=o["intermediate"], decision_gate=o["decision_gate"],
-               log=log)
+               log=log, options=ClassRunOptions(width=o["width"], baseline_epochs=o["baseline_epochs"]))
 
 
 # experiment -> (runner call, the Markdown file it writes); table3, table4 and fig3 come from the same runs.
@@ -62,6 +62,11 @@ EXPERIMENTS = {
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Override the training recipe's epochs.")
 @click.option("--trials", type=click.IntRange(min=1), default=20, show_default=True,
               help="Random class labels drawn for table5.")
+@click.option("--width", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="VGG16 channel multiplier for cifar10 (1 = full VGG16; default: the CPU recipe's 0.25).")
+@click.option("--baseline-epochs", type=click.IntRange(min=1), default=None,
+              help="Epochs of every retraining (Retrain, SISA, Amnesiac, FU, table5's) when the full budget does "
+                   "not fit; default: the base model's.")
 @relaxed_support_options
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("results"), show_default=True,
               help="Results folder (a subfolder per data set).")

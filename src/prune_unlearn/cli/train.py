@@ -9,7 +9,7 @@ import click
 from ..core.models import default_architecture
 from ..core.serialization import save
 from ..experiments.datasets import load_dataset
-from ..experiments.training import recipe_for, train_from_spec
+from ..experiments.training import recipe_for, train_from_spec, width_for
 from ..unlearn.metrics import accuracy, predict
 from .options import data_options, device_option, seed_option
 from .output import output_options
@@ -24,17 +24,20 @@ __all__ = ["train"]
               help="Where to write the trained model (.safetensors).")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Override the recipe's epochs.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Override the learning rate.")
+@click.option("--width", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="VGG16 channel multiplier for cifar10 (1 = full VGG16; default: the CPU recipe's 0.25).")
 @seed_option
 @device_option
 @output_options
-def train(data_name, data_dir, out, epochs, lr, seed, device, output):
+def train(data_name, data_dir, out, epochs, lr, width, seed, device, output):
     """Train the paper's model for a data set with the authors' recipe.
 
     \b
     Example: prune train --data digits --out digits.safetensors
     """
     ds = load_dataset(data_name, data_dir)
-    spec = default_architecture(ds.name, ds.input_dim, ds.num_classes, ds.input_shape)
+    spec = default_architecture(ds.name, ds.input_dim, ds.num_classes, ds.input_shape,
+                                width=width if width is not None else width_for(ds.name))
     recipe = recipe_for(ds.name, epochs=epochs, lr=lr, seed=seed)
     result = train_from_spec(spec, ds.X_train, ds.y_train, recipe, progress=output.progress, device=device)
     result.model.to("cpu")
