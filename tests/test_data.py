@@ -434,3 +434,39 @@ def test_purchase_validation(tmp_path):
     with pytest.raises(DataError, match=r"needs one of the files purchase\.npz, purchase20\.npz, dataset_purchase, "
                                         r"dataset_purchase\.csv, purchase\.csv .*HINT:"):
         load_dataset("purchase", tmp_path / "nowhere")
+
+
+def test_cifar_cache_with_modified_arrays_is_never_used(tmp_path, monkeypatch):
+    monkeypatch.setenv("PRUNE_CACHE_DIR", str(tmp_path / "cache"))
+    for split in ("train", "test"):
+        (tmp_path / "imgs" / split / "cat").mkdir(parents=True)
+        (tmp_path / "imgs" / split / "cat" / "0.png").write_bytes(_png_bytes(_image(3)))
+    first = load_dataset("cifar10", tmp_path / "imgs")
+    (cache_file,) = (tmp_path / "cache").glob("cifar10-*.npz")
+    with np.load(cache_file) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["x_train"] = arrays["x_train"].copy()
+    arrays["x_train"][0, 0, 0, 0] ^= 0xFF  # same key, same stored hash, different pixels
+    np.savez(cache_file, **arrays)
+    with pytest.warns(UserWarning, match=r"does not match the hash stored with it .*decoding the images again"):
+        again = load_dataset("cifar10", tmp_path / "imgs")
+    assert torch.equal(again.X_train, first.X_train) and again.notes["cache"].startswith("written")
+
+
+def test_cifar_truncated_archive_and_truncated_jpeg_are_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("PRUNE_CACHE_DIR", str(tmp_path / "cache"))
+    members = {f"{split}/cat/{i}.jpg": _png_bytes(_image(i), "JPEG") for split in ("train", "test") for i in range(3)}
+    archive = tmp_path / "a" / "cifar10-images.tar.gz"
+    archive.parent.mkdir()
+    _write_image_tar(archive, members)
+    assert load_dataset("cifar10", archive).X_train.shape == (3, 3, 32, 32)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "cifar10-images.tar.gz").write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    with pytest.raises(DataError, match=r"Cannot read archive .*cifar10-images\.tar\.gz: .*HINT: check that it is a "
+                                        r"complete"):
+        load_dataset("cifar10", tmp_path / "b")
+    members["train/cat/1.jpg"] = members["train/cat/1.jpg"][:300]  # cut inside the compressed image data
+    (tmp_path / "c").mkdir()
+    _write_image_tar(tmp_path / "c" / "x.tar.gz", members)
+    with pytest.raises(DataError, match=r"Cannot decode image .*x\.tar\.gz:train/cat/1\.jpg"):
+        load_dataset("cifar10", tmp_path / "c")
