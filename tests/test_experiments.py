@@ -3,7 +3,7 @@ import json
 from click.testing import CliRunner
 
 from prune_unlearn.cli import cli
-from prune_unlearn.experiments.runner import ExperimentConfig, run_convergence, run_table3
+from prune_unlearn.experiments.runner import ClassRunOptions, ExperimentConfig, run_convergence, run_table3, run_table5
 
 
 def test_table3_runner_writes_tables_figures_and_config(tmp_path):
@@ -82,3 +82,13 @@ def test_table3_on_a_tiny_vgg_caches_models_and_merges_methods(tmp_path, monkeyp
     assert all("unlearn_phase_vs_retrain" in r for r in table["rows"])
     md = (tmp_path / "out" / "table3-cifar10.md").read_text()
     assert "Base model (PRUNE's): 3 epochs; the methods that train (Retrain, SISA, Amnesiac, FU): 1 epoch(s)" in md
+
+    # Table V on the same cached base model; retraining without the class for the first label only
+    logs.clear()
+    t5 = run_table5("cifar10", tmp_path / "out", data_dir=tmp_path / "data", trials=2, epochs=3, intermediate="ibp",
+                    radius_scale=2.0, log=logs.append,
+                    options=ClassRunOptions(width=1 / 16, baseline_epochs=1, retrain_labels=1))
+    assert any("reusing the cached model" in m for m in logs) and len(t5["rows"]) == 2
+    assert all(r["A_u_after"] == 0.0 for r in t5["rows"]) and "unlearn_vs_retrain" in t5["rows"][0]
+    assert "VGG16 width = 0.0625, feature domain = ibp; retraining: 1 epochs (base model: 3)" in \
+        (tmp_path / "out" / "table5-cifar10.md").read_text()

@@ -30,7 +30,7 @@ from ..errors import FormatError
 from ..unlearn.metrics import accuracy, predict
 from .training import Recipe, data_fingerprint, train_from_spec
 
-__all__ = ["CachedModel", "cached_training", "CACHE_FORMAT_VERSION"]
+__all__ = ["CachedModel", "cached_training", "CACHE_FORMAT_VERSION", "CACHED_DATASETS", "train_base", "train_without"]
 
 CACHE_FORMAT_VERSION = 1
 _MATCH_KEYS = ("architecture", "recipe", "seed", "data_sha256")
@@ -124,3 +124,47 @@ def cached_training(name: str, spec: dict, recipe: Recipe, X: torch.Tensor, y: t
     log(f"trained in {result.total_seconds / 60:.1f} min → {model_path}"
         + (f", test accuracy {100 * info['test_accuracy']:.2f}%" if "test_accuracy" in info else ""))
     return CachedModel(model, info, False)
+
+
+# Data sets whose base model takes too long to train for every run: trained once, cached, reused.
+CACHED_DATASETS = ("cifar10",)
+
+
+def _cache_folder(cfg, ds, out: Path) -> str | None:
+    return cfg.cache_dir or (str(out / "cache") if ds.name in CACHED_DATASETS else None)
+
+
+def _model_name(spec: dict, recipe) -> str:
+    width = f"-w{spec['width']:g}" if "width" in spec else ""
+    return f"{spec['kind']}{width}-e{recipe.epochs}-seed{recipe.seed}"
+
+
+def train_base(cfg, ds, spec: dict, recipe, out: Path, progress: bool, log):
+    """The base model of an experiment on ``ds`` (a :class:`~prune_unlearn.experiments.datasets.Dataset`) and its
+    training seconds: from the model cache for costly data sets, else trained now.
+
+    ``cfg`` needs ``cache_dir`` and ``retrain_base`` (an :class:`ExperimentConfig`, or any object with them).
+    A cached model's seconds are those measured when it was trained (its JSON record has the machine load)."""
+    cache = _cache_folder(cfg, ds, out)
+    if cache is None:
+        t = time.perf_counter()
+        model = train_from_spec(spec, ds.X_train, ds.y_train, recipe, progress=progress).model
+        return model, time.perf_counter() - t
+    cached = cached_training(_model_name(spec, recipe), spec, recipe, ds.X_train, ds.y_train, folder=cache,
+                             X_test=ds.X_test, y_test=ds.y_test, retrain=cfg.retrain_base, progress=progress,
+                             log=log, extra={"dataset": ds.name, "source": ds.source})
+    return cached.model, float(cached.info["train_seconds"])
+
+
+def train_without(cfg, ds, spec: dict, recipe, keep: torch.Tensor, tag: str, out: Path, log):
+    """Retraining on the training rows ``keep`` (a mask) and its seconds; cached like the base model for costly
+    data sets, under the name ``<model>-without-<tag>``."""
+    X_rem, y_rem = ds.X_train[keep], ds.y_train[keep]
+    cache = _cache_folder(cfg, ds, out)
+    if cache is None:
+        t = time.perf_counter()
+        model = train_from_spec(spec, X_rem, y_rem, recipe).model
+        return model, time.perf_counter() - t
+    cached = cached_training(f"{_model_name(spec, recipe)}-without-{tag}", spec, recipe, X_rem, y_rem,
+                             folder=cache, retrain=cfg.retrain_base, log=log, extra={"dataset": ds.name})
+    return cached.model, float(cached.info["train_seconds"])

@@ -31,7 +31,7 @@ from ..unlearn.metrics import accuracy, predict
 from ..unlearn.forget import forget
 from ..core.models import default_architecture
 from .privacy import mean_loss, mia_auc_tpr, mia_recall
-from .model_cache import cached_training
+from .model_cache import train_base, train_without
 from .training import recipe_for, train_from_spec, width_for
 
 __all__ = ["ExperimentConfig", "ClassRunOptions", "run_table3", "run_table5", "run_convergence", "machine_description",
@@ -249,53 +249,14 @@ def _add_phase_ratios(rows: list[dict]) -> None:
             r["unlearn_phase_vs_retrain"] = r["unlearn_seconds"] / ref[r["seed"], r["n"]]
 
 
-# Data sets whose base model takes too long to train for every run: trained once, cached, reused.
-CACHED_DATASETS = ("cifar10",)
-
-
-def _cache_folder(cfg, ds: Dataset, out: Path) -> str | None:
-    return cfg.cache_dir or (str(out / "cache") if ds.name in CACHED_DATASETS else None)
-
-
-def _model_name(spec: dict, recipe) -> str:
-    width = f"-w{spec['width']:g}" if "width" in spec else ""
-    return f"{spec['kind']}{width}-e{recipe.epochs}-seed{recipe.seed}"
-
-
-def train_base(cfg, ds: Dataset, spec: dict, recipe, out: Path, progress: bool, log):
-    """The base model and its training seconds: from the model cache for costly data sets, else trained now.
-
-    ``cfg`` needs ``cache_dir`` and ``retrain_base`` (an :class:`ExperimentConfig`, or any object with them).
-    A cached model's seconds are those measured when it was trained (its JSON record has the machine load)."""
-    cache = _cache_folder(cfg, ds, out)
-    if cache is None:
-        t = time.perf_counter()
-        model = train_from_spec(spec, ds.X_train, ds.y_train, recipe, progress=progress).model
-        return model, time.perf_counter() - t
-    cached = cached_training(_model_name(spec, recipe), spec, recipe, ds.X_train, ds.y_train, folder=cache,
-                             X_test=ds.X_test, y_test=ds.y_test, retrain=cfg.retrain_base, progress=progress,
-                             log=log, extra={"dataset": ds.name, "source": ds.source})
-    return cached.model, float(cached.info["train_seconds"])
-
-
-def train_without(cfg, ds: Dataset, spec: dict, recipe, keep: torch.Tensor, tag: str, out: Path, log):
-    """Retraining on the training rows ``keep`` (a mask) and its seconds; cached like the base model for costly
-    data sets, under the name ``<model>-without-<tag>``."""
-    X_rem, y_rem = ds.X_train[keep], ds.y_train[keep]
-    cache = _cache_folder(cfg, ds, out)
-    if cache is None:
-        t = time.perf_counter()
-        model = train_from_spec(spec, X_rem, y_rem, recipe).model
-        return model, time.perf_counter() - t
-    cached = cached_training(f"{_model_name(spec, recipe)}-without-{tag}", spec, recipe, X_rem, y_rem,
-                             folder=cache, retrain=cfg.retrain_base, log=log, extra={"dataset": ds.name})
-    return cached.model, float(cached.info["train_seconds"])
-
-
-def _mean_std(values: list[float]) -> str:
+def mean_std(values: list[float]) -> str:
+    """``mean ± std`` of the values (just the value when there is one), two decimals."""
     if len(values) == 1:
         return f"{values[0]:.2f}"
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+_mean_std = mean_std
 
 
 def _write_table3(result: dict, out: Path, name: str) -> None:
@@ -449,90 +410,5 @@ def _plot_convergence(result: dict, path: Path) -> None:
 EXPERIMENTS = ("table3", "table4", "fig3", "fig4", "fig5", "table5")
 
 
-@dataclass
-class ClassRunOptions:
-    """Conv-net settings of :func:`run_table5` (see :class:`ExperimentConfig` for the first five)."""
-
-    width: float | None = None
-    baseline_epochs: int | None = None    # epochs of the retraining without the class
-    feature_domain: str = "ibp"
-    feature_margin: float = 0.1
-    cache_dir: str | None = None
-    retrain_base: bool = False
-    retrain_labels: int | None = None     # retrain for the first N distinct labels only (None: every label)
-
-
-def run_table5(dataset: str, out_dir: str | Path, *, data_dir=None, trials: int = 20, seed: int = 0,
-               epochs: int | None = None, radius_scale: float = 1.0, radius: str = "per-member",
-               max_relaxed: int = 1024, intermediate: str = "crown", decision_gate: bool = True,
-               retrain: bool = True, options: ClassRunOptions | None = None, log=print) -> dict:
-    """Table V: whole-class unlearning of ``trials`` class labels drawn at random (seeded, with
-    replacement across trials as in the paper's "randomly selecting the category labels 20 times"),
-    mean ± std of ``A_u``, ``A_tes_u``, ``A_res``, ``A_tes_r`` before/after, and the time against
-    retraining without the class (one retraining per distinct label)."""
-    from ..unlearn.whole_class import forget_class
-
-    opt = options or ClassRunOptions()
-    check_choice("feature_domain", "run_table5", opt.feature_domain, ("ibp", "data"))
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    ds = load_dataset(dataset, data_dir)
-    width = opt.width if opt.width is not None else width_for(ds.name)
-    spec = default_architecture(ds.name, ds.input_dim, ds.num_classes, ds.input_shape, width=width)
-    recipe = recipe_for(ds.name, seed=seed, epochs=epochs)
-    r_recipe = recipe_for(ds.name, seed=seed, epochs=opt.baseline_epochs or epochs)
-    base, base_seconds = train_base(opt, ds, spec, recipe, out, False, log)
-    fdom = data_feature_box(base, ds.X_train, margin=opt.feature_margin) if opt.feature_domain == "data" else None
-    rng = torch.Generator().manual_seed(seed)
-    labels = torch.randint(0, ds.num_classes, (trials,), generator=rng).tolist()
-    retrain_seconds: dict[int, float] = {}
-    rows = []
-    for trial, label in enumerate(labels):
-        cls = ds.y_train == label
-        res = forget_class(base, label, ds.X_train[cls], seed=seed + trial, radius_scale=radius_scale,
-                           radius=radius, max_relaxed=max_relaxed, intermediate=intermediate,
-                           decision_gate=decision_gate, domain=(ds.domain_lower, ds.domain_upper),
-                           feature_domain=fdom, train_data=(ds.X_train, ds.y_train), test_data=(ds.X_test, ds.y_test))
-        if retrain and label not in retrain_seconds and (opt.retrain_labels is None
-                                                         or len(retrain_seconds) < opt.retrain_labels):
-            retrain_seconds[label] = train_without(opt, ds, spec, r_recipe, ~cls, f"class-{label}", out, log)[1]
-        row = {"trial": trial, "label": label, **res.report.whole_class.metrics(),
-               "unlearn_seconds": res.report.unlearn_seconds,
-               "relaxed_supports": sum(r["relaxed_supports"] for r in res.report.rounds),
-               "crown_points": res.report.whole_class.crown_points}
-        if label in retrain_seconds:
-            row["retrain_seconds"] = retrain_seconds[label]
-            row["unlearn_vs_retrain"] = res.report.unlearn_seconds / retrain_seconds[label]
-        rows.append(row)
-        log(f"[{ds.name}] trial {trial} class {label}: A_u {row['A_u_before']:.4f}->{row['A_u_after']:.4f} "
-            f"A_tes_u {row['A_tes_u_before']:.4f}->{row['A_tes_u_after']:.4f} A_tes_r {row['A_tes_r_before']:.4f}->"
-            f"{row['A_tes_r_after']:.4f} reach {row['reach_other_test']:.4f} {row['unlearn_seconds']:.1f} s")
-    result = {"dataset": ds.name, "trials": trials, "seed": seed, "radius_scale": radius_scale, "radius": radius,
-              "max_relaxed": max_relaxed, "intermediate": intermediate, "decision_gate": decision_gate,
-              "recipe": recipe.to_dict(), "retrain_recipe": r_recipe.to_dict(), "options": asdict(opt),
-              "base_train_seconds": base_seconds, "machine": machine_description(), "rows": rows}
-    (out / f"table5-{ds.name}.json").write_text(json.dumps(result, indent=1))
-    with open(out / f"table5-{ds.name}.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=sorted({k for r in rows for k in r}))
-        w.writeheader()
-        w.writerows(rows)
-    lines = [f"## Table V — {ds.name}: whole-class unlearning, {trials} random labels (%, mean ± std)", "",
-             f"radius = {radius}, radius_scale = {radius_scale}, max_relaxed = {max_relaxed}, "
-             f"intermediate = {intermediate}, decision_gate = {decision_gate}"
-             + (f", VGG16 width = {width:g}, feature domain = {opt.feature_domain}" if spec["kind"] == "vgg16" else "")
-             + (f"; retraining: {r_recipe.epochs} epochs (base model: {recipe.epochs})"
-                if r_recipe.epochs != recipe.epochs else ""), "",
-             "| metric | before | after |", "|---|---|---|"]
-    for key in ("A_u", "A_tes_u", "A_res", "A_tes_r"):
-        lines.append(f"| {key} | {_mean_std([100 * r[f'{key}_before'] for r in rows])} | "
-                     f"{_mean_std([100 * r[f'{key}_after'] for r in rows])} |")
-    lines.append(f"| changed predictions, other classes (test) | | "
-                 f"{_mean_std([r['changed_other_test'] for r in rows])} |")
-    lines.append(f"| other-class test inputs inside a relaxed support, gate ignored (%) | | "
-                 f"{_mean_std([100 * r['reach_other_test'] for r in rows])} |")
-    lines.append(f"| unlearning seconds | | {_mean_std([r['unlearn_seconds'] for r in rows])} |")
-    if retrain_seconds:
-        lines.append(f"| unlearning ÷ retraining (%) | | "
-                     f"{_mean_std([100 * r['unlearn_vs_retrain'] for r in rows if 'unlearn_vs_retrain' in r])} |")
-    (out / f"table5-{ds.name}.md").write_text("\n".join(lines) + "\n")
-    return result
+# Whole-class experiments live in their own module; re-exported here for the CLI and older imports.
+from .class_runner import ClassRunOptions, run_table5  # noqa: E402
