@@ -12,6 +12,7 @@ import torch
 from prune_unlearn import forget
 from prune_unlearn.core.models import build_model, default_architecture, vgg16
 from prune_unlearn.errors import FormatError, InputValidationError
+from prune_unlearn.experiments.feature_space import features, head_only, patched_head
 from prune_unlearn.experiments.model_cache import cached_training
 from prune_unlearn.experiments.training import (
     Recipe,
@@ -205,6 +206,10 @@ def test_trained_tiny_vgg_forgets_in_feature_space_with_exact_locality(data, tmp
         assert r.changed_res == int((patched(x[keep]).argmax(1) != before_rest).sum())
         _, value = patched.covering_region(xt)
         assert torch.equal(patched(xt)[value == 0], model(xt)[value == 0])
+        # the runners' feature-space view: conv layers once, then the (patched) head alone
+        feats = features(model, xt, batch_size=64)
+        assert torch.allclose(head_only(model)(feats), model(xt), atol=1e-5)
+        assert torch.allclose(patched_head(patched)(feats), patched(xt), atol=1e-4)
 
 
 def test_cli_width_is_checked():

@@ -47,7 +47,7 @@ def _write_image_folders(root, n_train: int, n_test: int):
     """CIFAR-10's image-folder layout (train/<class>/*.png, test/<class>/*.png) with four easy synthetic classes."""
     import numpy as np
     from PIL import Image
-    from test_training import _images
+    from test_conv_training import _images
 
     for split, (x, y) in (("train", _images(n_train, 0)), ("test", _images(n_test, 1))):
         for i in range(len(y)):
@@ -82,6 +82,7 @@ def test_table3_on_a_tiny_vgg_caches_models_and_merges_methods(tmp_path, monkeyp
     assert all("unlearn_phase_vs_retrain" in r for r in table["rows"])
     md = (tmp_path / "out" / "table3-cifar10.md").read_text()
     assert "Base model (PRUNE's): 3 epochs; the methods that train (Retrain, SISA, Amnesiac, FU): 1 epoch(s)" in md
+    assert "PRUNE's region certificates hold for inputs whose features lie in the training features' box" in md
 
     # Table V on the same cached base model; retraining without the class for the first label only
     logs.clear()
@@ -90,5 +91,6 @@ def test_table3_on_a_tiny_vgg_caches_models_and_merges_methods(tmp_path, monkeyp
                     options=ClassRunOptions(width=1 / 16, baseline_epochs=1, retrain_labels=1))
     assert any("reusing the cached model" in m for m in logs) and len(t5["rows"]) == 2
     assert all(r["A_u_after"] == 0.0 for r in t5["rows"]) and "unlearn_vs_retrain" in t5["rows"][0]
-    assert "VGG16 width = 0.0625, feature domain = ibp; retraining: 1 epochs (base model: 3)" in \
-        (tmp_path / "out" / "table5-cifar10.md").read_text()
+    t5_md = (tmp_path / "out" / "table5-cifar10.md").read_text()
+    assert "VGG16 width = 0.0625, feature domain = ibp (certificates hold for every input in the input box" in t5_md
+    assert "; retraining: 1 epochs (base model: 3)" in t5_md

@@ -31,6 +31,7 @@ from ..unlearn.metrics import accuracy, predict
 from ..unlearn.forget import forget
 from ..core.models import default_architecture
 from .privacy import mean_loss, mia_auc_tpr, mia_recall
+from .feature_space import features, head_only, patched_head
 from .model_cache import train_base, train_without
 from .training import recipe_for, train_from_spec, width_for
 
@@ -108,13 +109,18 @@ def _mia(model, X_u, y_u, X_train_rest, y_train_rest, X_out, y_out) -> dict:
             "mia_tpr_at_1pct_fpr": scores.tpr_at_1pct_fpr}
 
 
-def _metrics(before, after, ds: Dataset, idx, X_rem, y_rem, X_out, y_out, mia_members, before_pred) -> dict:
-    """One Table III/IV row; ``before_pred`` = (test, train) predictions of ``before``, computed once per model."""
+def _metrics(before, after, ds: Dataset, idx, X_rem, y_rem, X_out, y_out, mia_members, before_pred,
+             after_pred=None) -> dict:
+    """One Table III/IV row; ``before_pred``/``after_pred`` = (test, train) predictions, computed once per model
+    (``after_pred`` None: computed here)."""
     X_u, y_u = ds.X_train[idx], ds.y_train[idx]
     keep = torch.ones(len(ds.y_train), dtype=torch.bool)
     keep[idx] = False
-    tes_b, tes_a = before_pred[0], predict(after, ds.X_test, batch_size=2048)
-    res_b, res_a = before_pred[1][keep], predict(after, X_rem, batch_size=2048)
+    tes_b, res_b = before_pred[0], before_pred[1][keep]
+    if after_pred is None:
+        tes_a, res_a = predict(after, ds.X_test, batch_size=2048), predict(after, X_rem, batch_size=2048)
+    else:
+        tes_a, res_a = after_pred[0], after_pred[1][keep]
     row = {
         "A_tes": accuracy(tes_a, ds.y_test),
         "A_res": accuracy(res_a, y_rem),
@@ -143,6 +149,15 @@ def _baseline(name: str, cfg: ExperimentConfig, request_sets):
         return create_baseline("fu", damping=cfg.fu_damping, hessian_samples=cfg.fu_hessian_samples,
                                cg_iterations=cfg.fu_cg_iterations, step_scale=cfg.fu_step_scale)
     return create_baseline(name)
+
+
+# What a PRUNE certificate on a conv net's head covers, per feature domain box (see core/domain.py).
+FEATURE_CLAIMS = {
+    "ibp": "every input in the input box (the feature box is interval propagation of the input box through the "
+           "conv layers)",
+    "data": "inputs whose features lie in the training features' box widened by {margin:.0%} of its range (a data "
+            "box: not every input)",
+}
 
 
 def run_table3(cfg: ExperimentConfig, out_dir: str | Path, *, progress: bool = False, log=print) -> dict:
@@ -180,17 +195,25 @@ def _table3_seed(cfg: ExperimentConfig, ds: Dataset, spec: dict, seed: int, out:
     requests = {n: perm[:n] for n in sizes}  # nested: the requests of the paper's rows grow
     out_perm = torch.randperm(len(ds.y_test), generator=gen)[: cfg.mia_eval_size]
     X_out, y_out = ds.X_test[out_perm], ds.y_test[out_perm]
-    rows, models = [], {}  # models: method → (model before unlearning, its test and train predictions, train s)
+    rows, models, feats = [], {}, None  # models: method → (model before unlearning, its test/train predictions, s)
     if "prune" in cfg.methods or "retrain" in cfg.methods:  # the other methods train their own models
         log(f"[seed {seed}] base model: {spec['kind']} with {recipe}")
         base, base_seconds = train_base(cfg, ds, spec, recipe, out, progress, log)
-        models["prune"] = models["retrain"] = (base, *_predictions(base, ds), base_seconds)
+        if spec["kind"] != "mlp":  # conv layers once; PRUNE's patched heads are evaluated on these features
+            feats = (features(base, ds.X_test), features(base, ds.X_train))
+            head = head_only(base)
+            base_pred = tuple(predict(head, f, batch_size=4096) for f in feats)
+        else:
+            feats, base_pred = None, _predictions(base, ds)
+        models["prune"] = models["retrain"] = (base, *base_pred, base_seconds)
         log(f"[seed {seed}] base model trained in {base_seconds:.1f} s, test accuracy "
             f"{accuracy(models['prune'][1], ds.y_test):.4f}")
         notes["base_epochs"] = recipe.epochs
     if any(m != "prune" for m in cfg.methods):
         notes["baseline_epochs"] = b_recipe.epochs
     fdom, fdom_seconds = None, 0.0
+    if "prune" in cfg.methods and spec["kind"] != "mlp":  # claims are made in the head's feature space
+        notes["prune_claims_cover"] = FEATURE_CLAIMS[cfg.prune_feature_domain].format(margin=cfg.feature_margin)
     if "prune" in cfg.methods and cfg.prune_feature_domain == "data":
         t = time.perf_counter()
         fdom = data_feature_box(models["prune"][0], ds.X_train, margin=cfg.feature_margin)
@@ -209,14 +232,10 @@ def _table3_seed(cfg: ExperimentConfig, ds: Dataset, spec: dict, seed: int, out:
         members = (X_rem[: 5000], y_rem[: 5000])  # the attacker's known members, for the threshold
         for name in cfg.methods:
             before, *before_pred, train_s = models[name]
+            after_pred = None
             if name == "prune":
-                res = forget(before, ds.X_train[idx], labels=ds.y_train[idx], strategy=cfg.prune_strategy,
-                             bound=cfg.prune_bound, epsilon=cfg.epsilon, seed=seed,
-                             domain=(ds.domain_lower, ds.domain_upper), feature_domain=fdom)
-                after, unlearn_s = res.model, res.report.unlearn_seconds
-                extra = {"n_certified_region": res.report.n_certified_region,
-                         "patch_linf_mean": res.report.patch_linf_mean,
-                         "feature_domain": res.certificate.domain.get("source", ""), "feature_box_seconds": fdom_seconds}
+                after, unlearn_s, after_pred, extra = _prune(cfg, before, ds, idx, seed, fdom, feats)
+                extra["feature_box_seconds"] = fdom_seconds
             elif name == "retrain":
                 keep = torch.ones(len(ds.y_train), dtype=torch.bool)
                 keep[idx] = False
@@ -228,12 +247,26 @@ def _table3_seed(cfg: ExperimentConfig, ds: Dataset, spec: dict, seed: int, out:
                 extra = {k: v for k, v in result.info.items() if isinstance(v, (int, float, bool))}
             row = {"dataset": ds.name, "seed": seed, "n": n, "method": name, "train_seconds": train_s,
                    "unlearn_seconds": unlearn_s,
-                   **_metrics(before, after, ds, idx, X_rem, y_rem, X_out, y_out, members, before_pred), **extra}
+                   **_metrics(before, after, ds, idx, X_rem, y_rem, X_out, y_out, members, before_pred, after_pred),
+                   **extra}
             rows.append(row)
             log(f"[seed {seed}] |D_U|={n:4d} {name:9s} A_tes {row['A_tes']:.4f} A_res {row['A_res']:.4f} "
                 f"A_u {row['A_u_b']:.3f}->{row['A_u_a']:.3f} MIA recall {row['mia_recall_before']:.3f}->"
                 f"{row['mia_recall_after']:.3f} unlearn {unlearn_s:.2f} s")
     return rows
+
+
+def _prune(cfg: ExperimentConfig, base, ds: Dataset, idx, seed: int, fdom, feats):
+    """PRUNE's unlearning of ``idx``: the patched model, its seconds, its predictions from ``feats`` (the base
+    model's test/train features, for a conv net; else None) and the row's PRUNE-only entries."""
+    res = forget(base, ds.X_train[idx], labels=ds.y_train[idx], strategy=cfg.prune_strategy, bound=cfg.prune_bound,
+                 epsilon=cfg.epsilon, seed=seed, domain=(ds.domain_lower, ds.domain_upper), feature_domain=fdom)
+    after_pred = None
+    if feats is not None:
+        after_pred = tuple(predict(patched_head(res.model), f, batch_size=4096) for f in feats)
+    extra = {"n_certified_region": res.report.n_certified_region, "patch_linf_mean": res.report.patch_linf_mean,
+             "feature_domain": res.certificate.domain.get("source", "")}
+    return res.model, res.report.unlearn_seconds, after_pred, extra
 
 
 def _predictions(model, ds: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
@@ -276,6 +309,8 @@ def _write_table3(result: dict, out: Path, name: str) -> None:
         epochs_note = [f"Base model (PRUNE's): {notes['base_epochs']} epochs; the methods that train (Retrain, SISA, "
                        f"Amnesiac, FU): {notes['baseline_epochs']} epoch(s), fewer because the full budget does not "
                        f"fit on this machine.", ""]
+    if notes.get("prune_claims_cover"):
+        epochs_note += [f"PRUNE's region certificates hold for {notes['prune_claims_cover']}.", ""]
     lines = [f"## Table III — {name} (accuracy %, mean ± std over seeds)", "", *epochs_note,
              "| |D_U| | metric | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
     for n in sizes:
