@@ -172,12 +172,14 @@ def run_table3(cfg: ExperimentConfig, out_dir: str | Path, *, progress: bool = F
     width = cfg.width if cfg.width is not None else width_for(ds.name)
     spec = default_architecture(ds.name, ds.input_dim, ds.num_classes, ds.input_shape, width=width)
     check_choice("prune_feature_domain", "run_table3", cfg.prune_feature_domain, ("ibp", "data"))
-    previous = out / f"table3-{ds.name}.json"
-    kept = json.loads(previous.read_text()) if cfg.merge and previous.is_file() else {"rows": [], "notes": {}}
-    rows = [r for r in kept["rows"] if r["method"] not in cfg.methods or r["seed"] >= cfg.seeds]
-    notes = {**kept.get("notes", {}), "width": width}
+    rows, notes = [], {"width": width}
     for seed in range(cfg.seeds):
         rows += _table3_seed(cfg, ds, spec, seed, out, notes, progress, log)
+    previous = out / f"table3-{ds.name}.json"  # read now, not at the start: runs of other methods may have ended
+    if cfg.merge and previous.is_file():
+        kept = json.loads(previous.read_text())
+        rows = [r for r in kept["rows"] if r["method"] not in cfg.methods or r["seed"] >= cfg.seeds] + rows
+        notes = {**kept.get("notes", {}), **notes}
     _add_phase_ratios(rows)
     result = {"config": asdict(cfg), "machine": machine_description(), "notes": notes, "rows": rows}
     _write_table3(result, out, ds.name)
@@ -301,7 +303,8 @@ def _write_table3(result: dict, out: Path, name: str) -> None:
         w = csv.DictWriter(fh, fieldnames=keys)
         w.writeheader()
         w.writerows(rows)
-    methods = list(dict.fromkeys(r["method"] for r in rows))
+    order = {m: i for i, m in enumerate(METHODS)}  # merged runs list the methods in the paper's order
+    methods = sorted(dict.fromkeys(r["method"] for r in rows), key=lambda m: order.get(m, len(order)))
     sizes = sorted({r["n"] for r in rows})
     notes = result.get("notes") or {}
     epochs_note = []
