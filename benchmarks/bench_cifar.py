@@ -17,7 +17,8 @@ Steps (``--steps``, default all):
 
     PRUNE_DATA_DIR=../shared/data python benchmarks/bench_cifar.py --out results/cifar10 --threads 1
 
-On a GPU (``--device cuda``) only the training runs there; everything else is CPU work.
+On a GPU (``--device cuda``) the base model and the retrainings train there (``--width 1 --epochs 100`` is then
+within reach); the baselines' own training, PRUNE and every evaluation stay on the CPU.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def forget_step(args, ds, log) -> dict:
     spec = default_architecture("cifar10", ds.input_dim, ds.num_classes, ds.input_shape, width=args.width)
     recipe = recipe_for("cifar10", epochs=args.epochs)
     out = Path(args.out)
-    opts = ClassRunOptions(cache_dir=args.cache_dir, retrain_base=args.retrain)
+    opts = ClassRunOptions(cache_dir=args.cache_dir, retrain_base=args.retrain, device=args.device)
     model, train_seconds = train_base(opts, ds, spec, recipe, out, args.progress, log)
     # the same draw as run_table3's seed 0, so that this |D_U| = 500 is Table III's
     perm = torch.randperm(len(ds.y_train), generator=torch.Generator().manual_seed(0))
@@ -114,6 +115,7 @@ def main() -> None:
     ap.add_argument("--radius-scale", type=float, default=2.0)
     ap.add_argument("--retrain-labels", type=int, default=3, help="Table V: retrain for this many distinct labels")
     ap.add_argument("--progress", action="store_true")
+    ap.add_argument("--device", default="cpu", help="where the base model and the retrainings train (e.g. cuda)")
     args = ap.parse_args()
     args.bounds = [b for b in args.bounds.split(",") if b]
     torch.set_num_threads(args.threads)
@@ -138,12 +140,12 @@ def main() -> None:
                                baseline_epochs=args.baseline_epochs, methods=tuple(args.methods.split(",")),
                                fu_hessian_samples=args.fu_hessian_samples, fu_cg_iterations=args.fu_cg_iterations,
                                prune_feature_domain=args.feature_domain, cache_dir=args.cache_dir,
-                               retrain_base=args.retrain, merge=args.merge)
+                               retrain_base=args.retrain, merge=args.merge, device=args.device)
         run_table3(cfg, out, progress=args.progress, log=log)
     if "table5" in steps:
         opts = ClassRunOptions(width=args.width, baseline_epochs=args.baseline_epochs,
                                feature_domain=args.feature_domain, cache_dir=args.cache_dir,
-                               retrain_labels=args.retrain_labels)
+                               retrain_labels=args.retrain_labels, device=args.device)
         run_table5("cifar10", out, data_dir=args.data_dir, trials=args.trials, epochs=args.epochs,
                    radius_scale=args.radius_scale, intermediate="ibp", options=opts, log=log)
 

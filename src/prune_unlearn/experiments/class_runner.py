@@ -35,6 +35,7 @@ class ClassRunOptions:
     cache_dir: str | None = None
     retrain_base: bool = False
     retrain_labels: int | None = None     # retrain for the first N distinct labels only (None: every label)
+    device: str = "cpu"                   # where the base model and the retraining train
 
 
 class _ClassView:

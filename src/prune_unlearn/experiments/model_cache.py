@@ -143,7 +143,8 @@ def train_base(cfg, ds, spec: dict, recipe, out: Path, progress: bool, log):
     """The base model of an experiment on ``ds`` (a :class:`~prune_unlearn.experiments.datasets.Dataset`) and its
     training seconds: from the model cache for costly data sets, else trained now.
 
-    ``cfg`` needs ``cache_dir`` and ``retrain_base`` (an :class:`ExperimentConfig`, or any object with them).
+    ``cfg`` needs ``cache_dir`` and ``retrain_base`` (an :class:`ExperimentConfig`, or any object with them);
+    its ``device`` (default "cpu") is where a model that is not cached yet gets trained.
     A cached model's seconds are those measured when it was trained (its JSON record has the machine load)."""
     cache = _cache_folder(cfg, ds, out)
     if cache is None:
@@ -152,7 +153,8 @@ def train_base(cfg, ds, spec: dict, recipe, out: Path, progress: bool, log):
         return model, time.perf_counter() - t
     cached = cached_training(_model_name(spec, recipe), spec, recipe, ds.X_train, ds.y_train, folder=cache,
                              X_test=ds.X_test, y_test=ds.y_test, retrain=cfg.retrain_base, progress=progress,
-                             log=log, extra={"dataset": ds.name, "source": ds.source})
+                             device=getattr(cfg, "device", "cpu"), log=log,
+                             extra={"dataset": ds.name, "source": ds.source})
     return cached.model, float(cached.info["train_seconds"])
 
 
@@ -166,5 +168,6 @@ def train_without(cfg, ds, spec: dict, recipe, keep: torch.Tensor, tag: str, out
         model = train_from_spec(spec, X_rem, y_rem, recipe).model
         return model, time.perf_counter() - t
     cached = cached_training(f"{_model_name(spec, recipe)}-without-{tag}", spec, recipe, X_rem, y_rem,
-                             folder=cache, retrain=cfg.retrain_base, log=log, extra={"dataset": ds.name})
+                             folder=cache, retrain=cfg.retrain_base, device=getattr(cfg, "device", "cpu"), log=log,
+                             extra={"dataset": ds.name})
     return cached.model, float(cached.info["train_seconds"])

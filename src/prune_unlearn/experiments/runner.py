@@ -84,6 +84,7 @@ class ExperimentConfig:
     cache_dir: str | None = None       # trained base models are cached here (default: <out>/cache for cifar10)
     retrain_base: bool = False         # train the base model even when a matching cached one exists
     merge: bool = False                # keep the rows of other methods from the table already in the folder
+    device: str = "cpu"                # where the base and retrained models train (baselines train on the CPU)
     extra: dict = field(default_factory=dict)
 
 

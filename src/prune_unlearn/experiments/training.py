@@ -165,8 +165,9 @@ def augment_crop_flip(x: torch.Tensor, padding: int, gen: torch.Generator) -> to
     cols = dx[:, None] + torch.arange(w)[None, :]
     cols = torch.where(flip[:, None], cols.flip(1), cols)  # a flipped crop reads its columns backwards
     rows = dy[:, None] + torch.arange(h)[None, :]
-    return padded[torch.arange(n)[:, None, None, None], torch.arange(c)[None, :, None, None],
-                  rows[:, None, :, None], cols[:, None, None, :]]
+    dev = x.device  # the draws come from a CPU generator (same sequence on every device)
+    return padded[torch.arange(n, device=dev)[:, None, None, None], torch.arange(c, device=dev)[None, :, None, None],
+                  rows.to(dev)[:, None, :, None], cols.to(dev)[:, None, None, :]]
 
 
 def data_fingerprint(X: torch.Tensor, y: torch.Tensor) -> str:
