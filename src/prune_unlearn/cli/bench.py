@@ -37,6 +37,14 @@ def _table5(o: dict, dest: Path, log) -> None:
                log=log, options=ClassRunOptions(width=o["width"], baseline_epochs=o["baseline_epochs"]))
 
 
+def _privacy(o: dict, dest: Path, log) -> None:
+    """Every attack against every method (docs/privacy.md); --methods: "prune" = every PRUNE target."""
+    from ..experiments.runner import PrivacyConfig, run_privacy
+
+    run_privacy(PrivacyConfig(dataset=o["data_name"], data_dir=str(o["data_dir"]) if o["data_dir"] else None,
+                              methods=tuple(o["methods"]), epochs=o["epochs"]), dest, log=log)
+
+
 # experiment -> (runner call, the Markdown file it writes); table3, table4 and fig3 come from the same runs.
 EXPERIMENTS = {
     "table3": (_table3, "table3"),
@@ -45,6 +53,7 @@ EXPERIMENTS = {
     "fig4": (_convergence("K"), "fig4"),
     "fig5": (_convergence("n"), "fig5"),
     "table5": (_table5, "table5"),
+    "privacy": (_privacy, "privacy"),
 }
 
 

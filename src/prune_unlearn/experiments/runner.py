@@ -4,6 +4,7 @@
   and both phases' times (Figure 3), all from the same runs.
 * ``fig4`` / ``fig5``: A_u per round of Algorithm 1 against K and against |D_U|.
 * ``table5``: whole-class unlearning (see :func:`prune_unlearn.forget_class`).
+* ``privacy``: every attack against every method (:func:`run_privacy`, in :mod:`.privacy.table`).
 
 Every run writes ``config.json`` (full configuration, seeds, library versions, machine) next to
 its results, and multi-seed runs report mean ± std.
@@ -30,13 +31,13 @@ from .datasets import Dataset, load_dataset
 from ..unlearn.metrics import accuracy, predict
 from ..unlearn.forget import forget
 from ..core.models import default_architecture
-from .privacy import mean_loss, mia_auc_tpr, mia_recall
+from .privacy import PrivacyConfig, mean_loss, mia_auc_tpr, mia_recall, run_privacy
 from .feature_space import features, head_only, patched_head
 from .model_cache import train_base, train_without
 from .training import recipe_for, train_from_spec, width_for
 
 __all__ = ["ExperimentConfig", "ClassRunOptions", "run_table3", "run_table5", "run_convergence", "machine_description",
-           "train_base", "train_without", "EXPERIMENTS"]
+           "train_base", "train_without", "EXPERIMENTS", "PrivacyConfig", "run_privacy"]
 
 METHODS = ("prune", "retrain", "sisa", "amnesiac", "fu")
 # The paper's numbers for the same cells (Table III, MNIST / Fashion-MNIST, |D_U| = 500; Table IV, |D_U| = 100)
@@ -446,7 +447,7 @@ def _plot_convergence(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
-EXPERIMENTS = ("table3", "table4", "fig3", "fig4", "fig5", "table5")
+EXPERIMENTS = ("table3", "table4", "fig3", "fig4", "fig5", "table5", "privacy")
 
 
 # Whole-class experiments live in their own module; re-exported here for the CLI and older imports.

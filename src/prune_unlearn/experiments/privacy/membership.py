@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._validation import as_float_tensor, as_label_tensor, check_choice, param_error
+from ..._validation import as_float_tensor, as_label_tensor, check_choice, param_error
 
 __all__ = [
     "per_example_loss",

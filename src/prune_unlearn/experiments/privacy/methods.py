@@ -1,0 +1,217 @@
+"""What the privacy runner attacks: an *unlearner*, i.e. a way to train a model and then withdraw points.
+
+An :class:`Unlearner` is one function, plus an optional training phase::
+
+    unlearn(trained, forget, data) -> nn.Module      # the model after the withdrawal
+    train(data) -> trained                           # optional; default: the plain model
+
+* ``data`` is a :class:`TrainingSet`: the inputs ``X`` and labels ``y`` the model was trained on, the
+  architecture ``spec``, the training ``recipe`` (its ``seed`` is the world's seed), the input
+  ``domain`` and ``requests``, the rows that will be withdrawn (for methods that plan for them at
+  training time, like Amnesiac's recorded updates).
+* ``forget`` is a LongTensor of rows of ``data.X`` to withdraw.
+* ``trained`` is what ``train`` returned. Without ``train`` it is the plain model
+  ``train_from_spec(spec, X, y, recipe).model``, which the runner trains once per world, caches and
+  shares between all such methods (PRUNE, Retrain, FU); ``unlearn`` gets a private copy. A ``train``
+  may return a model or an object with a ``model_`` attribute (a fitted baseline estimator); that
+  model is the "before" model of the model-difference attack.
+
+Adding a method is one registration, no change to the attacks::
+
+    register_unlearner(Unlearner("prune-unseen", lambda m, idx, d: forget(m, d.X[idx], labels=d.y[idx],
+                                 target="unseen", seed=d.recipe.seed, domain=d.domain).model,
+                                 group="prune", params={"target": "unseen"}))
+
+``params`` (what the outputs depend on beyond data, recipe and seed) and the source of ``code``
+(modules) are part of the cache key, so a changed parameter or changed code never reuses stale shadows.
+``plain_from_train=True`` declares that ``train`` runs exactly the plain training (same initialisation,
+batches and steps; Amnesiac only records the updates on the way), so that the runner uses its model as the
+plain model instead of training another one (tested: the two are bit-identical).
+Names are selected by ``resolve_unlearners``; a group name (``"prune"``) selects every member.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, NoReturn
+
+import torch
+from torch import nn
+
+from ..._validation import param_error
+from ...errors import InputValidationError
+from ..training import Recipe, train_from_spec
+
+__all__ = ["TrainingSet", "Unlearner", "register_unlearner", "unlearner_names", "get_unlearner",
+           "resolve_unlearners", "model_before"]
+
+
+@dataclass(frozen=True)
+class TrainingSet:
+    """The data one model was trained on, and how (see the module docstring)."""
+
+    X: torch.Tensor
+    y: torch.Tensor
+    spec: dict
+    recipe: Recipe
+    domain: tuple
+    requests: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Unlearner:
+    """A named unlearning method for the privacy runner (see the module docstring for the contract)."""
+
+    name: str
+    unlearn: Callable[[Any, torch.Tensor, TrainingSet], nn.Module]
+    train: Callable[[TrainingSet], Any] | None = None
+    params: Mapping = field(default_factory=dict)
+    group: str | None = None
+    code: tuple = ()
+    description: str = ""
+    plain_from_train: bool = False
+
+
+def model_before(trained) -> nn.Module:
+    """The model an unlearner starts from: ``trained`` itself, or its ``model_`` (a fitted estimator)."""
+    if isinstance(trained, nn.Module):
+        return trained
+    model = getattr(trained, "model_", None)
+    if not isinstance(model, nn.Module):
+        raise InputValidationError(
+            f"An unlearner's train() must return an nn.Module or an object with a 'model_' module; got "
+            f"{type(trained).__name__}.")
+    return model
+
+
+# --- built-in methods: PRUNE's paper targets and the paper's baselines --------------------------------
+
+_PRUNE_CODE = ("prune_unlearn.unlearn", "prune_unlearn.core")
+_BASELINE_CODE = ("prune_unlearn.experiments.baselines", "prune_unlearn.experiments.training", "prune_unlearn.core.models")
+
+
+def _prune(target: str) -> Unlearner:
+    params = {"target": target, "strategy": "per-point", "bound": "box", "epsilon": 0.05}
+
+    def unlearn(model, forget, data):
+        from ...unlearn.forget import forget as prune_forget
+
+        return prune_forget(model, data.X[forget], labels=data.y[forget], target=target,
+                            strategy=params["strategy"], bound=params["bound"], epsilon=params["epsilon"],
+                            seed=data.recipe.seed, domain=data.domain).model
+
+    return Unlearner(f"prune-{target}", unlearn, params=params, group="prune", code=_PRUNE_CODE,
+                     description=f"PRUNE, per-point patches, box bound, target={target!r} (the paper's rule)")
+
+
+def _retrain(model, forget, data):
+    keep = torch.ones(len(data.y), dtype=torch.bool)
+    keep[forget] = False
+    return train_from_spec(data.spec, data.X[keep], data.y[keep], data.recipe).model
+
+
+def _estimator_unlearn(trained, forget, data):
+    return trained.forget(forget).model
+
+
+def _sisa_train(data):
+    from ..baselines import create_baseline
+
+    return create_baseline("sisa", shards=5, slices=5).fit(data.spec, data.X, data.y, data.recipe)
+
+
+def _amnesiac_train(data):
+    from ..baselines import create_baseline
+
+    # the paper's setup: the requests are known at training time; 10 recovery SGD steps as in Table III
+    return create_baseline("amnesiac", recovery_epochs=1, recovery_steps=10,
+                           request_sets=[data.requests]).fit(data.spec, data.X, data.y, data.recipe)
+
+
+def _fu_unlearn(model, forget, data):
+    from ..baselines import FU
+
+    class _TrainedFU(FU):
+        """FU whose training phase is the plain model already trained (FU's own fit would train the same)."""
+
+        def _fit(self) -> None:
+            self._model = copy.deepcopy(model).eval()
+
+    method = _TrainedFU(damping=0.01, hessian_samples=5000, cg_iterations=100, step_scale=1.0)
+    return method.fit(data.spec, data.X, data.y, data.recipe).forget(forget).model
+
+
+_BUILTIN = [
+    _prune("random"),
+    _prune("runner-up"),
+    Unlearner("retrain", _retrain, code=_BASELINE_CODE, description="retraining on the remaining data, same seed"),
+    Unlearner("sisa", _estimator_unlearn, train=_sisa_train, params={"shards": 5, "slices": 5}, code=_BASELINE_CODE,
+              description="SISA, 5 shards × 5 slices, majority vote (scored by its mean softmax)"),
+    Unlearner("amnesiac", _estimator_unlearn, train=_amnesiac_train, params={"recovery_steps": 10},
+              code=_BASELINE_CODE, description="Amnesiac ML, requests known at training time, 10 recovery steps",
+              plain_from_train=True),
+    Unlearner("fu", _fu_unlearn, params={"damping": 0.01, "hessian_samples": 5000, "cg_iterations": 100,
+                                         "step_scale": 1.0}, code=_BASELINE_CODE,
+              description="FU: one damped Newton (influence) step, τ = 1"),
+]
+_REGISTRY: dict[str, Unlearner] = {u.name: u for u in _BUILTIN}
+
+
+def register_unlearner(unlearner: Unlearner, force: bool = False) -> None:
+    """Make ``unlearner`` available by its name; an existing name is only replaced with ``force=True``."""
+    if not isinstance(unlearner, Unlearner):
+        raise param_error("unlearner", "register_unlearner", "an Unlearner", type(unlearner).__name__)
+    if not unlearner.name or "," in unlearner.name or unlearner.name in _groups():
+        raise param_error("unlearner.name", "register_unlearner", "a non-empty name without commas that is not a "
+                          "group name", unlearner.name)
+    if unlearner.name in _REGISTRY and not force:
+        raise InputValidationError(f"An unlearner named {unlearner.name!r} is already registered. "
+                                   f"HINT: pass force=True to replace it.")
+    _REGISTRY[unlearner.name] = unlearner
+
+
+def _groups() -> dict[str, list[str]]:
+    groups: dict[str, list[str]] = {}
+    for u in _REGISTRY.values():
+        if u.group:
+            groups.setdefault(u.group, []).append(u.name)
+    return groups
+
+
+def unlearner_names() -> list[str]:
+    """Registered method names, in registration order."""
+    return list(_REGISTRY)
+
+
+def get_unlearner(name: str) -> Unlearner:
+    """The unlearner registered as ``name`` (a clear error for an unknown name)."""
+    if name not in _REGISTRY:
+        _unknown(name)
+    return _REGISTRY[name]
+
+
+def _unknown(name: str) -> NoReturn:
+    groups = _groups()
+    raise InputValidationError(
+        f"Unknown unlearning method {name!r}. Known methods: {', '.join(_REGISTRY)}; groups: "
+        + ", ".join(f"{g} (= {', '.join(m)})" for g, m in groups.items())
+        + ". HINT: register new ones with prune_unlearn.experiments.privacy.register_unlearner.")
+
+
+def resolve_unlearners(names) -> list[Unlearner]:
+    """The unlearners named (group names expand to their members), without repeats, in the order given."""
+    if isinstance(names, str):
+        names = [n.strip() for n in names.split(",") if n.strip()]
+    out: list[str] = []
+    groups = _groups()
+    for name in names:
+        members = groups.get(name, [name])
+        for m in members:
+            if m not in _REGISTRY:
+                _unknown(m)
+            if m not in out:
+                out.append(m)
+    if not out:
+        raise param_error("methods", "resolve_unlearners", "at least one method name", list(names))
+    return [_REGISTRY[m] for m in out]

@@ -1,0 +1,265 @@
+"""Worlds: one model trained, then one set of points withdrawn, for every method; cached on disk.
+
+The target and every shadow model are *worlds*: a training set (rows of a pool = training set
+followed by test set), the rows to withdraw, and a seed. :func:`run_world` trains (or reloads) each
+method's model, withdraws the rows and records the log-probabilities and predictions of the models
+before and after on named *probe* sets of pool rows. Only these outputs are kept (plus the plain
+model's weights, so that a method added later does not retrain it).
+
+Cache layout: ``<cache_dir>/<world>/plain.safetensors`` and ``<cache_dir>/<world>/<method>.safetensors``.
+Each file stores its full key (data hash, architecture, recipe with seed, rows, probes, method
+parameters, a hash of the code the result depends on, package version). A file whose key matches is
+reused; one whose key differs is *stale*: the runner says so, names what changed, recomputes it and
+overwrites it. Nothing is reused silently.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import hashlib
+import importlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..._version import __version__
+from ...core.models import build_model
+from ..training import Recipe, train_from_spec
+from .methods import TrainingSet, Unlearner, model_before
+from .population import log_probabilities
+
+__all__ = ["World", "Pool", "run_world", "run_worlds", "code_fingerprint", "array_sha256", "FORMAT"]
+
+FORMAT = 1
+
+
+def array_sha256(a) -> str:
+    a = np.ascontiguousarray(a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a))
+    return hashlib.sha256(f"{a.dtype}|{a.shape}|".encode() + a.tobytes()).hexdigest()
+
+
+@functools.lru_cache(maxsize=64)
+def code_fingerprint(modules: tuple) -> str:
+    """sha256 of the source files of ``modules`` (a package counts with every ``.py`` file below it)."""
+    h = hashlib.sha256()
+    for name in sorted(modules):
+        mod = importlib.import_module(name)
+        path = Path(mod.__file__)
+        files = sorted(path.parent.rglob("*.py")) if path.name == "__init__.py" else [path]
+        for f in files:
+            h.update(f"{name}:{f.relative_to(path.parent).as_posix()}\n".encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+@dataclass
+class Pool:
+    """Every point a world can train on or be probed on: the training set, then the test set."""
+
+    X: torch.Tensor
+    y: torch.Tensor
+    spec: dict
+    domain: tuple
+    sha256: str          # of the data set's tensors
+    dataset: str
+
+
+@dataclass
+class World:
+    """``rows`` (pool indices, in training order); ``forget`` (positions in ``rows``); ``probes`` (name → pool rows)."""
+
+    name: str
+    rows: np.ndarray
+    forget: np.ndarray
+    recipe: Recipe
+    probes: dict
+
+
+class _Cache:
+    def __init__(self, root: Path | None, log, refresh: bool):
+        self.root, self.log, self.refresh = root, log, refresh
+
+    def load(self, path: Path, key: dict):
+        if self.root is None or self.refresh or not path.exists():
+            return None
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(path), "pt") as fh:
+                meta = fh.metadata() or {}
+            stored = json.loads(meta.get("key", "{}"))
+        except Exception as exc:  # noqa: BLE001 - an unreadable cache file is recomputed, and said so
+            self.log(f"  cache: {path} is unreadable ({type(exc).__name__}: {exc}); recomputing it")
+            return None
+        if stored != key:
+            changed = sorted(k for k in set(stored) | set(key) if stored.get(k) != key.get(k))
+            self.log(f"  cache: {path} is stale (changed: {', '.join(changed)}); recomputing and overwriting it")
+            return None
+        return load_file(str(path)), json.loads(meta.get("info", "{}"))
+
+    def save(self, path: Path, key: dict, tensors: dict, info: dict) -> None:
+        if self.root is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp),
+                  metadata={"key": json.dumps(key, sort_keys=True), "info": json.dumps(info, sort_keys=True)})
+        os.replace(tmp, path)
+
+
+def _world_key(pool: Pool, world: World) -> dict:
+    return {"format": FORMAT, "prune_unlearn": __version__, "dataset": pool.dataset, "data_sha256": pool.sha256,
+            "spec": pool.spec, "recipe": world.recipe.to_dict(), "domain": list(pool.domain),
+            "rows_sha256": array_sha256(world.rows), "forget_sha256": array_sha256(world.forget),
+            "code_sha256": code_fingerprint(("prune_unlearn.experiments.training", "prune_unlearn.core.models"))}
+
+
+class _Plain:
+    """The world's plain model: loaded from the cache, taken from a method whose training is the plain
+    training (``Unlearner.plain_from_train``), or trained, at most once per world."""
+
+    def __init__(self, pool: Pool, world: World, data: TrainingSet, cache: _Cache, log):
+        self.pool, self.world, self.data, self.cache, self.log = pool, world, data, cache, log
+        self.key = {**_world_key(pool, world), "kind": "plain"}
+        self.path = (cache.root / world.name / "plain.safetensors") if cache.root else None
+        self.model = None
+
+    def cached(self) -> bool:
+        if self.model is None and self.path is not None:
+            hit = self.cache.load(self.path, self.key)
+            if hit is not None:
+                self.model = build_model(self.pool.spec)
+                self.model.load_state_dict(hit[0])
+                self.model.eval()
+        return self.model is not None
+
+    def adopt(self, model, seconds: float) -> None:
+        self.model = copy.deepcopy(model).eval()
+        if self.path is not None:
+            self.cache.save(self.path, self.key, dict(self.model.state_dict()), {"train_seconds": seconds})
+
+    def get(self) -> tuple:
+        """A private copy of the plain model, and the seconds spent training it now (None if not trained now)."""
+        if self.cached():
+            return copy.deepcopy(self.model), None
+        t = time.perf_counter()
+        model = train_from_spec(self.pool.spec, self.data.X, self.data.y, self.data.recipe).model
+        seconds = time.perf_counter() - t
+        self.adopt(model, seconds)
+        self.log(f"  {self.world.name}: plain model trained in {seconds:.1f} s")
+        return copy.deepcopy(self.model), seconds
+
+
+def _record(model, pool: Pool, probes: dict, prefix: str) -> dict:
+    out = {}
+    for name, rows in probes.items():
+        X = pool.X[torch.as_tensor(rows)]
+        logp = torch.from_numpy(log_probabilities(model, X))
+        out[f"{prefix}logp/{name}"] = logp.float()
+        with torch.no_grad():
+            out[f"{prefix}pred/{name}"] = model(X).argmax(1).to(torch.int32)
+    return out
+
+
+def run_world(world: World, methods: list[Unlearner], pool: Pool, *, cache_dir: Path | None = None,
+              refresh: bool = False, log=print) -> dict:
+    """Outputs of every method in ``world``: ``{method: (tensors, info)}`` with tensors named
+    ``before_logp/<probe>``, ``after_logp/<probe>``, ``before_pred/<probe>``, ``after_pred/<probe>``."""
+    cache = _Cache(cache_dir, log, refresh)
+    rows = torch.as_tensor(world.rows)
+    forget = torch.as_tensor(world.forget, dtype=torch.int64)
+    data = TrainingSet(pool.X[rows], pool.y[rows], pool.spec, world.recipe, pool.domain, forget)
+    base_key = _world_key(pool, world)
+    probes_key = {name: array_sha256(r) for name, r in world.probes.items()}
+    plain = _Plain(pool, world, data, cache, log)
+    results = {}
+    # a method whose training *is* the plain training runs first, so that its model serves the others
+    for method in sorted(methods, key=lambda m: not m.plain_from_train):
+        key = {**base_key, "kind": "method", "method": method.name, "params": dict(method.params),
+               "method_code_sha256": code_fingerprint(tuple(method.code)) if method.code else None, "probes": probes_key}
+        path = (cache.root / world.name / f"{method.name}.safetensors") if cache.root else None
+        hit = cache.load(path, key) if path else None
+        if hit is not None:
+            results[method.name] = hit
+            continue
+        info = {}
+        if method.train is None:
+            trained, info["plain_train_seconds"] = plain.get()
+        else:
+            t = time.perf_counter()
+            trained = method.train(data)
+            info["train_seconds"] = time.perf_counter() - t
+            if method.plain_from_train and not plain.cached():
+                plain.adopt(model_before(trained), info["train_seconds"])
+        tensors = _record(model_before(trained), pool, world.probes, "before_")
+        t = time.perf_counter()
+        after = method.unlearn(trained, forget, data)
+        info["unlearn_seconds"] = time.perf_counter() - t
+        tensors.update(_record(after, pool, world.probes, "after_"))
+        if path:
+            cache.save(path, key, tensors, info)
+        log(f"  {world.name}: {method.name} " + ", ".join(f"{k} {v:.1f} s" for k, v in info.items() if v is not None))
+        results[method.name] = (tensors, info)
+    return {m.name: results[m.name] for m in methods}
+
+
+# Worker processes are forked, so that they inherit the data and the registered methods (including ones
+# registered at run time); each sets its torch threads before touching a tensor, as DataLoader workers do.
+_SHARED: dict = {}
+
+
+def _worker_init(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def _worker_task(i: int):
+    s = _SHARED
+    world = s["worlds"][i]
+    return world.name, run_world(world, s["methods"], s["pool"], cache_dir=s["cache_dir"], refresh=s["refresh"],
+                                 log=s["log"])
+
+
+def run_worlds(worlds: list[World], methods: list[Unlearner], pool: Pool, *, cache_dir: Path | None = None,
+               refresh: bool = False, workers: int = 1, threads: int | None = None, log=print) -> dict:
+    """:func:`run_world` for every world, in ``workers`` forked processes of ``threads`` torch threads each
+    (``workers=1``: in this process). Returns ``{world name: run_world's result}``."""
+    start = time.perf_counter()
+    done = {}
+
+    def progress(name):
+        log(f"[{pool.dataset}] {name} done ({len(done)}/{len(worlds)} worlds, "
+            f"{(time.perf_counter() - start) / 60:.1f} min)")
+
+    if workers <= 1 or len(worlds) == 1:
+        before = torch.get_num_threads()
+        if threads is not None:
+            torch.set_num_threads(threads)
+        try:
+            for world in worlds:
+                done[world.name] = run_world(world, methods, pool, cache_dir=cache_dir, refresh=refresh, log=log)
+                progress(world.name)
+        finally:
+            torch.set_num_threads(before)
+        return done
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    _SHARED.update(worlds=worlds, methods=methods, pool=pool, cache_dir=cache_dir, refresh=refresh, log=log)
+    try:
+        ctx = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init,
+                                 initargs=(threads or 1,)) as ex:
+            for fut in as_completed([ex.submit(_worker_task, i) for i in range(len(worlds))]):
+                name, result = fut.result()
+                done[name] = result
+                progress(name)
+    finally:
+        _SHARED.clear()
+    return {w.name: done[w.name] for w in worlds}

@@ -1,0 +1,153 @@
+"""The privacy table runner: methods by name, the Unlearner interface, shadow worlds, the cache, bad input."""
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from prune_unlearn.cli import cli
+from prune_unlearn.core.models import default_architecture
+from prune_unlearn.errors import InputValidationError
+from prune_unlearn.experiments.baselines import create_baseline
+from prune_unlearn.experiments.privacy import (
+    PrivacyConfig,
+    Unlearner,
+    get_unlearner,
+    register_unlearner,
+    resolve_unlearners,
+    run_privacy,
+    unlearner_names,
+)
+from prune_unlearn.experiments.privacy.methods import _REGISTRY
+from prune_unlearn.experiments.training import Recipe, train_from_spec
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture
+def calls():
+    """An 'unlearner' that withdraws nothing (returns the trained model), counting its calls."""
+    counter = {"unlearn": 0}
+
+    def keep_everything(model, forget, data):
+        counter["unlearn"] += 1
+        assert isinstance(forget, torch.Tensor) and forget.dtype == torch.int64
+        assert len(data.X) == len(data.y) and data.requests is forget
+        return model
+
+    register_unlearner(Unlearner("no-op", keep_everything, params={"v": 1}, description="returns the model"))
+    yield counter
+    _REGISTRY.pop("no-op", None)
+
+
+def _cfg(**kw):
+    base = dict(dataset="digits", methods=("retrain", "prune-random", "no-op"), n_forget=20, n_unseen=40,
+                n_shadows=6, epochs=4, workers=1, threads=1)
+    return PrivacyConfig(**{**base, **kw})
+
+
+def test_method_names_groups_and_registration(calls):
+    assert unlearner_names()[:6] == ["prune-random", "prune-runner-up", "retrain", "sisa", "amnesiac", "fu"]
+    assert [u.name for u in resolve_unlearners("retrain,prune,retrain")] == ["retrain", "prune-random",
+                                                                             "prune-runner-up"]
+    with pytest.raises(InputValidationError, match=r"Unknown unlearning method 'prune-unseen'\. Known methods: "
+                                                   r"prune-random, .*groups: prune \(= prune-random, prune-runner-up\)"):
+        resolve_unlearners(["prune-unseen"])
+    with pytest.raises(InputValidationError, match="already registered"):
+        register_unlearner(Unlearner("no-op", lambda m, i, d: m))
+    with pytest.raises(InputValidationError, match="not a group name"):
+        register_unlearner(Unlearner("prune", lambda m, i, d: m))
+    assert get_unlearner("no-op").description == "returns the model"
+
+
+def test_amnesiac_training_is_the_plain_training(digits):
+    """Unlearner.plain_from_train for Amnesiac: its recorded training is bit for bit the plain model."""
+    spec = default_architecture("digits", digits.input_dim, digits.num_classes)
+    recipe = Recipe(lr=0.1, epochs=3, batch_size=32, seed=5)
+    plain = train_from_spec(spec, digits.X_train, digits.y_train, recipe).model
+    amnesiac = create_baseline("amnesiac", recovery_steps=10, request_sets=[torch.arange(0, 300, 7)]).fit(
+        spec, digits.X_train, digits.y_train, recipe)
+    for (name, a), b in zip(amnesiac.model_.state_dict().items(), plain.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert get_unlearner("amnesiac").plain_from_train
+
+
+def test_run_privacy_on_digits_writes_the_table_and_reuses_its_shadows(tmp_path, calls):
+    logs = []
+    result = run_privacy(_cfg(), tmp_path, log=logs.append)
+    rows = {r["method"]: r for r in result["rows"]}
+    assert list(rows) == ["retrain", "prune-random", "no-op"]
+    assert calls["unlearn"] == 7  # the target and 6 shadows
+    prune, noop = rows["prune-random"], rows["no-op"]
+    # PRUNE: every forgotten point mispredicted, nothing else changed, so the pair of models gives them away
+    assert prune["A_u_a"] == 0.0 and prune["changed_tes"] == 0 and prune["changed_res"] == 0
+    for where in ("remaining", "unseen"):
+        assert prune["difference"][where]["posterior_shift"]["auc"] == 1.0
+        assert prune["difference"][where]["posterior_shift"]["precision_at_k"] == 1.0
+    assert prune["ulira"]["online"]["auc"] > 0.95  # "patched" is far from "never seen"
+    # a method that withdraws nothing: the model did not move, and it still remembers what it saw
+    assert noop["A_u_a"] == noop["A_u_b"] and noop["changed_tes"] == 0
+    assert noop["difference"]["remaining"]["loss_increase"]["auc"] == 0.5
+    assert noop["ulira"]["online"] == noop["lira_before"]["online"]
+    des = result["design"]
+    assert des["n_forget"] == 20 and des["n_unseen_candidates"] == 40 and des["in_per_candidate"] == [2]
+    assert des["n_unseen_population"] == 360 and des["n_remaining"] == 1417
+    pop = prune["population"]["loss"]
+    assert pop["n_pos"] == 20 and pop["n_neg"] == 360 and pop["max_false_positives"] == {"0.01": 3, "0.001": 0}
+    assert pop["tpr"]["0.001"] is None
+    for name in ("privacy-digits.md", "privacy-digits.json", "privacy-digits.csv"):
+        assert (tmp_path / name).is_file()
+    md = (tmp_path / "privacy-digits.md").read_text()
+    assert "| metric | retrain | prune-random | no-op |" in md and "U-LiRA online AUC" in md
+    assert json.loads((tmp_path / "privacy-digits.json").read_text())["config"]["n_shadows"] == 6
+    assert sorted(p.name for p in (tmp_path / "privacy-cache" / "digits" / "shadow-00").iterdir()) == [
+        "no-op.safetensors", "plain.safetensors", "prune-random.safetensors", "retrain.safetensors"]
+
+    # same configuration again: everything comes from the cache, the numbers are the same
+    logs.clear()
+    again = run_privacy(_cfg(), tmp_path, log=logs.append)
+    assert calls["unlearn"] == 7 and not any("trained" in m or "stale" in m for m in logs)
+    assert [r["ulira"] for r in again["rows"]] == [r["ulira"] for r in result["rows"]]
+
+
+    # a changed method parameter: its entries are stale, recomputed and said so; the plain models still count
+    _REGISTRY["no-op"] = Unlearner("no-op", _REGISTRY["no-op"].unlearn, params={"v": 2})
+    logs.clear()
+    run_privacy(_cfg(methods=("no-op",)), tmp_path, log=logs.append)
+    stale = [m for m in logs if "is stale" in m]
+    assert len(stale) == 7 and all("changed: params" in m for m in stale)
+    assert calls["unlearn"] == 14 and not any("plain model trained" in m for m in logs)
+
+
+def test_workers_give_the_same_numbers(tmp_path, calls):
+    one = run_privacy(_cfg(methods=("no-op",)), tmp_path / "a", log=lambda m: None)
+    two = run_privacy(_cfg(methods=("no-op",), workers=2), tmp_path / "b", log=lambda m: None)
+    assert one["rows"][0]["ulira"] == two["rows"][0]["ulira"]
+    assert one["rows"][0]["population"] == two["rows"][0]["population"]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"methods": ("retrain", "prune-unseen")}, "Unknown unlearning method 'prune-unseen'"),
+    ({"n_shadows": 5}, r"'n_shadows' parameter of run_privacy must be an integer ≥ 6"),
+    ({"n_forget": 200, "n_unseen": 361}, r"'n_unseen' parameter of run_privacy must be at most the 360 test points"),
+    ({"n_forget": 1437, "n_shadows": 100}, r"'n_forget' parameter of run_privacy must be smaller than the 1437 training points"),
+    ({"variance": "pooled"}, "'variance' parameter of run_privacy must be one of"),
+    ({"workers": 0}, "'workers' parameter of run_privacy must be an integer ≥ 1"),
+])
+def test_bad_input_is_refused_before_anything_is_written(tmp_path, change, message):
+    out = tmp_path / "out"
+    with pytest.raises(InputValidationError, match=message):
+        run_privacy(_cfg(methods=("retrain",), **change) if "methods" not in change else _cfg(**change), out,
+                    log=lambda m: None)
+    assert not out.exists()
+
+
+def test_bench_privacy_cli_errors_are_one_line_and_write_nothing(tmp_path):
+    res = CliRunner().invoke(cli, ["bench", "privacy", "--data", "digits", "--methods", "retrain,nope",
+                                   "--out", str(tmp_path)])
+    assert res.exit_code == 1 and "Error: Unknown unlearning method 'nope'" in res.output
+    res = CliRunner().invoke(cli, ["bench", "privacy", "--data", "digits", "--out", str(tmp_path)])
+    # digits has 360 test points: too few for the default 1,000 unseen candidates
+    assert res.exit_code == 1 and "'n_unseen' parameter of run_privacy must be at most the 360" in res.output
+    assert list(tmp_path.iterdir()) == []
