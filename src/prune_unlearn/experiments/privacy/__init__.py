@@ -12,7 +12,14 @@
 See docs/privacy.md for what each attack shows.
 """
 
-from .difference import DIFFERENCE_SCORES, difference_scores, model_difference_attack, precision_at_k
+from .difference import (
+    DIFFERENCE_SCORES,
+    difference_scores,
+    learned_difference_attack,
+    model_difference_attack,
+    pair_features,
+    precision_at_k,
+)
 from .lira import (
     assign_shadow_sets,
     likelihood_ratio_attack,
@@ -56,7 +63,8 @@ __all__ = [
     "log_probabilities", "membership_scores", "scaled_confidence", "SCORES", "RocSummary", "roc_summary",
     "tpr_at_fpr", "check_disjoint", "population_attack",
     "assign_shadow_sets", "minimum_shadows", "lira_scores", "likelihood_ratio_attack",
-    "DIFFERENCE_SCORES", "difference_scores", "precision_at_k", "model_difference_attack",
+    "DIFFERENCE_SCORES", "difference_scores", "precision_at_k", "model_difference_attack", "pair_features",
+    "learned_difference_attack",
     "TrainingSet", "Unlearner", "register_unlearner", "unlearner_names", "get_unlearner", "resolve_unlearners",
     "PrivacyConfig", "run_privacy",
 ]

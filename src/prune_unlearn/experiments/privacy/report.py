@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import statistics
 from pathlib import Path
 
 __all__ = ["write_privacy_report", "flatten"]
@@ -100,6 +101,25 @@ def _lines(result: dict) -> list[str]:
                          *[(f"{s} precision @{n_u}", lambda r, s=s: _pct(diff(where, s)(r)["precision_at_k"]))
                            for s in ("loss_increase", "posterior_shift")],
                      ])
+    learned = lambda r: r["difference_learned"]  # noqa: E731
+    out += table(f"Model difference, learned (Chen et al.): {n_u} forgotten vs {n_cand} unseen candidates",
+                 "A random forest trained on the shadow worlds' pairs of models (features of both output vectors) "
+                 f"scores the target's pair. TPR at 1% FPR allows {fp(n_cand, .01)} false positives.", [
+                     ("AUC", lambda r: _auc(learned(r)["auc"])),
+                     ("TPR @1% / @0.1%", lambda r: f"{_pct(learned(r)['tpr']['0.01'])} / "
+                                                   f"{_pct(learned(r)['tpr']['0.001'])}"),
+                     (f"precision @{n_u}", lambda r: _pct(learned(r)["precision_at_k"])),
+                 ])
+    secs = result.get("world_seconds", {})
+    med = lambda v: f"{statistics.median(v):.1f}" if v else "–"  # noqa: E731
+    out += ["", "### Cost per world (seconds, median over the worlds computed, with how many)", "",
+            "| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names),
+            "| training | " + " | ".join(f"{med(secs[m]['train_seconds'])} ({len(secs[m]['train_seconds'])})"
+                                        for m in names) + " |",
+            "| unlearning | " + " | ".join(f"{med(secs[m]['unlearn_seconds'])} ({len(secs[m]['unlearn_seconds'])})"
+                                          for m in names) + " |",
+            "", "Training counts once per world for the methods that share the plain model (retrain, PRUNE, FU); "
+            "Amnesiac's recorded training is that plain training."]
     out += ["", "Methods: " + "; ".join(f"`{k}` — {v}" for k, v in result["methods"].items()) + "."]
     return out
 

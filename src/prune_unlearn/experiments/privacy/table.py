@@ -27,7 +27,7 @@ from ...core.models import default_architecture
 from ..baselines.base import derive_seed
 from ..datasets import load_dataset
 from ..training import recipe_for
-from .difference import difference_scores, difference_summary
+from .difference import difference_scores, difference_summary, learned_difference_attack
 from .lira import VARIANCE_MODES, assign_shadow_sets, check_shadow_count, likelihood_ratio_attack
 from .methods import resolve_unlearners
 from .population import SCORES, membership_scores, roc_summary
@@ -163,6 +163,10 @@ def _evaluate(method: str, outcomes: dict, design: _Design, pool_y: np.ndarray, 
         target_logp = t[f"{when}_logp/candidates"].numpy()
         row[label] = {v: likelihood_ratio_attack(target_logp, shadow_logp, design.shadow_in, y_c, f, variant=v,
                                                  variance=cfg.variance).to_dict() for v in ("online", "offline")}
+    row["difference_learned"] = learned_difference_attack(
+        *[np.stack([outcomes[w][method][0][f"{when}_logp/candidates"].double().numpy() for w in shadows])
+          for when in ("before", "after")], design.shadow_in, y_c, t["before_logp/candidates"].numpy(), after_c, f,
+        seed=cfg.seed)
     d_pos = difference_scores(t["before_logp/candidates"].numpy()[f], after_c[f], y_u)
     row["difference"] = {
         "remaining": difference_summary(d_pos, difference_scores(t["before_logp/remaining"].numpy(),
@@ -170,6 +174,18 @@ def _evaluate(method: str, outcomes: dict, design: _Design, pool_y: np.ndarray, 
         "unseen": difference_summary(d_pos, difference_scores(t["before_logp/unseen"].numpy(), after_un, y_un)),
     }
     return row
+
+
+def _world_seconds(outcomes: dict, methods) -> dict:
+    """Per method, the seconds each world spent training (its own or the plain model) and unlearning, as
+    measured when the world was computed (a cached world keeps the times of the run that computed it)."""
+    out = {}
+    for m in methods:
+        infos = [outcomes[w][m.name][1] for w in outcomes]
+        train = [i.get("train_seconds", i.get("plain_train_seconds")) for i in infos]
+        out[m.name] = {"train_seconds": [t for t in train if t is not None],
+                       "unlearn_seconds": [i["unlearn_seconds"] for i in infos]}
+    return out
 
 
 def _data_sha256(ds) -> str:
@@ -208,6 +224,7 @@ def run_privacy(cfg: PrivacyConfig, out_dir: str | Path, *, log=print) -> dict:
                          "n_unseen_population": len(design.unseen), "n_remaining": len(design.remaining),
                          "n_shadows": cfg.n_shadows, "in_per_candidate": sorted(set(design.shadow_in.sum(0).tolist())),
                          "test_duplicates_dropped": design.test_duplicates, "cache_dir": str(cache_dir)},
-              "seconds": time.perf_counter() - start, "machine": machine, "rows": rows}
+              "seconds": time.perf_counter() - start, "machine": machine, "rows": rows,
+              "world_seconds": _world_seconds(outcomes, methods)}
     write_privacy_report(result, out)
     return result
