@@ -21,5 +21,9 @@ for spec in "digits 2.0" "mnist 5.0" "fashion-mnist 8.0"; do
   set -- $spec
   log "table5 $1";   $PRUNE bench table5 --data "$1" --out "$OUT" --radius-scale "$2" --intermediate ibp
 done
+# every attack against every method, 16 shadow worlds each (docs/privacy.md); shadows cached in $OUT/<d>/privacy-cache
+for d in mnist fashion-mnist; do
+  log "privacy $d";  $PRUNE bench privacy --data "$d" --out "$OUT"
+done
 log cifar10;         $PY benchmarks/bench_cifar.py --out "$OUT/bench"
 log done

@@ -43,7 +43,7 @@ def calls():
 
 def _cfg(**kw):
     base = dict(dataset="digits", methods=("retrain", "prune-random", "no-op"), n_forget=20, n_unseen=40,
-                n_shadows=6, epochs=4, workers=1, threads=1)
+                n_shadows=6, epochs=2, workers=1, threads=1)
     return PrivacyConfig(**{**base, **kw})
 
 
@@ -125,6 +125,19 @@ def test_workers_give_the_same_numbers(tmp_path, calls):
     two = run_privacy(_cfg(methods=("no-op",), workers=2), tmp_path / "b", log=lambda m: None)
     assert one["rows"][0]["ulira"] == two["rows"][0]["ulira"]
     assert one["rows"][0]["population"] == two["rows"][0]["population"]
+
+
+def test_a_failing_method_stops_the_run_with_its_error(tmp_path):
+    def broken(model, forget, data):
+        raise RuntimeError("boom in unlearn")
+
+    register_unlearner(Unlearner("broken", broken))
+    try:
+        with pytest.raises(RuntimeError, match="boom in unlearn"):
+            run_privacy(_cfg(methods=("broken",), workers=2), tmp_path, log=lambda m: None)
+    finally:
+        _REGISTRY.pop("broken", None)
+    assert not (tmp_path / "privacy-digits.md").exists()
 
 
 @pytest.mark.parametrize("change, message", [

@@ -237,6 +237,11 @@ def run_worlds(worlds: list[World], methods: list[Unlearner], pool: Pool, *, cac
         log(f"[{pool.dataset}] {name} done ({len(done)}/{len(worlds)} worlds, "
             f"{(time.perf_counter() - start) / 60:.1f} min)")
 
+    import multiprocessing
+
+    if workers > 1 and "fork" not in multiprocessing.get_all_start_methods():
+        log("  workers > 1 needs the 'fork' start method, which this platform lacks; running the worlds in turn")
+        workers = 1
     if workers <= 1 or len(worlds) == 1:
         before = torch.get_num_threads()
         if threads is not None:
@@ -248,18 +253,20 @@ def run_worlds(worlds: list[World], methods: list[Unlearner], pool: Pool, *, cac
         finally:
             torch.set_num_threads(before)
         return done
-    import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     _SHARED.update(worlds=worlds, methods=methods, pool=pool, cache_dir=cache_dir, refresh=refresh, log=log)
+    ex = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=_worker_init,
+                             initargs=(threads or 1,))
     try:
-        ctx = multiprocessing.get_context("fork")
-        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init,
-                                 initargs=(threads or 1,)) as ex:
-            for fut in as_completed([ex.submit(_worker_task, i) for i in range(len(worlds))]):
-                name, result = fut.result()
-                done[name] = result
-                progress(name)
+        for fut in as_completed([ex.submit(_worker_task, i) for i in range(len(worlds))]):
+            name, result = fut.result()
+            done[name] = result
+            progress(name)
+    except BaseException:
+        ex.shutdown(wait=False, cancel_futures=True)  # a failed world stops the run; do not train the rest
+        raise
     finally:
+        ex.shutdown()
         _SHARED.clear()
     return {w.name: done[w.name] for w in worlds}
