@@ -284,3 +284,19 @@ def test_learned_difference_attack_learns_the_change_from_shadow_pairs():
     assert res["auc"] > 0.9 and res["precision_at_k"] > 0.8 and res["k"] == 150
     null = learned_difference_attack(*_pairs(400, 6, effect=0.0, seed=1), n_estimators=50)
     assert abs(null["auc"] - 0.5) < 0.07
+
+
+def test_lira_with_real_shadow_models_finds_the_members_of_a_memorising_model():
+    """Eight small MLPs, each trained on a random half of 80 random-label points; the target on a ninth half."""
+    X, y = _random_points(80, seed=7)
+    ins = assign_shadow_sets(80, 40, 9, seed=0)
+
+    def trained_on(mask, seed):
+        torch.manual_seed(seed)
+        model = mlp(20, [64], 4)
+        return train_model(model, X[torch.from_numpy(mask)], y[torch.from_numpy(mask)],
+                           Recipe(lr=0.1, momentum=0.9, epochs=150, batch_size=40, seed=seed)).model
+
+    logps = [log_probabilities(trained_on(mask, seed), X) for seed, mask in enumerate(ins)]
+    res = likelihood_ratio_attack(logps[8], np.stack(logps[:8]), ins[:8], y.numpy(), ins[8])
+    assert res.auc > 0.85 and res.n_pos == 40 and res.n_neg == 40
