@@ -158,15 +158,16 @@ def _evaluate(method: str, outcomes: dict, design: _Design, pool_y: np.ndarray, 
     row["yeom"] = {"threshold": threshold, "recall": float((-pos["loss"] <= threshold).mean()),
                    "false_positive_rate": float((-neg["loss"] <= threshold).mean())}
     shadows = [w for w in outcomes if w != "target"]
+
+    def stacked(when: str) -> np.ndarray:  # (n_shadows, n_candidates, C)
+        return np.stack([outcomes[w][method][0][f"{when}_logp/candidates"].double().numpy() for w in shadows])
+
     for when, label in (("after", "ulira"), ("before", "lira_before")):
-        shadow_logp = np.stack([outcomes[w][method][0][f"{when}_logp/candidates"].double().numpy() for w in shadows])
-        target_logp = t[f"{when}_logp/candidates"].numpy()
-        row[label] = {v: likelihood_ratio_attack(target_logp, shadow_logp, design.shadow_in, y_c, f, variant=v,
-                                                 variance=cfg.variance).to_dict() for v in ("online", "offline")}
-    row["difference_learned"] = learned_difference_attack(
-        *[np.stack([outcomes[w][method][0][f"{when}_logp/candidates"].double().numpy() for w in shadows])
-          for when in ("before", "after")], design.shadow_in, y_c, t["before_logp/candidates"].numpy(), after_c, f,
-        seed=cfg.seed)
+        row[label] = {v: likelihood_ratio_attack(t[f"{when}_logp/candidates"].numpy(), stacked(when), design.shadow_in,
+                                                 y_c, f, variant=v, variance=cfg.variance).to_dict()
+                      for v in ("online", "offline")}
+    row["difference_learned"] = learned_difference_attack(stacked("before"), stacked("after"), design.shadow_in, y_c,
+                                                          t["before_logp/candidates"].numpy(), after_c, f, seed=cfg.seed)
     d_pos = difference_scores(t["before_logp/candidates"].numpy()[f], after_c[f], y_u)
     row["difference"] = {
         "remaining": difference_summary(d_pos, difference_scores(t["before_logp/remaining"].numpy(),
