@@ -112,14 +112,18 @@ def _lines(result: dict) -> list[str]:
                  ])
     secs = result.get("world_seconds", {})
     med = lambda v: f"{statistics.median(v):.1f}" if v else "–"  # noqa: E731
-    out += ["", "### Cost per world (seconds, median over the worlds computed, with how many)", "",
-            "| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names),
-            "| training | " + " | ".join(f"{med(secs[m]['train_seconds'])} ({len(secs[m]['train_seconds'])})"
-                                        for m in names) + " |",
-            "| unlearning | " + " | ".join(f"{med(secs[m]['unlearn_seconds'])} ({len(secs[m]['unlearn_seconds'])})"
-                                          for m in names) + " |",
-            "", "Training counts once per world for the methods that share the plain model (retrain, PRUNE, FU); "
-            "Amnesiac's recorded training is that plain training."]
+    cell = lambda m, k: f"{med(secs[m][k])} ({len(secs[m][k])})"  # noqa: E731
+    out += ["", "### Cost per world (median seconds over the worlds computed in the run that filled the cache, "
+            "with how many)", "", "| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for phase in ("train", "unlearn"):
+        for unit, what in (("seconds", "wall"), ("cpu_seconds", "CPU")):
+            out.append(f"| {phase}ing, {what} | " + " | ".join(cell(m, f"{phase}_{unit}") for m in names) + " |")
+    total_cpu = sum(sum(v) for m in names for k, v in secs[m].items() if k.endswith("cpu_seconds"))
+    out += ["", "Training counts once per world for the methods that share the plain model (retrain, PRUNE, FU); "
+            "Amnesiac's recorded training is that plain training. CPU seconds are the worker process's own "
+            f"(one torch thread): {total_cpu / 60:.1f} CPU-minutes in all, i.e. about "
+            f"{total_cpu / 60 / max(1, result['machine'].get('workers') or 1):.0f} minutes on "
+            f"{result['machine'].get('workers')} idle cores."]
     out += ["", "Methods: " + "; ".join(f"`{k}` — {v}" for k, v in result["methods"].items()) + "."]
     return out
 

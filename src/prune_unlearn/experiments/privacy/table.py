@@ -178,14 +178,17 @@ def _evaluate(method: str, outcomes: dict, design: _Design, pool_y: np.ndarray, 
 
 
 def _world_seconds(outcomes: dict, methods) -> dict:
-    """Per method, the seconds each world spent training (its own or the plain model) and unlearning, as
-    measured when the world was computed (a cached world keeps the times of the run that computed it)."""
+    """Per method and phase, the wall and CPU seconds of each world, as measured when the world was computed
+    (a cached world keeps the times of the run that computed it; older cache entries have no CPU times)."""
     out = {}
     for m in methods:
         infos = [outcomes[w][m.name][1] for w in outcomes]
-        train = [i.get("train_seconds", i.get("plain_train_seconds")) for i in infos]
-        out[m.name] = {"train_seconds": [t for t in train if t is not None],
-                       "unlearn_seconds": [i["unlearn_seconds"] for i in infos]}
+        entry = {}
+        for phase, keys in (("train", ("train", "plain_train")), ("unlearn", ("unlearn",))):
+            for unit in ("seconds", "cpu_seconds"):
+                vals = [next((i[f"{k}_{unit}"] for k in keys if f"{k}_{unit}" in i), None) for i in infos]
+                entry[f"{phase}_{unit}"] = [v for v in vals if v is not None]
+        out[m.name] = entry
     return out
 
 

@@ -15,6 +15,7 @@ overwrites it. Nothing is reused silently.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import hashlib
@@ -140,21 +141,31 @@ class _Plain:
                 self.model.eval()
         return self.model is not None
 
-    def adopt(self, model, seconds: float) -> None:
+    def adopt(self, model, times: dict) -> None:
         self.model = copy.deepcopy(model).eval()
         if self.path is not None:
-            self.cache.save(self.path, self.key, dict(self.model.state_dict()), {"train_seconds": seconds})
+            self.cache.save(self.path, self.key, dict(self.model.state_dict()), times)
 
     def get(self) -> tuple:
-        """A private copy of the plain model, and the seconds spent training it now (None if not trained now)."""
+        """A private copy of the plain model, and the times of training it now (empty if it was not trained now)."""
+        times: dict = {}
         if self.cached():
-            return copy.deepcopy(self.model), None
-        t = time.perf_counter()
-        model = train_from_spec(self.pool.spec, self.data.X, self.data.y, self.data.recipe).model
-        seconds = time.perf_counter() - t
-        self.adopt(model, seconds)
-        self.log(f"  {self.world.name}: plain model trained in {seconds:.1f} s")
-        return copy.deepcopy(self.model), seconds
+            return copy.deepcopy(self.model), times
+        with _timed(times, "plain_train"):
+            model = train_from_spec(self.pool.spec, self.data.X, self.data.y, self.data.recipe).model
+        self.adopt(model, times)
+        self.log(f"  {self.world.name}: plain model trained in {times['plain_train_seconds']:.1f} s")
+        return copy.deepcopy(self.model), times
+
+
+@contextlib.contextmanager
+def _timed(info: dict, what: str):
+    """Record wall and CPU seconds (``<what>_seconds``, ``<what>_cpu_seconds``): on a loaded machine the wall
+    time of one single-threaded worker says little, its CPU time about what an idle core would take."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    yield
+    info[f"{what}_seconds"] = time.perf_counter() - wall
+    info[f"{what}_cpu_seconds"] = time.process_time() - cpu
 
 
 def _record(model, pool: Pool, probes: dict, prefix: str) -> dict:
@@ -189,23 +200,21 @@ def run_world(world: World, methods: list[Unlearner], pool: Pool, *, cache_dir: 
         if hit is not None:
             results[method.name] = hit
             continue
-        info = {}
+        info: dict = {}
         if method.train is None:
-            trained, info["plain_train_seconds"] = plain.get()
+            trained, info = plain.get()
         else:
-            t = time.perf_counter()
-            trained = method.train(data)
-            info["train_seconds"] = time.perf_counter() - t
+            with _timed(info, "train"):
+                trained = method.train(data)
             if method.plain_from_train and not plain.cached():
-                plain.adopt(model_before(trained), info["train_seconds"])
+                plain.adopt(model_before(trained), info)
         tensors = _record(model_before(trained), pool, world.probes, "before_")
-        t = time.perf_counter()
-        after = method.unlearn(trained, forget, data)
-        info["unlearn_seconds"] = time.perf_counter() - t
+        with _timed(info, "unlearn"):
+            after = method.unlearn(trained, forget, data)
         tensors.update(_record(after, pool, world.probes, "after_"))
         if path:
             cache.save(path, key, tensors, info)
-        log(f"  {world.name}: {method.name} " + ", ".join(f"{k} {v:.1f} s" for k, v in info.items() if v is not None))
+        log(f"  {world.name}: {method.name} " + ", ".join(f"{k} {v:.1f}" for k, v in info.items()))
         results[method.name] = (tensors, info)
     return {m.name: results[m.name] for m in methods}
 
