@@ -51,8 +51,8 @@ def test_method_names_groups_and_registration(calls):
     assert unlearner_names()[:6] == ["prune-random", "prune-runner-up", "retrain", "sisa", "amnesiac", "fu"]
     assert [u.name for u in resolve_unlearners("retrain,prune,retrain")] == ["retrain", "prune-random",
                                                                              "prune-runner-up"]
-    with pytest.raises(InputValidationError, match=r"Unknown unlearning method 'prune-unseen'\. Known methods: "
-                                                   r"prune-random, .*groups: prune \(= prune-random, prune-runner-up\)"):
+    known = r"Known methods: prune-random, .*groups: prune \(= prune-random, prune-runner-up\)"
+    with pytest.raises(InputValidationError, match=r"Unknown unlearning method 'prune-unseen'\. " + known):
         resolve_unlearners(["prune-unseen"])
     with pytest.raises(InputValidationError, match="already registered"):
         register_unlearner(Unlearner("no-op", lambda m, i, d: m))
@@ -144,7 +144,7 @@ def test_a_failing_method_stops_the_run_with_its_error(tmp_path):
     ({"methods": ("retrain", "prune-unseen")}, "Unknown unlearning method 'prune-unseen'"),
     ({"n_shadows": 5}, r"'n_shadows' parameter of run_privacy must be an integer ≥ 6"),
     ({"n_forget": 200, "n_unseen": 361}, r"'n_unseen' parameter of run_privacy must be at most the 360 test points"),
-    ({"n_forget": 1437, "n_shadows": 100}, r"'n_forget' parameter of run_privacy must be smaller than the 1437 training points"),
+    ({"n_forget": 1437, "n_shadows": 100}, r"'n_forget' parameter of run_privacy must be smaller than the 1437 "),
     ({"variance": "pooled"}, "'variance' parameter of run_privacy must be one of"),
     ({"workers": 0}, "'workers' parameter of run_privacy must be an integer ≥ 1"),
 ])

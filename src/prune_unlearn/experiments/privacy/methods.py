@@ -88,7 +88,8 @@ def model_before(trained) -> nn.Module:
 # --- built-in methods: PRUNE's paper targets and the paper's baselines --------------------------------
 
 _PRUNE_CODE = ("prune_unlearn.unlearn", "prune_unlearn.core")
-_BASELINE_CODE = ("prune_unlearn.experiments.baselines", "prune_unlearn.experiments.training", "prune_unlearn.core.models")
+_BASELINE_CODE = ("prune_unlearn.experiments.baselines", "prune_unlearn.experiments.training",
+                  "prune_unlearn.core.models")
 
 
 def _prune(target: str) -> Unlearner:

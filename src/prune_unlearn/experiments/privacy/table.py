@@ -122,7 +122,8 @@ def _design(ds, cfg: PrivacyConfig) -> _Design:
 
 def _worlds(design: _Design, ds, cfg: PrivacyConfig) -> list[World]:
     n_train = len(ds.y_train)
-    target = World("target", np.arange(n_train), design.forgotten, recipe_for(ds.name, seed=cfg.seed, epochs=cfg.epochs),
+    recipe = recipe_for(ds.name, seed=cfg.seed, epochs=cfg.epochs)
+    target = World("target", np.arange(n_train), design.forgotten, recipe,
                    {"candidates": design.candidates, "unseen": design.unseen, "remaining": design.remaining})
     worlds = [target]
     k = cfg.n_forget
@@ -166,8 +167,9 @@ def _evaluate(method: str, outcomes: dict, design: _Design, pool_y: np.ndarray, 
         row[label] = {v: likelihood_ratio_attack(t[f"{when}_logp/candidates"].numpy(), stacked(when), design.shadow_in,
                                                  y_c, f, variant=v, variance=cfg.variance).to_dict()
                       for v in ("online", "offline")}
-    row["difference_learned"] = learned_difference_attack(stacked("before"), stacked("after"), design.shadow_in, y_c,
-                                                          t["before_logp/candidates"].numpy(), after_c, f, seed=cfg.seed)
+    row["difference_learned"] = learned_difference_attack(
+        stacked("before"), stacked("after"), design.shadow_in, y_c, t["before_logp/candidates"].numpy(), after_c, f,
+        seed=cfg.seed)
     d_pos = difference_scores(t["before_logp/candidates"].numpy()[f], after_c[f], y_u)
     row["difference"] = {
         "remaining": difference_summary(d_pos, difference_scores(t["before_logp/remaining"].numpy(),

@@ -74,13 +74,18 @@ class Pool:
 
 @dataclass
 class World:
-    """``rows`` (pool indices, in training order); ``forget`` (positions in ``rows``); ``probes`` (name → pool rows)."""
+    """``rows``: pool indices, in training order; ``forget``: positions in ``rows``; ``probes``: name → pool rows."""
 
     name: str
     rows: np.ndarray
     forget: np.ndarray
     recipe: Recipe
     probes: dict
+
+
+def _canonical(key: dict) -> dict:
+    """The key as it reads back from JSON (tuples become lists), so that equal keys compare equal."""
+    return json.loads(json.dumps(key, sort_keys=True))
 
 
 class _Cache:
@@ -90,6 +95,7 @@ class _Cache:
     def load(self, path: Path, key: dict):
         if self.root is None or self.refresh or not path.exists():
             return None
+        key = _canonical(key)
         try:
             from safetensors import safe_open
 
@@ -110,8 +116,8 @@ class _Cache:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp),
-                  metadata={"key": json.dumps(key, sort_keys=True), "info": json.dumps(info, sort_keys=True)})
+        meta = {"key": json.dumps(_canonical(key), sort_keys=True), "info": json.dumps(info, sort_keys=True)}
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
         os.replace(tmp, path)
 
 
@@ -193,8 +199,9 @@ def run_world(world: World, methods: list[Unlearner], pool: Pool, *, cache_dir: 
     results = {}
     # a method whose training *is* the plain training runs first, so that its model serves the others
     for method in sorted(methods, key=lambda m: not m.plain_from_train):
+        code = code_fingerprint(tuple(method.code)) if method.code else None
         key = {**base_key, "kind": "method", "method": method.name, "params": dict(method.params),
-               "method_code_sha256": code_fingerprint(tuple(method.code)) if method.code else None, "probes": probes_key}
+               "method_code_sha256": code, "probes": probes_key}
         path = (cache.root / world.name / f"{method.name}.safetensors") if cache.root else None
         hit = cache.load(path, key) if path else None
         if hit is not None:
