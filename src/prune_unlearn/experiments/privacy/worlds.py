@@ -39,6 +39,7 @@ from .population import log_probabilities
 __all__ = ["World", "Pool", "run_world", "run_worlds", "code_fingerprint", "array_sha256", "FORMAT"]
 
 FORMAT = 1
+_PLAIN_CODE = ("prune_unlearn.experiments.training", "prune_unlearn.core.models")
 
 
 def array_sha256(a) -> str:
@@ -125,7 +126,7 @@ def _world_key(pool: Pool, world: World) -> dict:
     return {"format": FORMAT, "prune_unlearn": __version__, "dataset": pool.dataset, "data_sha256": pool.sha256,
             "spec": pool.spec, "recipe": world.recipe.to_dict(), "domain": list(pool.domain),
             "rows_sha256": array_sha256(world.rows), "forget_sha256": array_sha256(world.forget),
-            "code_sha256": code_fingerprint(("prune_unlearn.experiments.training", "prune_unlearn.core.models"))}
+            "code_sha256": code_fingerprint(_PLAIN_CODE)}
 
 
 class _Plain:
@@ -248,6 +249,10 @@ def run_worlds(worlds: list[World], methods: list[Unlearner], pool: Pool, *, cac
     (``workers=1``: in this process). Returns ``{world name: run_world's result}``."""
     start = time.perf_counter()
     done = {}
+    # Hash the code once, here, before any world runs (and before workers fork): a source file edited during
+    # a long run must not label results computed by the code already loaded.
+    for modules in [_PLAIN_CODE] + [tuple(m.code) for m in methods if m.code]:
+        code_fingerprint(modules)
 
     def progress(name):
         log(f"[{pool.dataset}] {name} done ({len(done)}/{len(worlds)} worlds, "
