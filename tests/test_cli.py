@@ -18,7 +18,7 @@ from prune_unlearn.cli.policy import EXIT_CHECK_FAILED, EXIT_ERROR, EXIT_OK, EXI
 from prune_unlearn.core.confusion import BOUND_METHODS
 from prune_unlearn.errors import LedgerError
 from prune_unlearn.experiments.datasets import dataset_names
-from prune_unlearn.unlearn.forget import STRATEGIES, TARGET_RULES
+from prune_unlearn.unlearn.forget import FORGET_TARGETS, STRATEGIES
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI_DIR = ROOT / "src" / "prune_unlearn" / "cli"
@@ -355,7 +355,7 @@ def test_choices_come_from_the_library_constants():
                 assert tuple(param.type.choices) == expected[param.name], (path, param.name)
                 seen.add(param.name)
             if param.name == "target" and path == ("forget",):
-                assert tuple(param.type.choices) == tuple(TARGET_RULES)
+                assert tuple(param.type.choices) == tuple(FORGET_TARGETS)
                 seen.add("target")
     assert seen == {"bound", "strategy", "data_name", "target"}
 

@@ -24,6 +24,7 @@ from .errors import (
     UnsupportedModelError,
 )
 from .unlearn.forget import forget
+from .unlearn.reference import Reference
 from .unlearn.report import ClassReport, ForgetResult, Report
 from .unlearn.whole_class import forget_class
 from .verify.audit import AuditResult, audit
@@ -36,6 +37,7 @@ from .experiments.training import Recipe, recipe_for, train_from_spec, train_mod
 __all__ = [
     "forget",
     "forget_class",
+    "Reference",
     "audit",
     "AuditResult",
     "ForgetResult",

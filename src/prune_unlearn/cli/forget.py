@@ -12,6 +12,7 @@ from ..errors import InputValidationError
 from ..experiments.datasets import Dataset, load_dataset
 from ..experiments.training import recipe_for, recorded_recipe, retrain
 from ..unlearn.forget import ForgetResult, forget
+from ..unlearn.reference import Reference
 from ..unlearn.whole_class import forget_class
 from .options import ClassTarget, IntList, bound_option, data_options, forget_options, model_path_option
 from .options import radius_option, read_indices, relaxed_support_options, seed_option
@@ -67,24 +68,40 @@ def write_outputs(out: Path, result: ForgetResult, idx: torch.Tensor, info: dict
 @click.option("--count", type=click.IntRange(min=1), default=None,
               help="Forget this many random training points (drawn with --seed).")
 @forget_options
+@click.option("--reference", "reference_paths", multiple=True,
+              type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="--target unseen: a model (.safetensors) that never trained on the points; repeat for several "
+                   "(each point uses the first that never saw it), each with its --reference-indices.")
+@click.option("--reference-indices", "reference_indices", multiple=True,
+              type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="Training-set indices each --reference was trained on (same order as --reference).")
 @seed_option
 @click.option("--retrain", "with_retraining", is_flag=True,
               help="Also retrain on the remaining data (with the recipe recorded by `prune train`, else the data "
                    "set's default with --seed) and report the time ratio.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help=_OUT_HELP)
 @output_options
-def forget_cmd(model_path, layers, data_name, data_dir, indices, count, forget_kwargs, seed, with_retraining, out,
-               output):
+def forget_cmd(model_path, layers, data_name, data_dir, indices, count, forget_kwargs, reference_paths,
+               reference_indices, seed, with_retraining, out, output):
     """Forget training points of a saved model; write the patched model, report and certificate.
 
     \b
     Example: prune forget --model digits.safetensors --data digits --count 100 --out forgot/
+    \b
+    As if never seen: prune forget --model digits.safetensors --data digits --count 100 --target unseen
+        --reference fold0.safetensors --reference-indices fold0-seen.txt --out forgot/
     """
     if (indices is None) == (count is None):
         raise click.UsageError("Use exactly one of --indices or --count.")
+    if len(reference_paths) != len(reference_indices):
+        raise click.UsageError("Give one --reference-indices file for every --reference.")
     model = load_model(model_path, layers=layers)
     ds = load_dataset(data_name, data_dir)
     idx = read_indices(indices, len(ds.y_train)) if indices is not None else random_indices(ds, count, seed)
+    if reference_paths:
+        forget_kwargs = {**forget_kwargs, "reference": [
+            Reference(load_model(p).eval(), ds.X_train[read_indices(i, len(ds.y_train))], name=p.name)
+            for p, i in zip(reference_paths, reference_indices)]}
     recipe = (recorded_recipe(model_path) or recipe_for(ds.name, seed=seed)) if with_retraining else None
     result = forget_on_dataset(model, ds, idx, forget_kwargs=forget_kwargs, seed=seed, progress=output.progress,
                                retrain_recipe=recipe)

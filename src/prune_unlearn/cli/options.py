@@ -15,7 +15,7 @@ import torch
 
 from ..core.confusion import BOUND_METHODS
 from ..experiments.datasets import dataset_names
-from ..unlearn.forget import STRATEGIES, TARGET_RULES
+from ..unlearn.forget import FORGET_TARGETS, STRATEGIES
 from ..unlearn.whole_class import INTERMEDIATE_BOUNDS, RADIUS_RULES
 
 __all__ = ["IntList", "NameList", "ClassTarget", "seed_option", "device_option", "data_options", "bound_option",
@@ -119,8 +119,9 @@ def forget_options(f):
                            help="K for the cluster strategy (default ceil(n/10)).")(wrapper)
     wrapper = click.option("--delta", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
                            help="Forgotten share to reach (cluster strategy).")(wrapper)
-    wrapper = click.option("--target", type=click.Choice(TARGET_RULES), default="random", show_default=True,
-                           help="Target label rule.")(wrapper)
+    wrapper = click.option("--target", type=click.Choice(FORGET_TARGETS), default="random", show_default=True,
+                           help="random / runner-up: the label the points are pushed to (the paper's targets); "
+                                "unseen: answer as a reference model that never saw them (needs --reference).")(wrapper)
     wrapper = bound_option(epsilon_option(wrapper))
     return click.option("--strategy", type=click.Choice(STRATEGIES), default="per-point", show_default=True,
                         help="per-point: Theorem 1 for every point; cluster: Algorithm 1.")(wrapper)

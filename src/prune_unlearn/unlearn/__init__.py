@@ -7,7 +7,8 @@
 """
 
 from .forget import forget
+from .reference import Reference
 from .report import ClassReport, ForgetResult, Report
 from .whole_class import forget_class
 
-__all__ = ["forget", "forget_class", "ForgetResult", "Report", "ClassReport"]
+__all__ = ["forget", "forget_class", "Reference", "ForgetResult", "Report", "ClassReport"]

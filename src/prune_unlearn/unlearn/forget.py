@@ -44,9 +44,11 @@ from .problem import PointProblem, check_fits, domain_box, group_units, model_de
 from .region_patches import CERTIFIED_FACTOR, GATE_HEADROOM, class_patch_offsets
 from .report import ForgetResult, Report
 from .rows import PatchRows
-from .targets import TARGET_RULES
+from .reference import as_references, reference_logits
+from .targets import FORGET_TARGETS, TARGET_RULES
+from .unseen import unseen_claims, unseen_rows
 
-__all__ = ["forget", "ForgetOptions", "ForgetResult", "Report", "STRATEGIES", "TARGET_RULES", "CERTIFIED_FACTOR",
+__all__ = ["forget", "ForgetOptions", "ForgetResult", "Report", "STRATEGIES", "TARGET_RULES", "FORGET_TARGETS", "CERTIFIED_FACTOR",
            "GATE_HEADROOM", "run_forget", "warn_if_failed"]
 
 STRATEGIES = tuple(POINT_STRATEGIES)
@@ -71,7 +73,10 @@ class ForgetOptions:
     def validate(self, caller: str = "forget") -> None:
         check_choice("strategy", caller, self.strategy, STRATEGIES)
         check_choice("bound", caller, self.bound, BOUND_METHODS)
-        check_choice("target", caller, self.target, TARGET_RULES)
+        check_choice("target", caller, self.target, FORGET_TARGETS)
+        if self.target == "unseen" and self.strategy != "per-point":
+            raise InputValidationError(f"target='unseen' works with strategy='per-point' only (each region gets its own "
+                                       f"reference output); got strategy={self.strategy!r}.")
         check_positive_float("epsilon", caller, self.epsilon)
         check_seed(caller, self.seed)
         check_fraction("delta", caller, self.delta)
@@ -101,6 +106,7 @@ def forget(
     n_clusters: int | None = None,
     max_rounds: int = 10,
     dual_steps: int = 60,
+    reference=None,
     test_data: tuple[torch.Tensor, torch.Tensor] | None = None,
     remaining_data: tuple[torch.Tensor, torch.Tensor] | None = None,
     progress: bool = False,
@@ -124,8 +130,10 @@ def forget(
         How region claims are proven (all sound; ``dual`` and ``lp`` give smaller patches).
     epsilon : float, default 0.05
         Proven margin (in logits) by which the target label wins on each certified region.
-    target : {"random", "runner-up"}
-        Target label: random among the allowed labels (seeded), or the base model's runner-up.
+    target : {"random", "runner-up", "unseen"}
+        Target label: random among the allowed labels (seeded), or the base model's runner-up (the paper's
+        misprediction targets); or ``"unseen"``: each point's region answers as ``reference`` does at the
+        point (a model that never trained on it), with a two-sided certified band (docs/design.md).
     seed : int
     domain : (lower, upper)
         Input domain box (scalars or tensors shaped like one input); certificates speak about it.
@@ -137,6 +145,9 @@ def forget(
         K for ``strategy="cluster"`` (default: ceil(n / 10)).
     max_rounds : int, default 10
         Rounds of Algorithm 1 before stragglers get per-point patches.
+    reference : Reference or list of Reference, required for ``target="unseen"``
+        Models that never trained on the points, with the inputs they trained on; a point every reference
+        saw is refused (:class:`InputValidationError`, nothing patched).
     test_data, remaining_data : (X, y), optional
         When given, the report includes ``A_tes``/``A_res`` before and after and the exact number
         of changed predictions.
@@ -155,7 +166,7 @@ def forget(
                             feature_domain=feature_domain, delta=delta, n_clusters=n_clusters, max_rounds=max_rounds,
                             dual_steps=dual_steps)
     result = run_forget(model, points, labels=labels, head=head, options=options, test_data=test_data,
-                        remaining_data=remaining_data, progress=progress)
+                        remaining_data=remaining_data, progress=progress, reference=reference)
     warn_if_failed(result.report)
     return result
 
@@ -183,22 +194,33 @@ def _outside_the_package() -> int:
 
 
 def run_forget(model: nn.Module, points, *, labels=None, head: str | None = None, options: ForgetOptions,
-               test_data=None, remaining_data=None, progress: bool = False) -> ForgetResult:
+               test_data=None, remaining_data=None, progress: bool = False, reference=None) -> ForgetResult:
     """:func:`forget` with its options gathered in ``options``, without the warning (for callers that
     report failures themselves, such as ``forget_class``)."""
     t_start = time.perf_counter()
     options.validate()
+    refs = _references(options, reference)
     x, x_dev, problem, timings = _point_problem(model, points, labels, head, options, progress, t_start)
+    if refs is not None:  # before any patching: refuse points every reference saw
+        ref_logits, which, described = reference_logits(refs, x, problem.head.num_classes)
     t0 = time.perf_counter()
-    rows = _solve(problem, options)
+    if refs is None:
+        rows = _solve(problem, options)
+    else:
+        rows, bands = unseen_rows(problem, list(range(len(problem.units))), ref_logits)
     problem.progress.close()
     timings["patches"] = time.perf_counter() - t0
     patched = rows.add_to(problem.model, replace=problem.replaced_prior_rows()).eval()
     offset = len(patched.patches) - len(rows)  # prior rows kept come first
     t0 = time.perf_counter()
-    after32 = predict(patched, x_dev, batch_size=max(1, len(x_dev))).cpu()  # the float32 model, as served
+    with torch.no_grad():  # the float32 model, as served
+        logits32 = torch.cat([patched(x_dev[i: i + 4096]) for i in range(0, len(x_dev), 4096)]).cpu()
+    after32 = logits32.argmax(1)
     timings["verify"] = time.perf_counter() - t0
-    claims, failed = point_claims(problem, rows, patched, x, after32, offset)
+    if refs is None:
+        claims, failed = point_claims(problem, rows, patched, x, after32, offset)
+    else:
+        claims, failed = unseen_claims(problem, rows, bands, logits32, x, offset, ref_logits, which, described)
     multipliers = None
     if rows.multipliers is not None:
         multipliers = torch.zeros(len(patched.patches), *rows.multipliers.shape[1:], dtype=torch.float32)
@@ -211,6 +233,19 @@ def run_forget(model: nn.Module, points, *, labels=None, head: str | None = None
                                  remaining_data=remaining_data)
     report = _point_report(options, problem, rows, patched, claims, failed, unlearn_seconds, timings, metrics)
     return ForgetResult(patched, report, certificate)
+
+
+def _references(options: ForgetOptions, reference):
+    """The reference models of ``target="unseen"`` (None for the misprediction targets)."""
+    if options.target != "unseen":
+        if reference is not None:
+            raise InputValidationError(f"'reference' is used by target='unseen' only; got target={options.target!r}.")
+        return None
+    if reference is None:
+        raise InputValidationError(
+            "target='unseen' needs 'reference': a model that never trained on the points and the inputs it trained "
+            "on, e.g. reference=Reference(model_without_fold, seen=X_other_folds).")
+    return as_references(reference)
 
 
 def _validate_model(model, head: str | None, strategy: str) -> tuple[PatchedModel, str | None]:

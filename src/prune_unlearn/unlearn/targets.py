@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-__all__ = ["TARGET_RULES", "TARGET_RULE_FUNCTIONS", "choose_targets"]
+__all__ = ["TARGET_RULES", "TARGET_RULE_FUNCTIONS", "FORGET_TARGETS", "choose_targets"]
 
 
 def random_target(problem, unit: int, allowed: torch.Tensor) -> int:
@@ -29,6 +29,9 @@ def runner_up_target(problem, unit: int, allowed: torch.Tensor) -> int:
 
 TARGET_RULE_FUNCTIONS: dict[str, Callable] = {"random": random_target, "runner-up": runner_up_target}
 TARGET_RULES = tuple(TARGET_RULE_FUNCTIONS)
+# Every forgetting target: the misprediction rules above, and "unseen" (answer as a model that never saw the
+# point: :mod:`~prune_unlearn.unlearn.unseen`, which needs reference models instead of a label rule).
+FORGET_TARGETS = TARGET_RULES + ("unseen",)
 
 
 def choose_targets(problem, unit_ids: list[int], keep: torch.Tensor | None = None) -> torch.Tensor:

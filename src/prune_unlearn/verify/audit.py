@@ -19,6 +19,8 @@ formula or by weak duality at the certificate's stored multipliers, and a random
 ``points``
     each given point's hash is claimed, its label is no longer predicted (a black-box query), and
     (white-box) it is supported by the claimed region with support exactly 1.
+``band``, ``points`` of ``target="unseen"`` claims
+    see :mod:`prune_unlearn.verify.band` (two-sided margin bands on the support; logits at the point).
 ``locality``
     inputs outside every patched region (random inputs, given inputs, and points pushed just across
     a region boundary, :mod:`prune_unlearn.verify.probes`) get the base model's logits bit for bit,
@@ -40,6 +42,7 @@ from torch import nn
 from .._hashing import points_sha256, state_sha256
 from .._threads import kernel_threads, parallel_map
 from .audit_result import AuditResult, Check
+from .band import check_bands, unseen_point_problems
 from .certificate import Certificate, box_from_description, certified_patches_sha256
 from .exact import BACKEND as EXACT_BACKEND
 from .exact import ExactHead, exact_leads
@@ -213,6 +216,8 @@ def _check_regions(model: PatchedModel, cert: Certificate, result: AuditResult, 
             result.add("bounds", subject, False, "no multipliers for a dual/LP claim")
             continue
         proven.append((r, entry))
+    if any(c.get("kind") == "unseen" for c in cert.claims):
+        check_bands(cert.claims, *_weights(model), rows.packed, rows.values32, rows.n_hidden, rows.lo, rows.hi, result)
     if proven:
         _check_bounds_exactly(model, cert, rows, proven, result)
         _check_lp_sample(model, cert, rows, [(r, e) for r, e in proven if r in lp_set], result)
@@ -314,7 +319,8 @@ def _check_points(model, cert: Certificate, points, labels, result: AuditResult,
     x = torch.as_tensor(points, dtype=torch.float32)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     with torch.no_grad():
-        pred = torch.cat([model(x[i: i + 4096].to(device)).argmax(1).cpu() for i in range(0, len(x), 4096)])
+        logits = torch.cat([model(x[i: i + 4096].to(device)).cpu() for i in range(0, len(x), 4096)])
+        pred = logits.argmax(1)
         region = support = class_cover = base_pred = None
         if white_box and isinstance(model, PatchedModel):
             base_pred = torch.cat([model.base(x[i: i + 4096].to(device)).argmax(1).cpu() for i in range(0, len(x), 4096)])
@@ -335,7 +341,9 @@ def _check_points(model, cert: Certificate, points, labels, result: AuditResult,
         problems = []
         if y is not None and label != claim["label"]:
             problems.append(f"the certificate claims label {claim['label']}, the data holder says {label}")
-        if int(pred[i]) == label:
+        if claim.get("kind") == "unseen":  # answers as the reference does, whatever it predicts
+            problems += unseen_point_problems(logits[i], claim)
+        elif int(pred[i]) == label:
             problems.append(f"the model still predicts its label {label}")
         if base_pred is not None and claim.get("bound") == "base model":  # forgotten without a patch
             if int(base_pred[i]) == label:

@@ -1,0 +1,97 @@
+"""Reference models for ``target="unseen"``: models that never trained on the points being forgotten.
+
+A :class:`Reference` is a model ``g`` (same inputs and classes as the patched model) together with a
+record of what it saw: the inputs it was trained on (``seen``). ``forget(..., target="unseen",
+reference=...)`` sets each forgotten point's patched logits to ``g``'s at the point, so the point must
+not be among ``seen``; with several references (e.g. models trained on the folds of a K-fold split of
+the training set, each leaving one fold out) every point uses the first reference that never saw it.
+A point that every reference saw is refused before anything is patched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .._hashing import points_sha256, state_sha256
+from ..errors import InputValidationError
+
+__all__ = ["Reference", "as_references", "reference_logits"]
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A model that never trained on the points it answers for, and the inputs it did train on.
+
+    ``seen``: (m, *input_shape) the inputs the reference was trained on, as the model takes them (only
+    their SHA-256 hashes are kept in the certificate); ``name``: how reports refer to it.
+    """
+
+    model: nn.Module
+    seen: torch.Tensor
+    name: str = ""
+
+    def seen_hashes(self) -> set[str]:
+        return set(points_sha256(torch.as_tensor(self.seen, dtype=torch.float32)))
+
+    def describe(self) -> dict:
+        """What the certificate records: the reference's weights hash and what it saw (count, hash of the
+        sorted input hashes)."""
+        weights = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+        hashes = sorted(points_sha256(torch.as_tensor(self.seen, dtype=torch.float32)))
+        return {"name": self.name, "model_sha256": state_sha256(weights), "seen_count": len(hashes),
+                "seen_sha256": hashlib.sha256("".join(hashes).encode()).hexdigest()}
+
+
+def as_references(reference, caller: str = "forget") -> list[Reference]:
+    """``reference`` as a non-empty list of :class:`Reference` (one, or a sequence of them)."""
+    refs = [reference] if isinstance(reference, Reference) else list(reference) if isinstance(
+        reference, (list, tuple)) else None
+    if not refs or not all(isinstance(r, Reference) for r in refs):
+        raise InputValidationError(
+            f"The 'reference' parameter of {caller} must be a Reference (a model that never trained on the points, "
+            f"and the inputs it trained on) or a list of them; got {type(reference).__name__}. HINT: "
+            "prune_unlearn.Reference(model, seen=X_reference_train).")
+    for r in refs:
+        if not isinstance(r.model, nn.Module):
+            raise InputValidationError(f"Reference {r.name!r}: 'model' must be a torch.nn.Module.")
+        if r.model.training:
+            raise InputValidationError(f"Reference {r.name!r} is in training mode. HINT: call .eval() first.")
+    return refs
+
+
+@torch.no_grad()
+def reference_logits(references: list[Reference], x: torch.Tensor, num_classes: int,
+                     caller: str = "forget") -> tuple[torch.Tensor, torch.Tensor, list[dict]]:
+    """Each point's logits under the first reference that never saw it: ``(logits (n, C) float64, which (n,)
+    int64, descriptions)``. Refuses points that every reference saw (the reference set overlaps them)."""
+    hashes = points_sha256(x)
+    which = torch.full((len(x),), -1, dtype=torch.int64)
+    for k, ref in enumerate(references):
+        seen = ref.seen_hashes()
+        for i, h in enumerate(hashes):
+            if which[i] < 0 and h not in seen:
+                which[i] = k
+    overlap = (which < 0).nonzero().flatten().tolist()
+    if overlap:
+        raise InputValidationError(
+            f"The reference set overlaps the forgotten points: {len(overlap)} of {len(x)} point(s) (indices "
+            f"{overlap[:10]}{' …' if len(overlap) > 10 else ''}) were seen by every reference model, so no reference "
+            f"can say what a model that never trained on them would output. HINT: give {caller} a reference trained "
+            "without those points (e.g. the fold of a K-fold split that leaves them out); nothing was patched.")
+    out = torch.empty(len(x), num_classes, dtype=torch.float64)
+    for k, ref in enumerate(references):
+        rows = (which == k).nonzero().flatten()
+        if len(rows):
+            dev = next((p.device for p in ref.model.parameters()), torch.device("cpu"))
+            logits = ref.model(x[rows].to(dev)).cpu()
+            if logits.shape[1:] != (num_classes,):
+                raise InputValidationError(
+                    f"Reference {ref.name!r} outputs shape {tuple(logits.shape[1:])}, the model {num_classes} classes.")
+            out[rows] = logits.to(torch.float64)
+    if not torch.isfinite(out).all():
+        raise InputValidationError("A reference model gave non-finite logits on the forgotten points.")
+    return out, which, [r.describe() for r in references]

@@ -1,0 +1,138 @@
+"""target="unseen": forgotten points answer as a reference model that never saw them, with a two-sided band."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from prune_unlearn import InputValidationError, Reference, audit, forget, save
+from prune_unlearn.cli.main import cli
+from prune_unlearn.core.models import mlp
+from prune_unlearn.core.split import split_model
+from prune_unlearn.experiments.training import Recipe, train_model
+from prune_unlearn.verify.certificate import Certificate
+
+
+@pytest.fixture(scope="module")
+def setup(digits, digits_small_model, one_thread):
+    """A base model, and a reference trained (same recipe) on the training points outside fold 0."""
+    n = len(digits.y_train)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(3))
+    seen = torch.ones(n, dtype=torch.bool)
+    seen[perm[: n // 2]] = False
+    torch.manual_seed(2)
+    g = mlp(digits.input_dim, [32, 32], digits.num_classes)
+    g = train_model(g, digits.X_train[seen], digits.y_train[seen], Recipe(lr=0.1, epochs=20, batch_size=32)).model
+    idx = perm[:40]  # all in the fold the reference never saw
+    return digits_small_model.eval(), Reference(g.eval(), digits.X_train[seen], "fold 0 out"), idx, seen
+
+
+def _forget(ds, f, ref, idx, **kw):
+    return forget(f, ds.X_train[idx], labels=ds.y_train[idx], target="unseen", reference=ref,
+                  domain=(ds.domain_lower, ds.domain_upper), test_data=(ds.X_test, ds.y_test),
+                  remaining_data=ds.remaining(idx), **kw)
+
+
+def test_points_answer_as_the_reference_and_nothing_else_changes(digits, setup):
+    f, ref, idx, _ = setup
+    res = _forget(digits, f, ref, idx)
+    x = digits.X_train[idx]
+    with torch.no_grad():
+        got, want = res.model(x), ref.model(x)
+    assert torch.allclose(got, want, atol=1e-4, rtol=1e-5)
+    assert torch.equal(got.argmax(1), want.argmax(1))
+    assert res.report.changed_tes == 0 and res.report.changed_res == 0 and res.report.n_failed == 0
+    assert len(res.certificate.claims) == len(idx)
+    claim = res.certificate.claims[0]
+    assert claim["kind"] == "unseen" and claim["reference"]["seen_count"] == len(ref.seen)
+    result = audit(res.model, res.certificate, points=x, labels=digits.y_train[idx], locality_inputs=digits.X_test)
+    assert result.passed, result.summary()
+    assert any(c.name == "band" for c in result.checks)
+
+
+def test_band_holds_on_sampled_inputs_of_each_region(digits, setup):
+    """Inputs sampled near each point that keep its activation pattern (inside its region, where the patch acts)
+    have every patched margin inside the claimed band."""
+    f, ref, idx, _ = setup
+    res = _forget(digits, f, ref, idx[:10])
+    split = split_model(res.model.base, None)
+    gen = torch.Generator().manual_seed(0)
+    checked = 0
+    for claim in res.certificate.claims:
+        x = digits.X_train[idx[claim["index"]]]
+        h = (x + 0.02 * torch.randn(400, x.numel(), generator=gen)).clamp(0, 1)
+        with torch.no_grad():
+            pre_x, _ = split.head_forward(x.unsqueeze(0))
+            pre_h, _ = split.head_forward(h)
+            same = (torch.cat(pre_h, 1) > 0).eq(torch.cat(pre_x, 1) > 0).all(1)
+            out = res.model(h[same]).double()
+        lower = torch.tensor(claim["band"]["lower"])
+        upper = torch.tensor(claim["band"]["upper"])
+        margins = out.unsqueeze(2) - out.unsqueeze(1)
+        assert bool((margins >= lower - 1e-6).all() and (margins <= upper + 1e-6).all())
+        checked += int(same.sum())
+    assert checked > 0
+
+
+def test_audit_rejects_a_narrowed_band_and_changed_reference_logits(digits, setup):
+    f, ref, idx, _ = setup
+    res = _forget(digits, f, ref, idx[:5])
+    data = res.certificate.to_dict()
+    bad = copy.deepcopy(data)
+    up = np.array(bad["claims"][0]["band"]["upper"])
+    up[0, 1] -= 1.0  # claims a tighter band than the region allows
+    bad["claims"][0]["band"]["upper"] = up.tolist()
+    result = audit(res.model, Certificate.from_dict(bad))
+    assert not result.passed and any(c.name == "band" and not c.passed for c in result.checks)
+    bad = copy.deepcopy(data)
+    bad["claims"][1]["reference_logits"][0] += 0.5
+    result = audit(res.model, Certificate.from_dict(bad), points=digits.X_train[idx[:5]],
+                   labels=digits.y_train[idx[:5]])
+    assert any(c.name == "points" and not c.passed and "differ from the reference" in c.detail for c in result.checks)
+
+
+def test_bad_input_is_refused_before_patching(digits, setup):
+    f, ref, idx, seen = setup
+    overlapping = seen.nonzero().flatten()[:3]  # points the reference trained on
+    with pytest.raises(InputValidationError, match="reference set overlaps the forgotten points: 3 of 43"):
+        _forget(digits, f, ref, torch.cat([idx, overlapping]))
+    with pytest.raises(InputValidationError, match="needs 'reference'"):
+        forget(f, digits.X_train[idx], target="unseen")
+    with pytest.raises(InputValidationError, match="used by target='unseen' only"):
+        forget(f, digits.X_train[idx], target="random", reference=ref)
+    with pytest.raises(InputValidationError, match="strategy='per-point' only"):
+        forget(f, digits.X_train[idx], target="unseen", reference=ref, strategy="cluster")
+    with pytest.raises(InputValidationError, match="must be a Reference"):
+        forget(f, digits.X_train[idx], target="unseen", reference=ref.model)
+    with pytest.raises(InputValidationError, match="'target' parameter of forget"):
+        forget(f, digits.X_train[idx], target="nope")
+
+
+def test_a_second_reference_answers_for_points_the_first_saw(digits, setup):
+    f, ref, idx, seen = setup
+    other = Reference(copy.deepcopy(ref.model), digits.X_train[~seen], "fold 1 out")  # saw only fold 0
+    pts = torch.cat([idx[:3], seen.nonzero().flatten()[:3]])
+    res = _forget(digits, f, [ref, other], pts)
+    assert [c["reference"]["index"] for c in res.certificate.claims] == [0, 0, 0, 1, 1, 1]
+
+
+def test_cli_target_unseen_writes_a_passing_certificate_and_refuses_overlap(digits, setup, tmp_path):
+    f, ref, idx, seen = setup
+    save(f, tmp_path / "f.safetensors")
+    save(ref.model, tmp_path / "g.safetensors")
+    (tmp_path / "seen.txt").write_text("\n".join(map(str, seen.nonzero().flatten().tolist())))
+    (tmp_path / "forget.txt").write_text("\n".join(map(str, idx[:8].tolist())))
+    (tmp_path / "bad.txt").write_text("\n".join(map(str, seen.nonzero().flatten()[:2].tolist())))
+    base = ["forget", "--model", str(tmp_path / "f.safetensors"), "--data", "digits", "--target", "unseen",
+            "--reference", str(tmp_path / "g.safetensors"), "--reference-indices", str(tmp_path / "seen.txt")]
+    res = CliRunner().invoke(cli, base + ["--indices", str(tmp_path / "bad.txt"), "--out", str(tmp_path / "bad")])
+    assert res.exit_code == 1 and "Error: The reference set overlaps the forgotten points" in res.output
+    assert not (tmp_path / "bad").exists()
+    res = CliRunner().invoke(cli, base + ["--indices", str(tmp_path / "forget.txt"), "--out", str(tmp_path / "ok")])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(cli, ["audit", "--model", str(tmp_path / "ok" / "patched.safetensors"), "--certificate",
+                                   str(tmp_path / "ok" / "certificate.json"), "--data", "digits", "--indices",
+                                   str(tmp_path / "forget.txt")])
+    assert res.exit_code == 0, res.output
