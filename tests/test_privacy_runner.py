@@ -48,12 +48,13 @@ def _cfg(**kw):
 
 
 def test_method_names_groups_and_registration(calls):
-    assert unlearner_names()[:6] == ["prune-random", "prune-runner-up", "retrain", "sisa", "amnesiac", "fu"]
+    assert unlearner_names()[:7] == ["prune-random", "prune-runner-up", "prune-unseen", "retrain", "sisa", "amnesiac",
+                                     "fu"]
     assert [u.name for u in resolve_unlearners("retrain,prune,retrain")] == ["retrain", "prune-random",
-                                                                             "prune-runner-up"]
-    known = r"Known methods: prune-random, .*groups: prune \(= prune-random, prune-runner-up\)"
-    with pytest.raises(InputValidationError, match=r"Unknown unlearning method 'prune-unseen'\. " + known):
-        resolve_unlearners(["prune-unseen"])
+                                                                             "prune-runner-up", "prune-unseen"]
+    known = r"Known methods: prune-random, .*groups: prune \(= prune-random, prune-runner-up, prune-unseen\)"
+    with pytest.raises(InputValidationError, match=r"Unknown unlearning method 'prune-nope'\. " + known):
+        resolve_unlearners(["prune-nope"])
     with pytest.raises(InputValidationError, match="already registered"):
         register_unlearner(Unlearner("no-op", lambda m, i, d: m))
     with pytest.raises(InputValidationError, match="not a group name"):
@@ -71,6 +72,24 @@ def test_amnesiac_training_is_the_plain_training(digits):
     for (name, a), b in zip(amnesiac.model_.state_dict().items(), plain.state_dict().values()):
         assert torch.equal(a, b), name
     assert get_unlearner("amnesiac").plain_from_train
+
+
+def test_prune_unseen_trains_the_plain_model_and_references_that_left_each_fold_out(digits):
+    from prune_unlearn.experiments.privacy.methods import TrainingSet
+
+    spec = default_architecture("digits", digits.input_dim, digits.num_classes)
+    recipe = Recipe(lr=0.1, epochs=2, batch_size=32, seed=5)
+    data = TrainingSet(digits.X_train, digits.y_train, spec, recipe, (0.0, 1.0), torch.arange(0, 300, 7))
+    u = get_unlearner("prune-unseen")
+    trained = u.train(data)
+    plain = train_from_spec(spec, digits.X_train, digits.y_train, recipe).model
+    for (name, a), b in zip(trained.model_.state_dict().items(), plain.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert u.plain_from_train and len(trained.references) == 2
+    assert sum(len(r.seen) for r in trained.references) == len(digits.y_train)  # each row left out exactly once
+    after = u.unlearn(trained, data.requests, data)
+    with torch.no_grad():
+        assert not torch.equal(after(digits.X_train[data.requests]), plain(digits.X_train[data.requests]))
 
 
 def test_run_privacy_on_digits_writes_the_table_and_reuses_its_shadows(tmp_path, calls):
@@ -141,7 +160,7 @@ def test_a_failing_method_stops_the_run_with_its_error(tmp_path):
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"methods": ("retrain", "prune-unseen")}, "Unknown unlearning method 'prune-unseen'"),
+    ({"methods": ("retrain", "prune-nope")}, "Unknown unlearning method 'prune-nope'"),
     ({"n_shadows": 5}, r"'n_shadows' parameter of run_privacy must be an integer ≥ 6"),
     ({"n_forget": 200, "n_unseen": 361}, r"'n_unseen' parameter of run_privacy must be at most the 360 test points"),
     ({"n_forget": 1437, "n_shadows": 100}, r"'n_forget' parameter of run_privacy must be smaller than the 1437 "),

@@ -106,6 +106,41 @@ def _prune(target: str) -> Unlearner:
                      description=f"PRUNE, per-point patches, box bound, target={target!r} (the paper's rule)")
 
 
+UNSEEN_FOLDS = 2  # reference models per world: fold k's is trained on every training row outside fold k
+
+
+@dataclass
+class _WithReferences:
+    """The plain model (``model_``) and the fold references trained next to it, before any request."""
+
+    model_: nn.Module
+    references: list
+
+
+def _unseen_train(data: TrainingSet) -> _WithReferences:
+    """Plain training, then ``UNSEEN_FOLDS`` references on a K-fold split drawn from the world's seed alone (the
+    requests play no part: each forgotten row has a reference whose training left its fold out)."""
+    from ...unlearn.reference import Reference
+    from ..baselines.base import derive_seed
+
+    plain = train_from_spec(data.spec, data.X, data.y, data.recipe).model.eval()
+    gen = torch.Generator().manual_seed(derive_seed(data.recipe.seed, 0x0F01D))
+    fold = torch.randperm(len(data.y), generator=gen) % UNSEEN_FOLDS
+    refs = []
+    for k in range(UNSEEN_FOLDS):
+        seen = fold != k
+        g = train_from_spec(data.spec, data.X[seen], data.y[seen], data.recipe).model.eval()
+        refs.append(Reference(g, data.X[seen], name=f"fold {k} of {UNSEEN_FOLDS} left out"))
+    return _WithReferences(plain, refs)
+
+
+def _unseen_unlearn(trained: _WithReferences, forget, data):
+    from ...unlearn.forget import forget as prune_forget
+
+    return prune_forget(copy.deepcopy(trained.model_), data.X[forget], labels=data.y[forget], target="unseen",
+                        reference=trained.references, seed=data.recipe.seed, domain=data.domain).model
+
+
 def _retrain(model, forget, data):
     keep = torch.ones(len(data.y), dtype=torch.bool)
     keep[forget] = False
@@ -146,6 +181,10 @@ def _fu_unlearn(model, forget, data):
 _BUILTIN = [
     _prune("random"),
     _prune("runner-up"),
+    Unlearner("prune-unseen", _unseen_unlearn, train=_unseen_train, params={"target": "unseen", "folds": UNSEEN_FOLDS},
+              group="prune", code=_PRUNE_CODE + _BASELINE_CODE, plain_from_train=True,
+              description=f"PRUNE, target='unseen': answers as {UNSEEN_FOLDS}-fold reference models trained before "
+                          "the requests (the fold that left each point out)"),
     Unlearner("retrain", _retrain, code=_BASELINE_CODE, description="retraining on the remaining data, same seed"),
     Unlearner("sisa", _estimator_unlearn, train=_sisa_train, params={"shards": 5, "slices": 5}, code=_BASELINE_CODE,
               description="SISA, 5 shards × 5 slices, majority vote (scored by its mean softmax)"),
