@@ -34,16 +34,22 @@ class Reference:
     seen: torch.Tensor
     name: str = ""
 
-    def seen_hashes(self) -> set[str]:
-        return set(points_sha256(torch.as_tensor(self.seen, dtype=torch.float32)))
+    def __post_init__(self):
+        # hashed once, when the reference is made (before any request), not inside each forget call
+        hashes = points_sha256(torch.as_tensor(self.seen, dtype=torch.float32))
+        object.__setattr__(self, "_seen", frozenset(hashes))
+        object.__setattr__(self, "_seen_sha256", hashlib.sha256("".join(sorted(hashes)).encode()).hexdigest())
+
+    def saw(self, point_hash: str) -> bool:
+        """Whether the reference trained on the input with this SHA-256 (``points_sha256``)."""
+        return point_hash in self._seen
 
     def describe(self) -> dict:
-        """What the certificate records: the reference's weights hash and what it saw (count, hash of the
-        sorted input hashes)."""
+        """What the certificate records: the reference's weights hash and what it saw (how many inputs, and the
+        SHA-256 of their sorted hex hashes concatenated)."""
         weights = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
-        hashes = sorted(points_sha256(torch.as_tensor(self.seen, dtype=torch.float32)))
-        return {"name": self.name, "model_sha256": state_sha256(weights), "seen_count": len(hashes),
-                "seen_sha256": hashlib.sha256("".join(hashes).encode()).hexdigest()}
+        return {"name": self.name, "model_sha256": state_sha256(weights), "seen_count": len(self._seen),
+                "seen_sha256": self._seen_sha256}
 
 
 def as_references(reference, caller: str = "forget") -> list[Reference]:
@@ -71,9 +77,8 @@ def reference_logits(references: list[Reference], x: torch.Tensor, num_classes: 
     hashes = points_sha256(x)
     which = torch.full((len(x),), -1, dtype=torch.int64)
     for k, ref in enumerate(references):
-        seen = ref.seen_hashes()
         for i, h in enumerate(hashes):
-            if which[i] < 0 and h not in seen:
+            if which[i] < 0 and not ref.saw(h):
                 which[i] = k
     overlap = (which < 0).nonzero().flatten().tolist()
     if overlap:

@@ -10,9 +10,9 @@ The two-sided claim, proven for every ``h`` in the support (the open region ∩ 
 
     lower[t, l] ≤ (F_t − F_l)(h) ≤ upper[t, l]      (F: the patched logits)
 
-with ``lower = −U_tl + min(0, d_t − d_l)`` and ``upper = U_lt + max(0, d_t − d_l)``, where
-``U_tl ≥ max_R (f_l − f_t)`` comes from the existing sound bounds (the box bound:
-:func:`~prune_unlearn.core.confusion.margin_upper_bounds`). The reference's own margins at ``x`` lie in
+with ``lower = L_tl + min(0, d_t − d_l)`` and ``upper = U_tl + max(0, d_t − d_l)``, where
+``L_tl ≤ f_t − f_l ≤ U_tl`` on ``R`` are the box bounds of the region's affine margin maps (the ``box``
+method of :mod:`~prune_unlearn.core.confusion`, two-sided). The reference's own margins at ``x`` lie in
 the band; ``half_width`` is the largest distance from them to the band's ends. Outside the supports the
 logits stay the base model's bit for bit (the patch network's locality).
 """
@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import torch
 
-from ..core.confusion import margin_upper_bounds
 from ..core.patches import BOUND_CODES
+from ..core.regions import affine_logits
 from ..errors import InputValidationError
 from .problem import PointProblem
 from .region_patches import FLOAT32_SAFETY, point_gate_lambda
@@ -35,20 +35,30 @@ BAND_BOUND = "box"  # the band's bound method (the audit re-derives it independe
 POINT_TOLERANCE = 1e-4
 
 
-def margin_band(problem: PointProblem, masks: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(lower, upper)`` (R, C, C) float64: sound bounds of every patched margin ``F_t − F_l`` on each support."""
-    head, box = problem.head, problem.box
+def margin_band(problem: PointProblem, masks: torch.Tensor, values: torch.Tensor,
+                chunk: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(lower, upper)`` (R, C, C) float64: sound bounds of every patched margin ``F_t − F_l`` on each support.
+
+    The box bound of each region's affine margin map ``(W_t − W_l)·h + (w_t − w_l)`` (one backward pass per
+    region for all labels, :func:`~prune_unlearn.core.regions.affine_logits`), widened outwards by a relative
+    1e-9 of the terms' sizes for float64 rounding, then the patch's ``n·(d_t − d_l)`` with ``n ∈ [0, 1]``."""
+    head, lo, hi = problem.head, problem.box.lower, problem.box.upper
     r, c = masks.shape[0], head.num_classes
-    zero = torch.zeros(r, dtype=torch.float64)
-    # u[:, t, l] ≥ max over the region of f_l − f_t (−inf at l = t)
-    u = torch.stack([margin_upper_bounds(head, masks, zero, torch.full((r,), t, dtype=torch.int64), box.lower,
-                                         box.upper, BAND_BOUND).upper for t in range(c)], dim=1)
-    u = torch.where(torch.isfinite(u), u, torch.zeros_like(u))
+    f_lo = torch.empty(r, c, c, dtype=torch.float64)
+    f_hi = torch.empty(r, c, c, dtype=torch.float64)
+    for s in range(0, r, chunk):
+        W, w = affine_logits(head, masks[s: s + chunk])           # (p, C, d), (p, C)
+        diff = W.unsqueeze(2) - W.unsqueeze(1)                     # (p, C, C, d): rows of f_t − f_l
+        a, b = diff * lo, diff * hi
+        const = w.unsqueeze(2) - w.unsqueeze(1)
+        size = const.abs() + torch.maximum(a.abs(), b.abs()).sum(-1)
+        f_lo[s: s + chunk] = const + torch.minimum(a, b).sum(-1) - 1e-9 * (1.0 + size)
+        f_hi[s: s + chunk] = const + torch.maximum(a, b).sum(-1) + 1e-9 * (1.0 + size)
     d = values.to(torch.float64)
-    gap = d.unsqueeze(2) - d.unsqueeze(1)  # d_t − d_l
-    safety = 1e-9 * (1.0 + u.abs() + gap.abs())  # outward: the sums below round in float64
-    lower = -u + gap.clamp(max=0) - safety
-    upper = u.transpose(1, 2) + gap.clamp(min=0) + safety
+    gap = d.unsqueeze(2) - d.unsqueeze(1)  # d_t − d_l (exact in float64: float32 inputs)
+    lower = f_lo + gap.clamp(max=0)
+    upper = f_hi + gap.clamp(min=0)
+    lower, upper = lower - 1e-12 * lower.abs(), upper + 1e-12 * upper.abs()  # the sums above round once more
     eye = torch.eye(c, dtype=torch.bool)
     return lower.masked_fill(eye, 0.0), upper.masked_fill(eye, 0.0)
 
