@@ -76,7 +76,8 @@ def main() -> None:
     idx = torch.randperm(n, generator=torch.Generator().manual_seed(a.seed + 1))[: a.count]
     keep = torch.ones(n, dtype=torch.bool)
     keep[idx] = False
-    f, f_sec = cached(cache / f"{tag}-base.safetensors", lambda: train_from_spec(spec, ds.X_train, ds.y_train, recipe).model)
+    f, f_sec = cached(cache / f"{tag}-base.safetensors",
+                      lambda: train_from_spec(spec, ds.X_train, ds.y_train, recipe).model)
     r, r_sec = cached(cache / f"{tag}-retrain-{a.count}.safetensors",
                       lambda: train_from_spec(spec, ds.X_train[keep], ds.y_train[keep], recipe).model)
     refs = []
@@ -116,8 +117,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / f"privacy-unseen-{ds.name}.json").write_text(json.dumps(result, indent=1))
     lines = [f"## target='unseen' vs Retrain — {ds.name}, |D_U| = {a.count}, {a.folds}-fold references", "",
-             "| method | A_u-a | A_tes | loss AUC | loss TPR@1% | conf AUC | margin AUC | margin TPR@1% | changed test/rem "
-             "| time ÷ retrain | audit |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| method | A_u-a | A_tes | loss AUC | loss TPR@1% | conf AUC | margin AUC | margin TPR@1% "
+             "| changed test/rem | time ÷ retrain | audit |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, row in result["methods"].items():
         at = row["attacks"]
         lines.append(f"| {name} | {100 * row['A_u']:.2f} | {100 * row['A_tes']:.2f} | {at['loss']['auc']:.3f} | "

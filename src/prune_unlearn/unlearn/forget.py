@@ -38,7 +38,7 @@ from ..core.regions import HeadNetwork, point_regions
 from ..core.split import split_model
 from ..errors import InputValidationError, UncertifiedWarning, UnsupportedModelError
 from ..verify.certificate import certificate_for
-from .metrics import predict, unlearning_metrics
+from .metrics import unlearning_metrics
 from .point_strategies import POINT_STRATEGIES, region_rows
 from .problem import PointProblem, check_fits, domain_box, group_units, model_device
 from .region_patches import CERTIFIED_FACTOR, GATE_HEADROOM, class_patch_offsets
@@ -48,7 +48,8 @@ from .reference import as_references, reference_logits
 from .targets import FORGET_TARGETS, TARGET_RULES
 from .unseen import unseen_claims, unseen_rows
 
-__all__ = ["forget", "ForgetOptions", "ForgetResult", "Report", "STRATEGIES", "TARGET_RULES", "FORGET_TARGETS", "CERTIFIED_FACTOR",
+__all__ = ["forget", "ForgetOptions", "ForgetResult", "Report", "STRATEGIES", "TARGET_RULES", "FORGET_TARGETS",
+           "CERTIFIED_FACTOR",
            "GATE_HEADROOM", "run_forget", "warn_if_failed"]
 
 STRATEGIES = tuple(POINT_STRATEGIES)
@@ -75,8 +76,8 @@ class ForgetOptions:
         check_choice("bound", caller, self.bound, BOUND_METHODS)
         check_choice("target", caller, self.target, FORGET_TARGETS)
         if self.target == "unseen" and self.strategy != "per-point":
-            raise InputValidationError(f"target='unseen' works with strategy='per-point' only (each region gets its own "
-                                       f"reference output); got strategy={self.strategy!r}.")
+            raise InputValidationError("target='unseen' works with strategy='per-point' only (each region gets its "
+                                       f"own reference output); got strategy={self.strategy!r}.")
         check_positive_float("epsilon", caller, self.epsilon)
         check_seed(caller, self.seed)
         check_fraction("delta", caller, self.delta)
@@ -213,8 +214,8 @@ def run_forget(model: nn.Module, points, *, labels=None, head: str | None = None
     patched = rows.add_to(problem.model, replace=problem.replaced_prior_rows()).eval()
     offset = len(patched.patches) - len(rows)  # prior rows kept come first
     t0 = time.perf_counter()
-    with torch.no_grad():  # the float32 model, as served
-        logits32 = torch.cat([patched(x_dev[i: i + 4096]) for i in range(0, len(x_dev), 4096)]).cpu()
+    with torch.no_grad():  # the float32 model, as served, in one batch (as the misprediction check always ran)
+        logits32 = patched(x_dev).cpu()
     after32 = logits32.argmax(1)
     timings["verify"] = time.perf_counter() - t0
     if refs is None:
