@@ -118,7 +118,8 @@ def test_schema_pragmas_and_adding_requests(world):
         assert [r.status for r in ledger.requests()] == ["pending"] * 5
         assert ledger.requests(status="processed") == [] and ledger.get(4) == d
         assert [ev["kind"] for ev in ledger.events()] == ["add"] * 5
-        assert ledger.verify().ok and repr(ledger) == f"Ledger({str(world.ledger)!r}, pending=5, processed=0, undone=0)"
+        assert ledger.verify().ok
+        assert repr(ledger) == f"Ledger({str(world.ledger)!r}, pending=5, processed=0, undone=0, consolidated=0)"
 
 
 @pytest.mark.parametrize("request_kwargs,match", [

@@ -29,7 +29,24 @@ def test_replay_walks_each_request_through_its_statuses():
     assert json.loads(rows[2].result) == {"patterns": ["p2"], "claims": [], "failed": []}
     assert rows[1].record == canonical(events[0].body["request"])
     assert {r.status for r in rows.values()} <= set(STATUSES)
-    assert set(EVENT_KINDS) == {"add", "process", "undo"} and MODEL_EVENTS == ("process", "undo")
+    assert set(EVENT_KINDS) == {"add", "process", "undo", "consolidate"}
+    assert MODEL_EVENTS == ("process", "undo", "consolidate")
+
+
+def consolidated(rids, repatched=()):
+    return ("consolidate", {"consolidated": list(rids), "model_after": "ef" * 32,
+                            "repatched": [{"id": r, "patterns": [f"q{r}"], "claims": [], "failed": []}
+                                          for r in repatched]})
+
+
+def test_consolidate_retires_patches_and_re_patches_requests_processed_meanwhile():
+    events = link(0, GENESIS_HASH, [added(1), added(2), added(3), processed(1), processed(2), added(4),
+                                    consolidated([1], repatched=[2])], T)
+    rows = replay(events)
+    assert [r.status for r in rows.values()] == ["consolidated", "processed", "pending", "pending"]
+    assert json.loads(rows[1].result) == {"patterns": [], "claims": [], "failed": [], "consolidated_event": 7}
+    assert json.loads(rows[2].result) == {"patterns": ["q2"], "claims": [], "failed": [], "repatched_event": 7}
+    assert (rows[1].processed_event, rows[2].processed_event) == (4, 5)  # when they were first processed
 
 
 @pytest.mark.parametrize("items,message", [
@@ -37,7 +54,12 @@ def test_replay_walks_each_request_through_its_statuses():
     ([added(1), processed(7)], "Event 2 processes request 7, which is unknown, not pending."),
     ([added(1), processed(1), processed(1)], "Event 3 processes request 1, which is processed, not pending."),
     ([added(1), added(1)], "Event 2 adds request 1, which already exists."),
-    ([added(1), ("consolidate", {})], "Event 2 has unknown kind 'consolidate'."),
+    ([added(1), ("reject", {})], "Event 2 has unknown kind 'reject'."),
+    ([added(1), consolidated([1])], "Event 2 consolidates request 1, which is pending, not processed."),
+    ([added(1), processed(1), consolidated([1]), consolidated([1])],
+     "Event 4 consolidates request 1, which is consolidated, not processed."),
+    ([added(1), added(2), processed(1), consolidated([1], repatched=[2])],
+     "Event 4 re-patches request 2, which is pending, not processed."),
 ])
 def test_replay_refuses_events_that_do_not_fit_the_requests(items, message):
     with pytest.raises(LedgerError, match=message.replace(".", r"\.").replace("(", r"\(")):

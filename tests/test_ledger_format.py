@@ -1,7 +1,8 @@
-"""A ledger written by an earlier version of the code keeps verifying, reads back the same, and takes new events.
+"""A ledger written by an earlier version of the code keeps verifying, reads back the same, is upgraded to the
+current format version before its first write, and takes new events.
 
-``tests/data/ledger_v1/`` holds a ledger and its model written by ``make_fixture.py`` with the code of commit
-4bbbe5f (before the ledger module was split), and ``expected.json``: what that code read back from them.
+``tests/data/ledger_v1/`` holds a ledger (format version 1) and its model written by ``make_fixture.py`` with the code
+of commit 4bbbe5f (before the ledger module was split), and ``expected.json``: what that code read back from them.
 """
 
 import json
@@ -13,6 +14,9 @@ import pytest
 import torch
 
 from prune_unlearn import Ledger, load, load_dataset
+from prune_unlearn.errors import LedgerError
+from prune_unlearn.ops import migrate
+from prune_unlearn.ops.store import LEDGER_FORMAT_VERSION
 
 FIXTURE = Path(__file__).parent / "data" / "ledger_v1"
 
@@ -42,6 +46,16 @@ def schema(path):
         conn.close()
 
 
+def with_version_2_fields(expected):
+    """What version 1 read back, plus what version 2 adds to the same reading: each request's
+    ``consolidated_event`` (None: none was consolidated) and the count of consolidated requests in the repr."""
+    out = json.loads(json.dumps(expected))
+    for request in out["requests"]:
+        request["consolidated_event"] = None
+    out["repr"] = out["repr"][:-1] + ", consolidated=0)"
+    return out
+
+
 def test_an_earlier_ledger_verifies_and_reads_back_the_same(old):
     ledger_path, model_path = old
     expected = json.loads((FIXTURE / "expected.json").read_text())
@@ -50,14 +64,55 @@ def test_an_earlier_ledger_verifies_and_reads_back_the_same(old):
     assert {r["status"] for r in expected["requests"]} == {"pending", "processed", "undone"}
     before = ledger_path.read_bytes()
     with Ledger(ledger_path) as ledger:
-        assert read_back(ledger, ledger_path, model_path) == expected
-    assert ledger_path.read_bytes() == before  # reading and verifying write nothing
+        assert read_back(ledger, ledger_path, model_path) == with_version_2_fields(expected)
+    assert ledger_path.read_bytes() == before  # reading and verifying write nothing (no upgrade either)
+    assert schema(ledger_path)[1] == 1
 
 
-def test_new_ledgers_have_the_schema_of_the_earlier_version(old, tmp_path):
+def test_an_earlier_ledger_is_upgraded_before_its_first_write_to_the_schema_of_a_new_one(old, tmp_path):
+    ledger_path, model_path = old
+    expected = json.loads((FIXTURE / "expected.json").read_text())
     with Ledger(tmp_path / "new.sqlite"):
         pass
-    assert schema(tmp_path / "new.sqlite") == schema(old[0])
+    new_schema = schema(tmp_path / "new.sqlite")
+    assert new_schema[1] == LEDGER_FORMAT_VERSION == 2 and schema(ledger_path) != new_schema
+    sql = {name: text for _, name, _, text in new_schema[0]}
+    assert "'consolidate'" in sql["events"] and "'consolidated'" in sql["requests"]
+    with Ledger(ledger_path) as ledger:
+        ledger.add("erin", indices=[300], data="digits")  # the first write upgrades the file first
+        assert schema(ledger_path) == new_schema
+        assert ledger.events()[:8] == expected["events"] and ledger.verify(model_path).ok  # the chain is unchanged
+        conn = sqlite3.connect(ledger_path)
+        upgraded = conn.execute("SELECT value FROM meta WHERE key = 'upgraded_to_2'").fetchone()
+        conn.close()
+        assert upgraded is not None
+    # the upgrade path is one registry with a step from every older version
+    assert sorted(migrate.MIGRATIONS) == list(range(1, LEDGER_FORMAT_VERSION))
+    assert set(migrate.VERSIONS) == set(range(1, LEDGER_FORMAT_VERSION + 1))
+
+
+def test_an_interrupted_upgrade_leaves_the_earlier_version_whole(old, monkeypatch):
+    ledger_path, model_path = old
+
+    def fails_midway(conn, schema_statements):
+        migrate.widen_checks(conn, schema_statements, names=("events",))
+        raise RuntimeError("killed")
+
+    before = ledger_path.read_bytes()
+    monkeypatch.setitem(migrate.MIGRATIONS, 1, fails_midway)
+    with Ledger(ledger_path) as ledger:
+        with pytest.raises(RuntimeError, match="killed"):
+            ledger.add("erin", indices=[300], data="digits")
+        assert ledger.verify(model_path).ok
+    assert ledger_path.read_bytes() == before and schema(ledger_path)[1] == 1
+
+
+def test_a_ledger_of_a_newer_version_is_refused(old):
+    conn = sqlite3.connect(old[0])
+    conn.execute(f"PRAGMA user_version = {LEDGER_FORMAT_VERSION + 1}")
+    conn.close()
+    with pytest.raises(LedgerError, match="format version 3; this library reads versions 1 to 2. HINT: upgrade"):
+        Ledger(old[0])
 
 
 def test_an_earlier_ledger_takes_new_events_on_its_chain(old):
@@ -74,6 +129,7 @@ def test_an_earlier_ledger_takes_new_events_on_its_chain(old):
         assert ledger.verify(model_path).ok
         assert [r.status for r in ledger.requests()] == ["undone", "undone", "processed", "processed", "processed",
                                                          "processed"]
+        assert schema(ledger_path)[1] == LEDGER_FORMAT_VERSION
         live = [r for r in ledger.requests(status="processed") if r.source == "dataset"]
     model = load(model_path)
     for r in live:  # every live request's points are still forgotten

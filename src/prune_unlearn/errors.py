@@ -16,6 +16,7 @@ __all__ = [
     "CertificateError",
     "LedgerError",
     "ExportError",
+    "EngineError",
     "NotFittedError",
     "LooseBoundWarning",
     "UncertifiedWarning",
@@ -52,6 +53,10 @@ class LedgerError(PruneError):
 
 class ExportError(PruneError, RuntimeError):
     """The exporter produced a graph outside the verifier normal form (or the ONNX tools are missing)."""
+
+
+class EngineError(PruneError, RuntimeError):
+    """A task engine (Ray, local processes) cannot be used: not installed, unreachable, or a task failed."""
 
 
 class NotFittedError(PruneError, ValueError, AttributeError):

@@ -1,4 +1,4 @@
-"""``prune ledger add|list|process|undo|verify``: withdrawal requests and the ledger that records them.
+"""``prune ledger add|list|process|undo|verify|consolidate``: withdrawal requests and the ledger that records them.
 
 Each command opens the ledger (``--ledger``, default ``prune-ledger.sqlite``, or ``$PRUNE_LEDGER``), calls one
 :class:`prune_unlearn.ops.ledger.Ledger` method and prints the result. ``ledger verify`` exits 3 when a check
@@ -17,6 +17,7 @@ from ..ops.ledger import DEFAULT_LEDGER_PATH, STATUSES, Ledger
 from .options import bound_option, data_options, epsilon_option, model_path_option, read_indices, seed_option
 from .output import json_option, output_options
 from .policy import command, deprecated_alias, exit_check_failed, group
+from .recorded import engine_options
 
 __all__ = ["ledger", "register"]
 
@@ -38,7 +39,7 @@ def _require(ledger_path: Path) -> None:
 
 @group()
 def ledger() -> None:
-    """Withdrawal requests and the ledger that records them: add, list, process, undo, verify."""
+    """Withdrawal requests and the ledger that records them: add, list, process, undo, verify, consolidate."""
 
 
 @ledger.command("add")
@@ -155,19 +156,60 @@ def undo_cmd(request_id, ledger_path, model_path, output):
 @ledger_option
 @click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also check that this model file is the one the ledger last wrote.")
+@click.option("--replay", "replay_shards", type=click.IntRange(min=0), multiple=True, metavar="SHARD",
+              help="Also retrain this shard (repeatable) from its recorded manifest and recipe and check every "
+                   "checkpoint is byte-identical.")
+@click.option("--record", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="With --replay: the record store folder (default: the one the model or the ledger names).")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="With --replay: folder with the data set's files (default: $PRUNE_DATA_DIR/<name>).")
 @json_option
-def verify_cmd(ledger_path, model_path, output):
+def verify_cmd(ledger_path, model_path, replay_shards, record, data_dir, output):
     """Recompute the hash chain and the requests from the events; exit 3 if anything does not hold.
 
+    With --replay, also retrain those SISA shards from their recorded manifest and recipe (what an auditor does).
+
     \b
-    Example: prune ledger verify --model model.safetensors
+    Example: prune ledger verify --model model.safetensors --replay 3
     """
     _require(ledger_path)
     with Ledger(ledger_path) as led:
         result = led.verify(model_path)
-    output.result(result.to_dict(), result.summary())
-    if not result.ok:
+        replayed = led.replay(replay_shards, model_path, record=record, data_dir=data_dir) if replay_shards else None
+    data, human = result.to_dict(), result.summary()
+    if replayed is not None:
+        data, human = {**data, "replay": replayed.to_dict()}, human + "\n" + replayed.summary()
+    output.result(data, human)
+    if not result.ok or (replayed is not None and not replayed.ok):
         exit_check_failed()
+
+
+@ledger.command("consolidate")
+@ledger_option
+@model_path_option(_MODEL_HELP)
+@click.option("--record", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="The record store folder (default: the one the model's header names).")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder with the data set's files (default: $PRUNE_DATA_DIR/<name>).")
+@engine_options
+@click.option("--batch-size", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Requests patched again together (those processed while the model retrained).")
+@output_options
+def consolidate_cmd(ledger_path, model_path, record, data_dir, engine, workers, ray_address, batch_size, output):
+    """Retrain without every processed request's points and retire their patches (status consolidated).
+
+    Needs a model from `prune train --recorded`. Only the SISA shards holding withdrawn points retrain, from
+    their first affected slice, one task per shard on Ray or local processes; requests keep arriving and
+    being processed meanwhile. A killed run changes nothing and resumes when run again.
+
+    \b
+    Example: prune ledger consolidate --model model.safetensors --engine ray --workers 2
+    """
+    _require(ledger_path)
+    with Ledger(ledger_path) as led:
+        result = led.consolidate(model_path, engine=engine, workers=workers, ray_address=ray_address,
+                                 record=record, data_dir=data_dir, batch_size=batch_size, progress=output.progress)
+    output.result(result.to_dict(), result.summary())
 
 
 # --- the old spellings, kept for one release ---------------------------------------------------------------------

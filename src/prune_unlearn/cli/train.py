@@ -14,6 +14,7 @@ from ..unlearn.metrics import accuracy, predict
 from .options import data_options, device_option, seed_option
 from .output import output_options
 from .policy import command
+from .recorded import recorded_options
 
 __all__ = ["train"]
 
@@ -28,17 +29,26 @@ __all__ = ["train"]
               help="VGG16 channel multiplier for cifar10 (1 = full VGG16; default: the CPU recipe's 0.25).")
 @seed_option
 @device_option
+@recorded_options
 @output_options
-def train(data_name, data_dir, out, epochs, lr, width, seed, device, output):
+def train(data_name, data_dir, out, epochs, lr, width, seed, device, recorded, output):
     """Train the paper's model for a data set with the authors' recipe.
 
     \b
+    With --recorded: replayable training (recipe, seed, data manifest, SISA shards × slices with a checkpoint
+    after each slice), which `prune ledger consolidate` retrains from.
+
+    \b
     Example: prune train --data digits --out digits.safetensors
+    Example: prune train --data mnist --out mnist.safetensors --recorded --shards 8 --slices 4
     """
     ds = load_dataset(data_name, data_dir)
     spec = default_architecture(ds.name, ds.input_dim, ds.num_classes, ds.input_shape,
                                 width=width if width is not None else width_for(ds.name))
     recipe = recipe_for(ds.name, epochs=epochs, lr=lr, seed=seed)
+    if recorded is not None:  # replayable, sharded training (cli/recorded.py); CPU unless --device was given
+        explicit = click.get_current_context().get_parameter_source("device") != click.core.ParameterSource.DEFAULT
+        return output.result(*recorded.run(ds, spec, recipe, out, device if explicit else "cpu", output.progress))
     result = train_from_spec(spec, ds.X_train, ds.y_train, recipe, progress=output.progress, device=device)
     result.model.to("cpu")
     test_acc = accuracy(predict(result.model, ds.X_test), ds.y_test)

@@ -26,7 +26,7 @@ __all__ = [
 ]
 
 GENESIS_HASH = "0" * 64
-STATUSES = ("pending", "processed", "undone")
+STATUSES = ("pending", "processed", "undone", "consolidated")
 
 
 class Event(NamedTuple):
@@ -111,6 +111,22 @@ def _undo(rows: Mapping[int, RequestRow], event: Event) -> list[RequestRow]:
                      undone_event=event.id)]
 
 
+def _consolidate(rows: Mapping[int, RequestRow], event: Event) -> list[RequestRow]:
+    """Consolidated requests leave their patches (``patterns`` empty, claims kept as the record of what was
+    proven); requests processed while the model retrained get the patches made for them on the new model."""
+    out = []
+    for rid in event.body["consolidated"]:
+        row = rows.get(rid)
+        result = json.loads(row.result) if row is not None and row.result else {}
+        out.append(_advance(rows, event, rid, "consolidates", "processed", status="consolidated",
+                            result=canonical({**result, "patterns": [], "consolidated_event": event.id})))
+    for res in event.body["repatched"]:
+        out.append(_advance(rows, event, res["id"], "re-patches", "processed",
+                            result=canonical({**{k: v for k, v in res.items() if k != "id"},
+                                              "repatched_event": event.id})))
+    return out
+
+
 @dataclass(frozen=True)
 class EventKind:
     """What events of one kind do.
@@ -129,6 +145,8 @@ EVENT_KINDS: dict[str, EventKind] = {
     "add": EventKind(_add, lambda body: []),
     "process": EventKind(_process, lambda body: [r["id"] for r in body["requests"]], writes_model=True),
     "undo": EventKind(_undo, lambda body: [body["request"]], writes_model=True),
+    "consolidate": EventKind(_consolidate, lambda body: [*body["consolidated"], *(r["id"] for r in body["repatched"])],
+                             writes_model=True),
 }
 MODEL_EVENTS = tuple(kind for kind, spec in EVENT_KINDS.items() if spec.writes_model)
 

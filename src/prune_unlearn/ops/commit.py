@@ -27,11 +27,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 from pathlib import Path
 
 from torch import nn
 
+from .._crash import CRASH_ENV, crash_point as _crash_point
 from ..core.patches import model_state_sha256
 from ..errors import FormatError, LedgerError
 from .chain import MODEL_EVENTS, Event, now
@@ -43,14 +43,7 @@ __all__ = [
 ]
 
 # Test hook: PRUNE_LEDGER_CRASH_AT=<point> kills the process (SIGKILL) at that step of a model commit.
-CRASH_ENV = "PRUNE_LEDGER_CRASH_AT"
 CRASH_POINTS = ("after_pending_write", "after_ledger_commit", "after_rename")
-
-
-def _crash_point(name: str) -> None:
-    if os.environ.get(CRASH_ENV) == name:
-        os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
-        os._exit(137)  # where SIGKILL does not exist
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -4,13 +4,14 @@ A ledger is one SQLite file (:mod:`.store`) with two tables: ``events``, append-
 (:mod:`.chain`: every change is an event, ``add``, ``process`` or ``undo``), and ``requests``, the current
 state of every request, a cache of the events that :meth:`Ledger.verify` replays and compares.
 A request names its points by training-set index of a data set or by a file (:mod:`.intake`); the ledger
-keeps their hashes and labels, never the points. Model-changing work (:mod:`.process`, :mod:`.undo`) runs
-under a writer lock and commits model file and event together, so that a crash leaves both old or both new
-(:mod:`.commit`). :class:`Ledger` is the one public front of these modules.
+keeps their hashes and labels, never the points. Model-changing work (:mod:`.process`, :mod:`.undo`,
+:mod:`.consolidate`) runs under a writer lock and commits model file and event together, so that a crash leaves
+both old or both new (:mod:`.commit`). :class:`Ledger` is the one public front of these modules.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 from pathlib import Path
@@ -22,16 +23,18 @@ from .._validation import check_positive_int
 from ..errors import LedgerError
 from .chain import STATUSES, now
 from .commit import CRASH_ENV, CRASH_POINTS, recover_if_idle
+from .consolidate import CONSOLIDATE_CRASH_POINTS, consolidate
 from .intake import DataSets, describe, read_points_file
 from .process import process_pending
-from .results import ProcessResult, Request, UndoResult, VerifyResult
+from .replay import replay
+from .results import ConsolidateResult, ProcessResult, ReplayResult, Request, UndoResult, VerifyResult
 from .store import DEFAULT_LEDGER_PATH, Store
 from .undo import undo_request
 from .verification import verify
 
 __all__ = [
-    "Ledger", "Request", "ProcessResult", "UndoResult", "VerifyResult", "read_points_file",
-    "STATUSES", "DEFAULT_LEDGER_PATH", "CRASH_ENV", "CRASH_POINTS",
+    "Ledger", "Request", "ProcessResult", "UndoResult", "VerifyResult", "ConsolidateResult", "ReplayResult",
+    "read_points_file", "STATUSES", "DEFAULT_LEDGER_PATH", "CRASH_ENV", "CRASH_POINTS", "CONSOLIDATE_CRASH_POINTS",
 ]
 
 
@@ -40,7 +43,9 @@ class Ledger:
 
     Requests are added at any time (``pending``), forgotten in batches by :meth:`process` (``processed``:
     the ledger records which patched regions honour each), and can be undone (``undone``: their regions
-    leave the model unless another live request needs them). Opening creates the file on first use.
+    leave the model unless another live request needs them). For a model from recorded training,
+    :meth:`consolidate` retrains without the processed requests' points and retires their patches
+    (``consolidated``); :meth:`replay` checks that retraining bit for bit. Opening creates the file on first use.
 
     Examples
     --------
@@ -172,3 +177,44 @@ class Ledger:
         claims still need them. Elsewhere the model's outputs are the base model's again, bit for bit.
         """
         return undo_request(self._store, request_id, Path(model_path), base=base)
+
+    def consolidate(self, model_path: str | os.PathLike, *, engine: str = "auto", workers: int | None = None,
+                    ray_address: str | None = None, record=None, data=None, data_dir=None, batch_size: int = 1000,
+                    bound: str = "box", epsilon: float = 0.05, seed: int = 0, domain=None,
+                    base: nn.Module | None = None, progress: bool = False) -> ConsolidateResult:
+        """Retrain without every processed request's points, replace the model, and retire their patches.
+
+        The model must come from recorded training (:func:`prune_unlearn.experiments.recorded.train_recorded`;
+        its header names the training record, ``record`` overrides the record store's folder). Every request
+        ``processed`` when the call starts is consolidated: its points (by hash) leave the data manifest; each
+        SISA shard that held one retrains from its first affected slice (the whole model when unsharded), one
+        task per shard on ``engine`` (``ray``: a local Ray instance with ``workers`` CPUs, or the cluster at
+        ``ray_address``; ``local``: local processes; ``auto``: Ray if installed; or an engine object from
+        :mod:`prune_unlearn.ops.engine`). The ledger stays usable while
+        the model retrains; requests processed meanwhile are patched again on the new model (``batch_size``,
+        ``bound``, ``epsilon``, ``seed`` and ``domain`` as in :meth:`process`). One ``consolidate`` event records
+        the old and new model and training record, the new data manifest's hash, the requests, the engine and
+        the time taken. A killed consolidation leaves model and ledger as they were; running it again resumes
+        the retraining where it stopped. With nothing processed it changes nothing.
+        """
+        from .engine import make_engine
+
+        batch_size = check_positive_int("batch_size", "Ledger.consolidate", batch_size)
+        if isinstance(engine, str):
+            make = lambda: make_engine(engine, workers=workers, address=ray_address)  # noqa: E731
+        else:  # an engine object (anything with map(fn, calls, progress=, desc=) and describe()); caller closes it
+            make = lambda: contextlib.nullcontext(engine)  # noqa: E731
+        options = {"bound": bound, "epsilon": epsilon, "seed": seed, "batch_size": batch_size}
+        return consolidate(self._store, Path(model_path), engine_factory=make, record_root=record, data=data,
+                           data_dir=data_dir, options=options, domain=domain, base=base, progress=progress)
+
+    def replay(self, shards: Iterable[int], model_path: str | os.PathLike | None = None, *, record=None, data=None,
+               data_dir=None, base: nn.Module | None = None) -> ReplayResult:
+        """Retrain ``shards`` from the recorded manifest and recipe and check every checkpoint is byte-identical.
+
+        The record is the one the model file names (with ``model_path``, which is verified against the ledger
+        too), else the one the last consolidation recorded. Also checks that no consolidated request's point
+        is left in the data manifest and that the recorded checkpoints aggregate to the model. Writes nothing.
+        """
+        return replay(self._store, model_path, [int(k) for k in shards], record_root=record, data=data,
+                      data_dir=data_dir, base=base)

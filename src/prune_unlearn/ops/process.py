@@ -18,7 +18,7 @@ from .results import ProcessResult
 from .store import Store
 from .verification import verify
 
-__all__ = ["process_pending"]
+__all__ = ["process_pending", "honour"]
 
 
 def process_pending(store: Store, model_path: Path, *, data, data_dir, batch_size: int, bound: str, epsilon: float,
@@ -68,7 +68,7 @@ class _Run:
         except PruneError as exc:
             raise LedgerError(f"Forgetting requests {chunk[0].id}–{chunk[-1].id} failed (earlier batches were "
                               f"committed): {exc}") from None
-        honoured = _honoured(result.certificate, spans)
+        honoured = honour(result.certificate, spans)
         body = {"requests": honoured, "model_before": self.before, "n_regions": len(result.model.patches),
                 "options": self.options, "library_version": __version__}
         event = commit_model(self.store, "process", body, result.model, self.model_path, self.header)
@@ -77,7 +77,7 @@ class _Run:
                 "n_failed": sum(len(h["failed"]) for h in honoured), "seconds": time.perf_counter() - t0}
 
 
-def _honoured(certificate, spans: list[tuple[int, int, int]]) -> list[dict]:
+def honour(certificate, spans: list[tuple[int, int, int]]) -> list[dict]:
     """Per request: the patterns of the regions covering its points, a claim per point, its failed points."""
     pattern = [r["pattern_sha256"] for r in certificate.regions]
     claims = {c["index"]: c for c in certificate.claims}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
-__all__ = ["Request", "ProcessResult", "UndoResult", "VerifyResult"]
+__all__ = ["Request", "ProcessResult", "UndoResult", "VerifyResult", "ConsolidateResult", "ReplayResult"]
 
 
 @dataclass(frozen=True)
@@ -14,6 +14,8 @@ class Request:
 
     ``patterns`` are the ``pattern_sha256`` of the patched regions covering its points (as in the
     certificate); ``claims`` hold one entry per forgotten point, ``failed`` the points that could not be.
+    A ``consolidated`` request has no patterns left (the model was retrained without its points by event
+    ``consolidated_event``); its claims stay as the record of what its patches proved.
     """
 
     id: int
@@ -34,6 +36,7 @@ class Request:
     failed: list = field(default_factory=list)
     processed_event: int | None = None
     undone_event: int | None = None
+    consolidated_event: int | None = None
 
     @classmethod
     def from_row(cls, row) -> "Request":
@@ -46,7 +49,7 @@ class Request:
             file_sha256=rec.get("file_sha256"), labels_file=rec.get("labels_file"), n_points=rec["n_points"],
             point_sha256=rec["point_sha256"], labels=rec.get("labels"), patterns=res.get("patterns", []),
             claims=res.get("claims", []), failed=res.get("failed", []), processed_event=row.processed_event,
-            undone_event=row.undone_event,
+            undone_event=row.undone_event, consolidated_event=res.get("consolidated_event"),
         )
 
     def to_dict(self) -> dict:
@@ -121,3 +124,66 @@ class VerifyResult:
         if self.ok:
             return f"OK: {what} verified; head {self.head}"
         return f"FAILED: {what}:\n" + "\n".join(f"  - {p}" for p in self.problems)
+
+
+@dataclass(frozen=True)
+class ConsolidateResult:
+    """What :meth:`Ledger.consolidate` did; ``requests`` is empty when nothing was processed (nothing written).
+
+    ``shards_retrained`` maps each retrained shard to its first affected slice (the checkpoint it restarted
+    from); ``repatched`` are requests processed while the model retrained, patched again on the new model.
+    """
+
+    requests: list
+    repatched: list
+    n_points_removed: int
+    n_points_absent: int
+    shards_retrained: dict
+    slices_retrained: int
+    record_before: str | None
+    record_after: str | None
+    manifest_after: str | None
+    model_before: str | None
+    model_after: str | None
+    engine: dict
+    retrain_seconds: float
+    seconds: float
+    event: int | None
+    ledger_head: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def summary(self) -> str:
+        if not self.requests:
+            return "nothing to do: no processed requests to consolidate"
+        shards = ", ".join(f"{k} from slice {j}" for k, j in sorted(self.shards_retrained.items(), key=lambda kv:
+                                                                   int(kv[0])))
+        again = f"; re-patched {len(self.repatched)} request(s) processed meanwhile" if self.repatched else ""
+        return (f"consolidated {len(self.requests)} request(s): removed {self.n_points_removed} training point(s) "
+                f"({self.n_points_absent} were not in the training data), retrained shard(s) {shards or 'none'} "
+                f"({self.slices_retrained} slice(s)) on {self.engine.get('name')} with "
+                f"{self.engine.get('workers')} worker(s) in {self.retrain_seconds:.1f} s{again}; "
+                f"{self.seconds:.1f} s in all; training record {self.record_after[:12]}…, ledger head "
+                f"{self.ledger_head[:12]}…")
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    """Outcome of :meth:`Ledger.replay`: each shard retrained from its recorded manifest and recipe."""
+
+    ok: bool
+    record: str
+    shards: list
+    problems: list
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def summary(self) -> str:
+        lines = [f"shard {s['shard']}: {s['checkpoints']} checkpoint(s) "
+                 f"{'byte-identical' if s['identical'] else 'DIFFERENT at ' + str(s['mismatches'])} "
+                 f"({s['seconds']:.1f} s)" for s in self.shards]
+        head = "OK" if self.ok else "FAILED"
+        return "\n".join([f"{head}: replay of training record {self.record[:12]}…", *("  " + x for x in lines),
+                          *("  - " + p for p in self.problems)])

@@ -18,12 +18,14 @@ from .._version import __version__
 from ..errors import LedgerError
 from .chain import (EVENT_KINDS, GENESIS_HASH, STATUSES, Event, RequestRow, apply_event, canonical, link, replay,
                     touched_ids)
+from .migrate import upgrade
 
 __all__ = ["Store", "DEFAULT_LEDGER_PATH", "LEDGER_KIND", "LEDGER_FORMAT_VERSION"]
 
 DEFAULT_LEDGER_PATH = "prune-ledger.sqlite"
 LEDGER_KIND = "prune-request-ledger"
-LEDGER_FORMAT_VERSION = 1
+# 2: the consolidate event and the consolidated status (ops/migrate.py upgrades version-1 files before a write).
+LEDGER_FORMAT_VERSION = 2
 
 
 def _sql_in(values: Iterable[str]) -> str:
@@ -95,10 +97,14 @@ def _connect(path: Path) -> sqlite3.Connection:
         if isinstance(exc, sqlite3.DatabaseError):
             raise LedgerError(f"{path} is not a prune request ledger: {exc}.") from None
         raise
-    if kind is None or kind[0] != LEDGER_KIND or version != LEDGER_FORMAT_VERSION:
+    if kind is None or kind[0] != LEDGER_KIND:
         conn.close()
-        raise LedgerError(f"{path} is not a prune request ledger of format version {LEDGER_FORMAT_VERSION} (kind "
-                          f"{kind and kind[0]!r}, version {version}).")
+        raise LedgerError(f"{path} is not a prune request ledger (kind {kind and kind[0]!r}, version {version}).")
+    if not 1 <= version <= LEDGER_FORMAT_VERSION:
+        conn.close()
+        raise LedgerError(f"The ledger {path} is of format version {version}; this library reads versions 1 to "
+                          f"{LEDGER_FORMAT_VERSION}. HINT: upgrade prune-unlearn to use ledgers written by a newer "
+                          "version.")
     return conn
 
 
@@ -106,19 +112,27 @@ class Store:
     """The ledger's SQLite file: connection, transactions, and reading and appending events and request rows.
 
     Writes happen inside :meth:`transaction`; :meth:`insert` keeps the requests table equal to what the
-    events say (:func:`.chain.apply_event`).
+    events say (:func:`.chain.apply_event`). A file of an older format version is read as it is and upgraded
+    (:mod:`.migrate`) before the first write.
     """
 
     def __init__(self, path: Path):
         self.path = path
         self.conn = _connect(path)
+        self.version = self.conn.execute("PRAGMA user_version").fetchone()[0]
 
     def close(self) -> None:
         self.conn.close()
 
+    def upgrade(self) -> None:
+        """Bring an older ledger file to the current format version (a no-op for a current one)."""
+        if self.version < LEDGER_FORMAT_VERSION:
+            self.version = upgrade(self.conn, self.path, _SCHEMA, LEDGER_FORMAT_VERSION)
+
     @contextlib.contextmanager
     def transaction(self):
         """One SQLite write transaction: committed when the block ends, rolled back if it raises."""
+        self.upgrade()
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             yield

@@ -30,8 +30,10 @@ def undo_request(store: Store, request_id: int, model_path: Path, *, base: nn.Mo
         verify(store, strict=True)
         request = Request.from_row(store.row(request_id))
         if request.status != "processed":
-            hint = ("it has no patches yet (it is forgotten by the next `prune ledger process`)"
-                    if request.status == "pending" else f"it was undone by event {request.undone_event}")
+            hint = {"pending": "it has no patches yet (it is forgotten by the next `prune ledger process`)",
+                    "consolidated": f"the model was retrained without its points (event {request.consolidated_event}); "
+                                    "add its points to the training data and retrain to take them back"
+                    }.get(request.status, f"it was undone by event {request.undone_event}")
             raise LedgerError(f"Request {request.id} is {request.status}: only a processed request can be undone; "
                               f"{hint}.")
         header, model = load_model(store, model_path, base)
