@@ -1,6 +1,7 @@
 """Consolidation: retrain without the processed requests' points (only the affected shards, from their first affected
 slice), retire their patches, re-patch requests processed meanwhile, record it; crash safety, bad input, Ray."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -197,6 +198,49 @@ def test_bad_input_is_refused_and_nothing_is_written(tmp_path, digits):
     assert (led3.read_bytes(), copy.read_bytes()) == state and files(world.tmp / "record") == before[0]
 
 
+class UndoingWhileRetraining(SerialEngine):
+    def __init__(self, world, request_id):
+        self.world, self.request_id = world, request_id
+
+    def map(self, fn, calls, **kwargs):
+        with Ledger(self.world.ledger) as other:
+            other.undo(self.request_id, self.world.path)
+        return super().map(fn, calls, **kwargs)
+
+
+def test_a_request_undone_while_retraining_stops_the_commit_and_a_rerun_consolidates_the_rest(tmp_path, digits):
+    world = recorded_world(tmp_path, digits)
+    with Ledger(world.ledger) as ledger:
+        ledger.add_many([{"requester": "r", "indices": [i]} for i in (5, 6, 7)], data="digits")
+        ledger.process(world.path)
+        n_events = len(ledger.events())
+        with pytest.raises(LedgerError, match=r"Request\(s\) \[2\] left the processed state .* run the consolidation "
+                                              "again"):
+            ledger.consolidate(world.path, engine=UndoingWhileRetraining(world, 2))
+        assert [r.status for r in ledger.requests()] == ["processed", "undone", "processed"]
+        assert len(ledger.events()) == n_events + 1 and ledger.verify(world.path).ok  # only the undo happened
+        result = ledger.consolidate(world.path, engine="local", workers=1)
+        assert result.requests == [1, 3] and ledger.verify(world.path).ok
+        hashes = {h for e in world.store.get_record(result.record_after).shard_table
+                  for h in world.store.get_manifest(e.manifest).hashes}
+        assert digits_hash(digits, 6) in hashes and not {digits_hash(digits, 5), digits_hash(digits, 7)} & hashes
+
+
+def test_one_consolidation_at_a_time(tmp_path, digits):
+    from prune_unlearn.ops.commit import writer_lock
+
+    world = recorded_world(tmp_path, digits, shards=1, slices=1)
+    with Ledger(world.ledger) as ledger:
+        ledger.add("a", indices=[1], data="digits")
+        ledger.process(world.path)
+        lock = world.ledger.with_name(world.ledger.name + ".consolidate.lock")
+        with writer_lock(lock):
+            with pytest.raises(LedgerError, match="Another consolidation of the ledger .* is running"):
+                ledger.consolidate(world.path, engine="local", workers=1)
+        result = ledger.consolidate(world.path, engine="local", workers=1)  # unsharded: the whole model retrains
+        assert result.shards_retrained == {"0": 0} and result.slices_retrained == 1
+
+
 # --- crash safety -------------------------------------------------------------------------------------
 
 
@@ -263,7 +307,8 @@ def test_kill_9_during_consolidate_leaves_a_verifying_ledger_and_a_rerun_finishe
 @pytest.fixture(scope="module")
 def local_ray():
     ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'prune-unlearn[ray]')")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # as RayEngine does for its own local instance
+    os.environ.setdefault("RAY_worker_niceness", "0")
     ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")])}})
     yield ray
@@ -279,3 +324,51 @@ def test_consolidation_on_local_ray_gives_the_serial_result(tmp_path, digits, lo
     assert result.engine == {"name": "ray", "workers": 2, "address": "local"}
     assert result.record_after == reference.record_after and result.model_after == reference.model_after
     assert local_ray.is_initialized()  # the caller's instance is left running
+
+
+# --- command line ------------------------------------------------------------------------------------------
+
+
+def test_cli_train_recorded_consolidate_and_verify_replay(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from prune_unlearn.cli.main import cli
+
+    monkeypatch.chdir(tmp_path)
+    run = lambda *args: CliRunner().invoke(cli, list(args))  # noqa: E731
+    res = run("train", "--data", "digits", "--out", "m.safetensors", "--recorded", "--shards", "2", "--slices", "2",
+              "--epochs", "3", "--engine", "local", "--workers", "1", "--json")
+    assert res.exit_code == 0, res.output
+    trained = json.loads(res.output)
+    assert trained["training_record"]["root"] == str((tmp_path / "m.safetensors.record").resolve())
+    assert trained["engine"] == {"name": "serial", "workers": 1}
+    assert run("request", "add", "--requester", "a", "--data", "digits", "--index", "3", "--index", "17").exit_code == 0
+    assert run("process", "--model", "m.safetensors").exit_code == 0
+    res = run("ledger", "consolidate", "--model", "m.safetensors", "--ray-address", "127.0.0.1:1")
+    assert res.exit_code == 1 and res.output.startswith("Error: ")  # unreachable cluster (or no Ray): nothing written
+    res = run("ledger", "consolidate", "--model", "m.safetensors", "--engine", "local", "--workers", "1", "--json")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["requests"] == [1] and out["engine"]["name"] == "serial"
+    res = run("ledger", "verify", "--model", "m.safetensors", "--replay", "0", "--replay", "1", "--json")
+    assert res.exit_code == 0, res.output
+    verdict = json.loads(res.output)
+    assert verdict["ok"] and verdict["replay"]["ok"] and [s["identical"] for s in verdict["replay"]["shards"]] == [
+        True, True]
+    res = run("ledger", "verify", "--model", "m.safetensors", "--replay", "2")
+    assert res.exit_code == 1 and "has shards 0 to 1; got [2]" in res.output
+
+    import prune_unlearn.experiments.recorded as recorded
+
+    real = recorded.train_model
+
+    def drifting(model, X, y, recipe, **kw):  # a replay on a machine whose training differs
+        return real(model, X, y, dataclasses.replace(recipe, lr=recipe.lr * 1.01), **kw)
+
+    monkeypatch.setattr(recorded, "train_model", drifting)
+    res = run("ledger", "verify", "--model", "m.safetensors", "--replay", "0")
+    assert res.exit_code == 3 and "DIFFERENT at [1, 2]" in res.output, res.output
+    res = run("train", "--data", "digits", "--out", "x.safetensors", "--shards", "2")
+    assert res.exit_code == 2 and "go with --recorded" in res.output
+    res = run("ledger", "consolidate", "-h")
+    assert res.exit_code == 0 and "Example: prune ledger consolidate" in res.output

@@ -55,7 +55,11 @@ def record_of(header: dict, model: nn.Module, model_path: Path, record_root=None
                           "record), so there is no recipe and data manifest to retrain it from. HINT: train it with "
                           "`prune train --recorded` (or prune_unlearn.experiments.recorded.train_recorded), then "
                           "process the ledger's requests on that model.")
-    store = RecordStore(record_root if record_root is not None else tag.get("root", ""))
+    root = record_root if record_root is not None else tag.get("root")
+    if not root:
+        raise LedgerError(f"The header of {model_path} names training record {tag['sha256'][:12]}… but not its "
+                          "folder. HINT: pass the record store's folder (--record).")
+    store = RecordStore(root)
     try:
         record = store.get_record(tag["sha256"])
     except FormatError as exc:

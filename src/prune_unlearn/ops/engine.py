@@ -6,8 +6,9 @@ shard's points); its checkpoints go to the record store, a folder every worker c
 
 * :class:`RayEngine` (``pip install prune-unlearn[ray]``): one Ray task per shard, arrays passed by object
   reference. Without an address it starts a local Ray instance on this machine only (loopback, no dashboard, no
-  usage reporting) with ``workers`` CPUs, and stops it afterwards; with ``address`` it joins that cluster,
-  whose workers need this package and the record store's folder.
+  usage reporting, workers at niceness 0 rather than Ray's default 15) with ``workers`` CPUs, and stops it
+  afterwards; with ``address`` it joins that cluster, whose workers need this package and the record store's
+  folder.
 * :class:`ProcessEngine`: the same tasks in local processes (``concurrent.futures``, spawned, not forked).
 * :class:`SerialEngine`: here, one after another (``workers = 1``: "the same work in one process").
 
@@ -81,9 +82,9 @@ class ProcessEngine(SerialEngine):
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
         results: list = [None] * len(calls)
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=min(self.workers, max(1, len(calls))), mp_context=ctx,
-                                 initializer=_one_thread) as pool:
+        pool = ProcessPoolExecutor(max_workers=min(self.workers, max(1, len(calls))),
+                                   mp_context=multiprocessing.get_context("spawn"), initializer=_one_thread)
+        try:
             futures = {pool.submit(fn, *call): k for k, call in enumerate(calls)}
             with progress_bar(total=len(calls), enabled=progress, desc=desc, unit="task") as bar:
                 for future in as_completed(futures):
@@ -93,7 +94,21 @@ class ProcessEngine(SerialEngine):
                         raise EngineError(f"A task failed in a local worker process: {type(exc).__name__}: {exc}. "
                                           "Nothing was committed; run again to resume.") from exc
                     bar.update(1)
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)  # do not wait for the other shards to finish
+            raise
+        pool.shutdown()
         return results
+
+
+def _import_task_code(n_workers: int) -> int:
+    """A warm-up task: import what shard tasks import, and hold the worker long enough for the others to start."""
+    import time
+
+    import prune_unlearn.experiments.recorded  # noqa: F401
+
+    time.sleep(0.5 if n_workers > 1 else 0.0)
+    return os.getpid()
 
 
 def _host_port(address: str) -> tuple[str, int]:
@@ -133,6 +148,9 @@ class RayEngine(SerialEngine):
         if ray.is_initialized():  # the caller's instance (e.g. a test's): use it, leave it running
             return
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # never report usage anywhere
+        # Ray runs workers at niceness 15 by default: on a busy machine they would get a small share of the CPU
+        # next to the caller's own (niceness 0) process. A local instance's workers run at the caller's priority.
+        os.environ.setdefault("RAY_worker_niceness", "0")
         src = str(Path(__file__).resolve().parents[2])  # workers import this copy of prune_unlearn
         runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}}
         try:
@@ -145,6 +163,17 @@ class RayEngine(SerialEngine):
             raise EngineError(f"Ray did not start{' at ' + address if address else ''}: {type(exc).__name__}: "
                               f"{exc}. HINT: use --engine local.") from None
         self._started = True
+
+    def warm_up(self) -> float:
+        """Start every worker and import the shard-task code in it now (Ray starts workers lazily, and a torch
+        import takes seconds), so that a later timing measures the work; returns the seconds it took."""
+        import time
+
+        t0 = time.perf_counter()
+        n = max(1, int(self._ray.cluster_resources().get("CPU", 1)))
+        remote = self._ray.remote(num_cpus=1, max_retries=0)(_import_task_code)
+        self._ray.get([remote.remote(n) for _ in range(n)])
+        return time.perf_counter() - t0
 
     def describe(self) -> dict:
         cpus = int(self._ray.cluster_resources().get("CPU", 0))
