@@ -173,6 +173,10 @@ def consolidation_stage(ds, args, work: Path, rec: Recorder):
                                     "retrain_seconds": result.retrain_seconds - late_s[name],
                                     "late_requests_processed_seconds": late_s[name],
                                     "engine": result.engine, "shards_retrained": result.shards_retrained,
+                                    "tasks": result.tasks,
+                                    "task_cpu_seconds": sum(t["cpu_seconds"] for t in result.tasks),
+                                    "session_cpu_share": sum(t["cpu_seconds"] for t in result.tasks)
+                                    / (result.retrain_seconds - late_s[name]),
                                     "slices_retrained": result.slices_retrained, "requests": len(result.requests),
                                     "repatched": len(result.repatched), "points_removed": result.n_points_removed,
                                     "record_after": result.record_after, "load_before": load_before,
@@ -276,11 +280,15 @@ def main() -> None:
     ds = load_dataset(args.data, args.data_dir)
     args.work.mkdir(parents=True, exist_ok=True)
     out = args.out / f"consolidate-{args.data}.json"
+    autogroup = Path("/proc/sys/kernel/sched_autogroup_enabled")  # CPU shared per session, not per process
     meta = {"args": {k: str(v) for k, v in vars(args).items()}, "torch": torch.__version__, "threads": 1,
+            "sched_autogroup": autogroup.read_text().strip() if autogroup.exists() else None,
             "cpus": os.cpu_count(), "platform": platform.platform(), "load_at_start": load_average()}
     rec = Recorder(out, meta)
-    if out.exists():
-        rec.data.update({k: v for k, v in json.loads(out.read_text()).items() if k != "meta"})
+    if out.exists():  # stages not run again keep their numbers; the meta of earlier runs is kept too
+        earlier = json.loads(out.read_text())
+        rec.data.update({k: v for k, v in earlier.items() if k not in ("meta", "earlier_meta")})
+        rec.data["earlier_meta"] = [*earlier.get("earlier_meta", []), earlier["meta"]]
     stages = args.stages.split(",")
     for name, fn in (("train", train_stage), ("consolidate", consolidation_stage),
                      ("unsharded", unsharded_retrain_stage), ("many", many_requests_stage)):

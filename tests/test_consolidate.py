@@ -226,12 +226,16 @@ def test_a_request_undone_while_retraining_stops_the_commit_and_a_rerun_consolid
         assert digits_hash(digits, 6) in hashes and not {digits_hash(digits, 5), digits_hash(digits, 7)} & hashes
 
 
-def test_one_consolidation_at_a_time(tmp_path, digits):
+def test_one_consolidation_at_a_time_and_points_never_trained_on(tmp_path, digits):
+    import numpy as np
+
     from prune_unlearn.ops.commit import writer_lock
 
     world = recorded_world(tmp_path, digits, shards=1, slices=1)
+    np.save(tmp_path / "unseen.npy", digits.X_test[:1].numpy())  # a point the model was never trained on
     with Ledger(world.ledger) as ledger:
         ledger.add("a", indices=[1], data="digits")
+        ledger.add("b", points_file=tmp_path / "unseen.npy", labels_file=None)
         ledger.process(world.path)
         lock = world.ledger.with_name(world.ledger.name + ".consolidate.lock")
         with writer_lock(lock):
@@ -239,6 +243,8 @@ def test_one_consolidation_at_a_time(tmp_path, digits):
                 ledger.consolidate(world.path, engine="local", workers=1)
         result = ledger.consolidate(world.path, engine="local", workers=1)  # unsharded: the whole model retrains
         assert result.shards_retrained == {"0": 0} and result.slices_retrained == 1
+        assert result.requests == [1, 2] and (result.n_points_removed, result.n_points_absent) == (1, 1)
+        assert [r.status for r in ledger.requests()] == ["consolidated"] * 2 and ledger.verify(world.path).ok
 
 
 # --- crash safety -------------------------------------------------------------------------------------

@@ -124,12 +124,12 @@ def run_shard_task(root: str, task: dict, X: np.ndarray, y: np.ndarray) -> dict:
     """Run one :class:`ShardTask` (as a dict) on the shard's points ``X, y`` in manifest order; store-backed.
 
     Each checkpoint goes to the store as it is made, and the task's progress with it: a task killed midway
-    resumes from its last checkpoint. Returns ``{"shard", "checkpoints", "seconds", "resumed_slices"}``. A
-    top-level function, so Ray and process pools can ship it.
+    resumes from its last checkpoint. Returns ``{"shard", "checkpoints", "seconds", "cpu_seconds",
+    "resumed_slices"}``. A top-level function, so Ray and process pools can ship it.
     """
     spec = ShardTask(**{**task, "slice_sizes": tuple(task["slice_sizes"])})
     store = RecordStore(root)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     with deterministic_cpu():
         done = store.task_progress(spec.key)[: len(spec.slice_sizes) - spec.start]
         resumed = len(done)
@@ -143,7 +143,8 @@ def run_shard_task(root: str, task: dict, X: np.ndarray, y: np.ndarray) -> dict:
             crash_point("after_slice_checkpoint")
 
         train_slices(model, X_t, y_t, spec, spec.start + resumed, keep)
-    return {"shard": spec.shard, "checkpoints": done, "seconds": time.perf_counter() - t0, "resumed_slices": resumed}
+    return {"shard": spec.shard, "checkpoints": done, "seconds": time.perf_counter() - t0,
+            "cpu_seconds": time.process_time() - cpu0, "resumed_slices": resumed}
 
 
 def inline_map(fn, calls: Sequence[tuple], *, progress: bool = False, desc: str = "") -> list:

@@ -199,7 +199,7 @@ def consolidate(store: Store, model_path: Path, *, engine_factory, record_root=N
         with exclusive(store):  # phase 1: a consistent snapshot; nothing is written
             rows = store.rows(status="processed")
             if not rows:
-                return ConsolidateResult([], [], 0, 0, {}, 0, None, None, None, None, None, {}, 0.0,
+                return ConsolidateResult([], [], 0, 0, {}, 0, None, None, None, None, None, {}, [], 0.0,
                                          time.perf_counter() - t0, None, store.head())
             verify(store, strict=True)
             header, model = load_model(store, model_path, base)
@@ -243,7 +243,9 @@ def _commit(store, model_path, plan, results, rstore, record, record_sha, ds, op
                        "generation": new_record.generation},
             "manifest_before": record.manifest_sha256, "manifest_after": new_record.manifest_sha256,
             "points_removed": plan.n_removed, "points_absent": plan.n_absent,
-            "retrained": {"shards": shards, "slices": sum(len(t.slice_sizes) - t.start for t in plan.tasks)},
+            "retrained": {"shards": shards, "slices": sum(len(t.slice_sizes) - t.start for t in plan.tasks),
+                          "tasks": [{k: r[k] for k in ("shard", "seconds", "cpu_seconds", "resumed_slices")}
+                                    for r in results]},
             "engine": engine, "seconds": {"retraining": retrain_seconds, "total": time.perf_counter() - t0},
             "options": options, "library_version": __version__}
     info = {**(header.get("info") or {}), "training_record": {
@@ -254,6 +256,7 @@ def _commit(store, model_path, plan, results, rstore, record, record_sha, ds, op
         requests=plan.requests, repatched=[r["id"] for r in repatched], n_points_removed=plan.n_removed,
         n_points_absent=plan.n_absent, shards_retrained=shards, slices_retrained=body["retrained"]["slices"],
         record_before=record_sha, record_after=new_sha, manifest_after=new_record.manifest_sha256,
-        model_before=before, model_after=event.body["model_after"], engine=engine, retrain_seconds=retrain_seconds,
+        model_before=before, model_after=event.body["model_after"], engine=engine, tasks=body["retrained"]["tasks"],
+        retrain_seconds=retrain_seconds,
         seconds=time.perf_counter() - t0, event=event.id, ledger_head=store.head())
 

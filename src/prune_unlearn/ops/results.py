@@ -131,7 +131,8 @@ class ConsolidateResult:
     """What :meth:`Ledger.consolidate` did; ``requests`` is empty when nothing was processed (nothing written).
 
     ``shards_retrained`` maps each retrained shard to its first affected slice (the checkpoint it restarted
-    from); ``repatched`` are requests processed while the model retrained, patched again on the new model.
+    from); ``tasks`` gives each shard task's wall and CPU seconds; ``repatched`` are requests processed while
+    the model retrained, patched again on the new model.
     """
 
     requests: list
@@ -146,6 +147,7 @@ class ConsolidateResult:
     model_before: str | None
     model_after: str | None
     engine: dict
+    tasks: list
     retrain_seconds: float
     seconds: float
     event: int | None
