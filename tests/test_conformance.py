@@ -12,8 +12,12 @@ file), and export (or its clear refusal). Hashes are recomputed here from the do
 Issue 10's two defects — the ledger hashed a class-patched model without its class rows, and ``undo``
 rebuilt the model without them — fail ``test_ledger_process_then_undo`` on both class kinds.
 
-Consolidation (issue 13): when it lands, add ``test_consolidate`` to :class:`ModelKindSuite` (consolidate
-the subject's rows, then check the logits and the claims as the tests below do); every kind runs it.
+Consolidation (issue 13) runs on every kind too (``test_consolidate``): on a model from recorded training
+(:class:`TestRecordedMLP`) the ledger's processed requests are consolidated — their points leave the data
+manifest, their rows leave the model, which is the record's aggregate bit for bit plus the rows of a request
+processed meanwhile (certified again); everywhere else it is refused with a clear error and nothing is
+written: a model not trained in recorded mode, or one carrying rows no ledger request owns (a recorded model
+class-patched by ``forget_class``, :class:`TestRecordedClassPatched`).
 """
 
 from __future__ import annotations
@@ -32,8 +36,12 @@ from prune_unlearn._hashing import state_sha256
 from prune_unlearn.core.models import mlp
 from prune_unlearn.core.patches import PatchedModel, PatchSet
 from prune_unlearn.core.split import split_model
-from prune_unlearn.errors import InputValidationError, UnsupportedModelError
+from prune_unlearn.errors import InputValidationError, LedgerError, UnsupportedModelError
 from prune_unlearn.experiments.datasets import Dataset
+from prune_unlearn.experiments.recorded import aggregate, train_recorded
+from prune_unlearn.experiments.records import RecordStore
+from prune_unlearn.experiments.training import Recipe
+from prune_unlearn.ops.engine import SerialEngine
 from prune_unlearn.verify.certificate import Certificate
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -109,16 +117,20 @@ class ModelKindSuite:
     head: str | None = None
     export_refusal: tuple[type, str] | None = None
     export_head_only = False
+    consolidate_refusal: tuple[type, str] | None = (LedgerError, "was not trained in recorded mode")
 
     def build(self) -> SimpleNamespace:
         """``model`` (what the library handed out), ``base`` (for load), ``data`` (a Dataset), and where
-        there is one, ``certificate`` with the ``points``/``labels`` it claims."""
+        there is one, ``certificate`` with the ``points``/``labels`` it claims; a recorded model also has
+        ``info`` (its file header's info, naming the training record). ``self.tmp`` is a folder for the class."""
         raise NotImplementedError
 
     @pytest.fixture(scope="class")
     @classmethod
-    def subject(cls):
-        s = cls().build()
+    def subject(cls, tmp_path_factory):
+        kind = cls()
+        kind.tmp = tmp_path_factory.mktemp(cls.__name__)
+        s = kind.build()
         s.model.eval()
         return s
 
@@ -246,7 +258,66 @@ class ModelKindSuite:
         assert torch.equal(got.argmax(1), want.argmax(1))
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
-    # --- consolidation (issue 13): ``test_consolidate`` goes here, run on every kind ----------------------
+    # --- consolidation (issue 13) -------------------------------------------------------------------------
+    def test_consolidate(self, subject, tmp_path):
+        s = subject
+        path, ledger_path = tmp_path / "model.safetensors", tmp_path / "ledger.sqlite"
+        save(s.model, path, info=getattr(s, "info", None))
+        base = None if getattr(s.base, "prune_architecture", None) else s.base
+        idx = self._requests(s, k=4)
+        with Ledger(ledger_path) as ledger:
+            ledger.add("alice", indices=idx[:2], data=s.data)
+            ledger.add("bob", indices=idx[2:3], data=s.data)
+            ledger.process(path, data=s.data, base=base)
+            ledger.add("carol", indices=idx[3:], data=s.data)  # processed while the model retrains
+            if self.consolidate_refusal is not None:
+                error, message = self.consolidate_refusal
+                before, events = path.read_bytes(), ledger.events()
+                with pytest.raises(error, match=message):
+                    ledger.consolidate(path, engine="local", workers=1, data=s.data, base=base)
+                assert path.read_bytes() == before and ledger.events() == events  # nothing written
+                assert [r.status for r in ledger.requests()] == ["processed", "processed", "pending"]
+                assert ledger.verify(path).ok
+                return
+            result = ledger.consolidate(path, engine=_ProcessMeanwhile(ledger_path, s.data), data=s.data)
+            assert result.requests == [1, 2] and result.repatched == [3]
+            assert [r.status for r in ledger.requests()] == ["consolidated", "consolidated", "processed"]
+            assert all(r.patterns == [] for r in ledger.requests(status="consolidated"))
+            assert ledger.verify(path).ok
+            carol = ledger.get(3)
+        store = RecordStore(s.info["training_record"]["root"])
+        record = store.get_record(result.record_after)
+        manifest_hashes = {h for e in record.shard_table for h in store.get_manifest(e.manifest).hashes}
+        assert not set(_point_hashes(s.data.X_train[idx[:3]])) & manifest_hashes  # exactly unlearned
+        assert set(_point_hashes(s.data.X_train[idx[3:]])) <= manifest_hashes  # carol is only patched
+        after = self._load(s, path)
+        assert load_info(path)["tensors_sha256"] == result.model_after == state_sha256(_file_state(after))
+        assert isinstance(after, PatchedModel) and not _has_class_rows(after)
+        rows = {hashlib.sha256(p.numpy().tobytes()).hexdigest() for p in after.patches.patterns}
+        assert rows == set(carol.patterns) and rows  # only carol's rows: the consolidated requests' rows are gone
+        retrained = aggregate(record.architecture, [store.get_state(e.checkpoints[-1]) for e in record.shard_table])
+        assert _equal_states(dict(after.base.state_dict()), dict(retrained.state_dict()))
+        x = self._probe(s)
+        _, covered = after.covering_region(x)
+        with torch.no_grad():  # outside carol's regions: the retrained model's logits, bit for bit
+            assert torch.equal(after(x)[covered == 0], retrained(x)[covered == 0])
+            claim = carol.claims[0]  # carol: certified again on the retrained base
+            assert claim["proved"] == "region" and claim["margin"] > 0
+            assert after(s.data.X_train[idx[3:]]).argmax(1).item() == claim["target"] != claim["label"]
+
+
+
+class _ProcessMeanwhile(SerialEngine):
+    """Runs the shard tasks here, after processing the pending requests through a second ledger handle (as a
+    request arriving while the model retrains would be)."""
+
+    def __init__(self, ledger_path, data):
+        self.ledger_path, self.data = ledger_path, data
+
+    def map(self, fn, calls, **kwargs):
+        with Ledger(self.ledger_path) as other:
+            other.process(self.ledger_path.with_name("model.safetensors"), data=self.data)
+        return super().map(fn, calls, **kwargs)
 
 
 # --- the kinds ------------------------------------------------------------------------------------------
@@ -317,3 +388,34 @@ class TestConvPrefix(ModelKindSuite):
         res, pts, labels = _point_patched(base, data, head=self.head)
         return SimpleNamespace(model=res.model, base=base, data=data, certificate=res.certificate, points=pts,
                                labels=labels)
+
+
+def _recorded(kind) -> tuple:
+    """A recorded MLP (2 SISA shards × 2 slices) trained on points labelled by :func:`_mlp`, and its data."""
+    data = _data(_mlp(), kind.shape, n=600)
+    spec = mlp(4, [8, 8], 3).prune_architecture
+    result = train_recorded(data, spec, Recipe(lr=0.1, epochs=3, batch_size=32, seed=0), kind.tmp / "record",
+                            shards=2, slices=2)
+    return result.model.eval(), data, {"dataset": data.name, "training_record": result.info()}
+
+
+class TestRecordedMLP(ModelKindSuite):
+    """A model from recorded training: the kind consolidation applies to."""
+    export_refusal = (InputValidationError, "Export needs a PatchedModel")
+    consolidate_refusal = None
+
+    def build(self):
+        model, data, info = _recorded(self)
+        return SimpleNamespace(model=model, base=model, data=data, certificate=None, info=info)
+
+
+class TestRecordedClassPatched(ModelKindSuite):
+    """A recorded model whose class rows no ledger request owns: consolidation refuses to drop them."""
+    consolidate_refusal = (LedgerError, "whole-class patch row")
+
+    def build(self):
+        base, data, info = _recorded(self)
+        res, members, labels = _class_patched(base, data)
+        assert _has_class_rows(res.model)
+        return SimpleNamespace(model=res.model, base=base, data=data, certificate=res.certificate, points=members,
+                               labels=labels, info=info)

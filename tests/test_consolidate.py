@@ -198,6 +198,22 @@ def test_bad_input_is_refused_and_nothing_is_written(tmp_path, digits):
     assert (led3.read_bytes(), copy.read_bytes()) == state and files(world.tmp / "record") == before[0]
 
 
+def test_rows_no_request_owns_are_refused_and_nothing_is_written(tmp_path, digits):
+    from prune_unlearn import forget
+
+    world = recorded_world(tmp_path, digits)
+    patched = forget(load(world.path), digits.X_train[50:52], labels=digits.y_train[50:52], seed=0).model
+    save(patched, world.path, info=load_info(world.path)["info"])  # patched outside the ledger: same record
+    with Ledger(world.ledger) as ledger:
+        ledger.add("a", indices=[1], data="digits")
+        ledger.process(world.path)
+        state = (world.ledger.read_bytes(), world.path.read_bytes(), files(world.tmp / "record"))
+        with pytest.raises(LedgerError, match="patched region\\(s\\) .* that no processed request of this ledger owns"):
+            ledger.consolidate(world.path, engine="local", workers=1)
+        assert ledger.get(1).status == "processed" and ledger.verify(world.path).ok
+    assert (world.ledger.read_bytes(), world.path.read_bytes(), files(world.tmp / "record")) == state
+
+
 class UndoingWhileRetraining(SerialEngine):
     def __init__(self, world, request_id):
         self.world, self.request_id = world, request_id
@@ -348,8 +364,8 @@ def test_cli_train_recorded_consolidate_and_verify_replay(tmp_path, monkeypatch)
     trained = json.loads(res.output)
     assert trained["training_record"]["root"] == str((tmp_path / "m.safetensors.record").resolve())
     assert trained["engine"] == {"name": "serial", "workers": 1}
-    assert run("request", "add", "--requester", "a", "--data", "digits", "--index", "3", "--index", "17").exit_code == 0
-    assert run("process", "--model", "m.safetensors").exit_code == 0
+    assert run("ledger", "add", "--requester", "a", "--data", "digits", "--index", "3", "--index", "17").exit_code == 0
+    assert run("ledger", "process", "--model", "m.safetensors").exit_code == 0
     res = run("ledger", "consolidate", "--model", "m.safetensors", "--ray-address", "127.0.0.1:1")
     assert res.exit_code == 1 and res.output.startswith("Error: ")  # unreachable cluster (or no Ray): nothing written
     res = run("ledger", "consolidate", "--model", "m.safetensors", "--engine", "local", "--workers", "1", "--json")

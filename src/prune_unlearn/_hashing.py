@@ -24,6 +24,11 @@ def point_sha256(x: torch.Tensor) -> str:
     return points_sha256(x.unsqueeze(0))[0]
 
 
+def pattern_sha256(packed: torch.Tensor) -> str:
+    """Hash of a patched region's packed activation pattern (``PatchSet.patterns[r]``), as certificates name it."""
+    return hashlib.sha256(tensor_bytes(packed)).hexdigest()
+
+
 def state_sha256(tensors: dict[str, torch.Tensor]) -> str:
     """Hash of named tensors: names, dtypes, shapes and bytes, in sorted name order."""
     h = hashlib.sha256()

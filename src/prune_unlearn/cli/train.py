@@ -36,11 +36,10 @@ def train(data_name, data_dir, out, epochs, lr, width, seed, device, recorded, o
 
     \b
     With --recorded: replayable training (recipe, seed, data manifest, SISA shards × slices with a checkpoint
-    after each slice), which `prune ledger consolidate` retrains from.
+    after each slice), which `prune ledger consolidate` retrains from, e.g. `--recorded --shards 8 --slices 4`.
 
     \b
     Example: prune train --data digits --out digits.safetensors
-    Example: prune train --data mnist --out mnist.safetensors --recorded --shards 8 --slices 4
     """
     ds = load_dataset(data_name, data_dir)
     spec = default_architecture(ds.name, ds.input_dim, ds.num_classes, ds.input_shape,

@@ -26,6 +26,7 @@ from pathlib import Path
 from torch import nn
 
 from .._crash import crash_point
+from .._hashing import pattern_sha256
 from .._version import __version__
 from ..core.patches import PatchedModel, model_state_sha256
 from ..errors import FormatError, LedgerError, PruneError
@@ -36,11 +37,11 @@ from .chain import RequestRow
 from .commit import commit_model, exclusive, load_model, lock_path, writer_lock
 from .intake import DataSets, gather
 from .process import honour
-from .results import ConsolidateResult
+from .results import ConsolidateResult, Request
 from .store import Store
 from .verification import verify
 
-__all__ = ["consolidate", "record_of", "recorded_dataset", "CONSOLIDATE_CRASH_POINTS"]
+__all__ = ["consolidate", "record_of", "recorded_dataset", "check_rows_owned", "CONSOLIDATE_CRASH_POINTS"]
 
 # Test hook points (PRUNE_LEDGER_CRASH_AT) besides the model commit's own.
 CONSOLIDATE_CRASH_POINTS = ("after_slice_checkpoint", "after_retraining", "after_record_write")
@@ -88,6 +89,28 @@ def recorded_dataset(record: TrainingRecord, data, data_dir):
                           f"a version with {record.n_train}: the recorded manifest does not match the data. HINT: "
                           "use the data files (--data-dir) the model was trained with.")
     return ds
+
+
+def check_rows_owned(model: nn.Module, rows: list[RequestRow], model_path: Path) -> None:
+    """Refuse a model carrying patch rows no processed request owns (class patches from ``forget_class``, point
+    patches from ``forget`` outside the ledger): retraining replaces the base they were certified on, and the
+    consolidate event could not say which withdrawal they honoured, so dropping them silently is not allowed."""
+    if not isinstance(model, PatchedModel):
+        return
+    classes = model.class_patches
+    if classes is not None and len(classes):
+        raise LedgerError(f"The model {model_path} carries {len(classes)} whole-class patch row(s) (forget_class), "
+                          "which no ledger request owns; a retrained base would leave them uncertified. HINT: "
+                          "consolidate the model before forgetting a class, then forget the class again on the "
+                          "consolidated model.")
+    owned = {p for row in rows for p in Request.from_row(row).patterns}
+    ps = model.patches
+    stray = [r for r in range(len(ps)) if pattern_sha256(ps.patterns[r]) not in owned]
+    if stray:
+        raise LedgerError(f"The model {model_path} carries {len(stray)} patched region(s) (e.g. region {stray[0]}) "
+                          "that no processed request of this ledger owns (patched outside the ledger, e.g. by "
+                          "`prune forget`). Consolidation would drop them without a record. HINT: add those points "
+                          "as ledger requests and process them, or consolidate the model the ledger patched.")
 
 
 @dataclass
@@ -204,6 +227,7 @@ def consolidate(store: Store, model_path: Path, *, engine_factory, record_root=N
             verify(store, strict=True)
             header, model = load_model(store, model_path, base)
             rstore, record, record_sha = record_of(header, model, model_path, record_root)
+            check_rows_owned(model, rows, model_path)
             ds = recorded_dataset(record, data, data_dir)
             plan = _plan(rows, rstore, record, ds)
         with engine_factory() as engine:  # an unreachable cluster is refused before anything is written

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from .._hashing import pattern_sha256
 from ..errors import LedgerError
 from .commit import commit_model, exclusive, load_model
 from .results import Request, UndoResult
@@ -15,11 +15,6 @@ from .store import Store
 from .verification import verify
 
 __all__ = ["undo_request"]
-
-
-def _pattern_sha256(packed: torch.Tensor) -> str:
-    """As in certificates: SHA-256 of a region's packed activation pattern."""
-    return hashlib.sha256(packed.cpu().numpy().tobytes()).hexdigest()
 
 
 def undo_request(store: Store, request_id: int, model_path: Path, *, base: nn.Module | None) -> UndoResult:
@@ -43,7 +38,7 @@ def undo_request(store: Store, request_id: int, model_path: Path, *, base: nn.Mo
                 for p in Request.from_row(row).patterns}
         mine = set(request.patterns)
         ps = model.patches
-        row_patterns = [_pattern_sha256(ps.patterns[r]) for r in range(len(ps))]
+        row_patterns = [pattern_sha256(ps.patterns[r]) for r in range(len(ps))]
         keep = torch.tensor([p not in mine or p in live for p in row_patterns], dtype=torch.bool)
         patched = model.select_point_rows(keep).eval()
         removed = sorted(p for p, k in zip(row_patterns, keep.tolist()) if not k)
