@@ -3,8 +3,8 @@
 Stages (each writes its numbers into ``<out>/consolidate-<data>.json`` as it finishes):
 
 1. recorded training, unsharded (S = R = 1, the recipe's batch 64) and sharded (S × R, batch
-   ``--shard-batch-size`` 16: a shard's model then takes as many SGD steps as the unsharded one; on local Ray
-   with ``--workers`` workers);
+   ``--shard-batch-size`` 16: a shard's model then takes as many SGD steps as the unsharded one; the last
+   ``--shard-anneal-epochs`` 2 epochs of each slice at lr/10; on local Ray with ``--workers`` workers);
 2. 500 random single-point requests added and processed (patched, certified) on the sharded model;
 3. the same consolidation twice, from copies of the same ledger, model and record store: on local Ray with
    ``--workers`` workers (while it retrains, 50 more requests are added and processed, so that they must be
@@ -93,7 +93,9 @@ def train_stage(ds, args, work: Path, rec: Recorder):
                             "recipe": recipe.to_dict(),
                             "engine": "serial", "load_after": load_average()})
     # a shard holds 1/S of the data: smaller batches give its model as many SGD steps as the unsharded one's
-    shard_recipe = dataclasses.replace(recipe, batch_size=args.shard_batch_size or recipe.batch_size)
+    # and the last --shard-anneal-epochs of every slice at lr/10 (the final iterate of constant-lr SGD is noisy)
+    shard_recipe = dataclasses.replace(recipe, batch_size=args.shard_batch_size or recipe.batch_size,
+                                       anneal_epochs=args.shard_anneal_epochs)
     with make_engine("ray", workers=args.workers) as engine:
         t = time.perf_counter()
         sharded = train_recorded(ds, spec, shard_recipe, work / "record", shards=args.shards, slices=args.slices,
@@ -270,6 +272,8 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--shard-batch-size", type=int, default=16,
                    help="Batch size of the sharded run (default 16; the unsharded run keeps the recipe's 64).")
+    p.add_argument("--shard-anneal-epochs", type=int, default=2,
+                   help="Epochs at lr/10 at the end of every slice of the sharded run (default 2).")
     p.add_argument("--consolidate", type=int, default=500)
     p.add_argument("--requests", type=int, default=10_000)
     p.add_argument("--replay-shard", type=int, default=0)

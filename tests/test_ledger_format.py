@@ -75,7 +75,7 @@ def test_an_earlier_ledger_is_upgraded_before_its_first_write_to_the_schema_of_a
     with Ledger(tmp_path / "new.sqlite"):
         pass
     new_schema = schema(tmp_path / "new.sqlite")
-    assert new_schema[1] == LEDGER_FORMAT_VERSION == 2 and schema(ledger_path) != new_schema
+    assert new_schema[1] == LEDGER_FORMAT_VERSION >= 2 and schema(ledger_path) != new_schema
     sql = {name: text for _, name, _, text in new_schema[0]}
     assert "'consolidate'" in sql["events"] and "'consolidated'" in sql["requests"]
     with Ledger(ledger_path) as ledger:
@@ -107,11 +107,39 @@ def test_an_interrupted_upgrade_leaves_the_earlier_version_whole(old, monkeypatc
     assert ledger_path.read_bytes() == before and schema(ledger_path)[1] == 1
 
 
+def test_upgrades_chain_one_step_per_version(old, monkeypatch):
+    """What the next format version does (issue 14 adds a ``reject`` event): one more entry in MIGRATIONS. A
+    version-1 file then goes 1 → 2 → … → the current version before its first write, one transaction per step,
+    in order, each step seeing the version it upgrades from."""
+    from prune_unlearn.ops import store
+
+    ledger_path, model_path = old
+    target = LEDGER_FORMAT_VERSION + 1
+    seen = []
+
+    def step(conn, schema_statements, real=migrate.widen_checks):
+        seen.append(conn.execute("PRAGMA user_version").fetchone()[0])
+        real(conn, schema_statements)
+
+    for version in range(1, target):
+        monkeypatch.setitem(migrate.MIGRATIONS, version, step)
+    monkeypatch.setattr(store, "LEDGER_FORMAT_VERSION", target)
+    with Ledger(ledger_path) as ledger:
+        ledger.add("erin", indices=[300], data="digits")
+        assert seen == list(range(1, target)) and ledger.verify(model_path).ok
+    conn = sqlite3.connect(ledger_path)
+    marks = [k for (k,) in conn.execute("SELECT key FROM meta WHERE key LIKE 'upgraded_to_%' ORDER BY key")]
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == target
+    conn.close()
+    assert marks == [f"upgraded_to_{v}" for v in range(2, target + 1)]
+
+
 def test_a_ledger_of_a_newer_version_is_refused(old):
     conn = sqlite3.connect(old[0])
     conn.execute(f"PRAGMA user_version = {LEDGER_FORMAT_VERSION + 1}")
     conn.close()
-    with pytest.raises(LedgerError, match="format version 3; this library reads versions 1 to 2. HINT: upgrade"):
+    with pytest.raises(LedgerError, match=f"format version {LEDGER_FORMAT_VERSION + 1}; this library reads versions "
+                                          f"1 to {LEDGER_FORMAT_VERSION}. HINT: upgrade"):
         Ledger(old[0])
 
 

@@ -1,5 +1,6 @@
 """Recorded training: replayable bit for bit, SISA-sharded with checkpoints on disk, averaged logits as one MLP."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -98,6 +99,9 @@ def test_bad_schedules_are_refused(tmp_path, digits):
         train_recorded(digits, spec(digits), RECIPE, tmp_path, shards=1000, slices=2)
     with pytest.raises(InputValidationError, match="needs an MLP architecture"):
         train_recorded(digits, {"kind": "vgg16"}, RECIPE, tmp_path, shards=2)
+    with pytest.raises(InputValidationError, match="anneals its last 3 epoch\\(s\\) of every slice, but a slice trains 3"):
+        train_recorded(digits, spec(digits), dataclasses.replace(RECIPE, anneal_epochs=3), tmp_path, slices=2,
+                       epochs_per_slice=3)
     assert not (tmp_path / "records").exists()
 
 

@@ -9,7 +9,8 @@ mode whose checkpoints live on disk:
   ``R`` slices; shard ``k`` starts from ``build_model(spec, seed=derive_seed(recipe.seed, 0, k))``;
 * for slice ``r`` it trains ``epochs_per_slice`` epochs (default SISA's ``round(2E / (R + 1))``) with
   :func:`~.training.train_model` on slices ``0 … r`` of its data, a fresh optimiser, ``seed =
-  derive_seed(recipe.seed, 1, k, r)`` (also the global seed, for dropout); checkpoint ``r + 1`` is the result;
+  derive_seed(recipe.seed, 1, k, r)`` (also the global seed, for dropout), the last ``recipe.anneal_epochs`` of
+  them at lr/10; checkpoint ``r + 1`` is the result;
 * the model is the shard models' **averaged logits**. For MLPs the average of ``S`` networks is itself one MLP:
   hidden layers side by side (block-diagonal weights), the output layer's weights divided by ``S`` — still a
   Linear/ReLU network that PRUNE patches like any other (:func:`aggregate`). ``S = R = 1`` is plain training.
@@ -244,10 +245,13 @@ def train_recorded(ds, spec: dict, recipe: Recipe, root, *, shards: int = 1, sli
         :mod:`prune_unlearn.ops.engine`); default: here, one shard after another.
     """
     _check_sharding(ds, spec, shards, slices, epochs_per_slice)
+    epochs = epochs_per_slice or max(1, round(2 * recipe.epochs / (slices + 1)))
+    if recipe.anneal_epochs >= epochs:
+        raise InputValidationError(f"The recipe anneals its last {recipe.anneal_epochs} epoch(s) of every slice, but "
+                                   f"a slice trains {epochs}. HINT: anneal fewer epochs or raise epochs_per_slice.")
     t0 = time.perf_counter()
     store = RecordStore(root)
     store.clean()
-    epochs = epochs_per_slice or max(1, round(2 * recipe.epochs / (slices + 1)))
     hashes = dataset_hashes(ds)
     tasks, calls = [], []
     for k, shard in enumerate(partition(len(ds.y_train), shards, slices, recipe.seed)):
