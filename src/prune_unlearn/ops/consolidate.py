@@ -227,9 +227,9 @@ def consolidate(store: Store, model_path: Path, *, engine_factory, record_root=N
             verify(store, strict=True)
             header, model = load_model(store, model_path, base)
             rstore, record, record_sha = record_of(header, model, model_path, record_root)
-            check_rows_owned(model, rows, model_path)
             ds = recorded_dataset(record, data, data_dir)
             plan = _plan(rows, rstore, record, ds)
+            check_rows_owned(model, rows, model_path)
         with engine_factory() as engine:  # an unreachable cluster is refused before anything is written
             described = engine.describe()
             t1 = time.perf_counter()
