@@ -1,7 +1,8 @@
 """The patched model ``M_p ⊕ (M_c + Σ_k c_k)``: the base model and every kind of patch row it carries.
 
 Each kind of row lives in its own module: point rows (one per patched linear region, Theorem 1) in
-:mod:`.point_patches`, whole-class rows (relaxed supports, Algorithm 2) in :mod:`.class_patches`.
+:mod:`.point_patches`, whole-class rows (relaxed supports, Algorithm 2) in :mod:`.class_patches`, certified neighbourhoods (a box
+around a forgotten point, issue 11) in :mod:`.neighbourhood`.
 :class:`PatchedModel` owns them: one naming of its state, one hash, and methods that return a new
 model with rows added or removed.
 """
@@ -13,6 +14,7 @@ from torch import nn
 
 from .._hashing import state_sha256
 from .class_patches import ClassPatchSet, label_lead
+from .neighbourhood import NeighbourhoodSet
 from .point_patches import BOUND_CODES, PatchSet, stack_preacts
 from .split import ModelSplit, split_model
 
@@ -24,7 +26,8 @@ class PatchedModel(nn.Module):
     """``M_p ⊕ (M_c + Σ_k c_k)``: the base model with patch networks on its head's output.
 
     A plain ``nn.Module``. ``base`` is the unpatched model (never modified); ``patches`` holds every
-    patched linear region (point rows), ``class_patches`` the whole-class supports (class rows), if any.
+    patched linear region (point rows), ``class_patches`` the whole-class supports (class rows), if any,
+    and ``neighbourhoods`` the certified neighbourhoods (ball rows, :class:`NeighbourhoodSet`), if any.
     Inputs outside every support get exactly the base model's logits.
 
     The model owns its state: :meth:`state_dict` (``base.<name>``, ``patches.<field>``,
@@ -42,24 +45,31 @@ class PatchedModel(nn.Module):
 
     # Every kind of patch row, by attribute (= state-dict prefix). "patches" is always present (maybe
     # empty); the others are optional. A new kind of row adds one entry here.
-    ROW_SETS = {"patches": PatchSet, "class_patches": ClassPatchSet}
+    # Row sets are built as ``kind(num_hidden, num_classes, **fields)``; NeighbourhoodSet.from_fields reads its
+    # input dimension from its fields.
+    ROW_SETS = {"patches": PatchSet, "class_patches": ClassPatchSet, "neighbourhoods": NeighbourhoodSet.from_fields}
     STATE_PREFIXES = ("base.", *(f"{name}." for name in ROW_SETS))
 
     def __init__(self, base: nn.Module, patches: PatchSet, head: str | None = None,
-                 class_patches: "ClassPatchSet | None" = None):
+                 class_patches: "ClassPatchSet | None" = None, neighbourhoods: NeighbourhoodSet | None = None):
         super().__init__()
         self.base = base
         self.patches = patches
         self.class_patches = class_patches
+        self.neighbourhoods = neighbourhoods
         self.head = head
         split = split_model(base, head)
         sizes = (sum(split.hidden_sizes), split.num_classes)
-        for kind, rows in (("PatchSet", patches), ("ClassPatchSet", class_patches)):
+        for kind, rows in (("PatchSet", patches), ("ClassPatchSet", class_patches),
+                           ("NeighbourhoodSet", neighbourhoods)):
             if rows is not None and (rows.num_hidden, rows.num_classes) != sizes:
                 raise ValueError(
                     f"{kind} is for a head with {rows.num_hidden} hidden neurons and {rows.num_classes} "
                     f"classes; this model's head has {sizes[0]} and {sizes[1]}."
                 )
+        if neighbourhoods is not None and neighbourhoods.input_dim != split.feature_dim:
+            raise ValueError(f"NeighbourhoodSet is for head inputs of dimension {neighbourhoods.input_dim}; this "
+                             f"model's head takes {split.feature_dim}.")
         object.__setattr__(self, "_split", split)  # shares the base's modules; not a second copy of weights
 
     @property
@@ -72,11 +82,17 @@ class PatchedModel(nn.Module):
         out = self.patches.apply(preacts, logits)
         if self.has_class_patches:
             out = self.class_patches.apply(stack_preacts(preacts, logits), out, base_logits=logits)
+        if self.has_neighbourhoods:
+            out = self.neighbourhoods.apply(h, preacts, out)
         return out
 
     @property
     def has_class_patches(self) -> bool:
         return self.class_patches is not None and len(self.class_patches) > 0
+
+    @property
+    def has_neighbourhoods(self) -> bool:
+        return self.neighbourhoods is not None and len(self.neighbourhoods) > 0
 
     # --- state: one naming, one hash --------------------------------------------------------------
 
@@ -132,11 +148,14 @@ class PatchedModel(nn.Module):
 
     _KEEP = object()
 
-    def with_patches(self, patches: PatchSet | None = None, class_patches=_KEEP) -> "PatchedModel":
-        """A new model on the same base with ``patches`` and/or ``class_patches`` replaced (others kept)."""
+    def with_patches(self, patches: PatchSet | None = None, class_patches=_KEEP,
+                     neighbourhoods=_KEEP) -> "PatchedModel":
+        """A new model on the same base with ``patches``, ``class_patches`` and/or ``neighbourhoods`` replaced
+        (the others kept)."""
+        keep = PatchedModel._KEEP
         model = PatchedModel(self.base, self.patches if patches is None else patches, head=self.head,
-                             class_patches=self.class_patches if class_patches is PatchedModel._KEEP
-                             else class_patches)
+                             class_patches=self.class_patches if class_patches is keep else class_patches,
+                             neighbourhoods=self.neighbourhoods if neighbourhoods is keep else neighbourhoods)
         model.training = self.training  # the wrapper's flag only: train() would also switch the shared base
         dev = next(self.base.parameters(), torch.empty(0)).device
         return model.to(dev)
@@ -149,6 +168,19 @@ class PatchedModel(nn.Module):
     def select_point_rows(self, keep: torch.Tensor) -> "PatchedModel":
         """A new model with only the point rows ``keep`` (bool mask or indices); class rows are kept."""
         return self.with_patches(self.patches.select(keep))
+
+    def add_neighbourhood_rows(self, rows: NeighbourhoodSet, *, replace: torch.Tensor | None = None) -> "PatchedModel":
+        """A new model whose neighbourhood rows are the current ones (minus the bool mask ``replace``) then ``rows``."""
+        if self.neighbourhoods is None:
+            return self.with_patches(neighbourhoods=rows)
+        kept = self.neighbourhoods if replace is None else self.neighbourhoods.select(~replace.cpu())
+        return self.with_patches(neighbourhoods=NeighbourhoodSet.concat([kept, rows]))
+
+    def select_neighbourhood_rows(self, keep: torch.Tensor) -> "PatchedModel":
+        """A new model with only the neighbourhood rows ``keep``; every other kind of row is kept."""
+        if self.neighbourhoods is None:
+            return self.with_patches()
+        return self.with_patches(neighbourhoods=self.neighbourhoods.select(keep))
 
     # --- queries ----------------------------------------------------------------------------------
 
@@ -170,6 +202,17 @@ class PatchedModel(nn.Module):
             return logits.new_zeros(logits.shape[0], 0)
         z = stack_preacts(preacts, logits)
         return self.class_patches.group_support(z, logits) if gated else self.class_patches.relaxed_support(z)
+
+    @torch.no_grad()
+    def neighbourhood_support(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, R) support of every neighbourhood row at each input ((B, 0) without neighbourhood rows)."""
+        h = self._split.features(x)
+        preacts, logits = self._split.head_forward(h)
+        out = logits.new_zeros(logits.shape[0], len(self.neighbourhoods) if self.neighbourhoods is not None else 0)
+        if self.has_neighbourhoods:
+            rows_b, rows_k, value = self.neighbourhoods.support(h, preacts)
+            out[rows_b, rows_k] = value
+        return out
 
     def unpatched(self) -> nn.Module:
         """The base model ``M`` without any patch."""

@@ -34,8 +34,9 @@ from .patches import PatchedModel, model_state
 __all__ = ["save", "load", "load_info", "load_model", "atomic_write_text", "atomic_replace", "MODEL_FORMAT_VERSION"]
 
 # 2: class patches carry ``decision_lambda`` (a version-1 file reads as an ungated class patch set).
-MODEL_FORMAT_VERSION = 2
-READABLE_FORMAT_VERSIONS = (1, 2)
+# 3: patched models may hold neighbourhood rows (``neighbourhoods.<field>``); files without them are unchanged.
+MODEL_FORMAT_VERSION = 3
+READABLE_FORMAT_VERSIONS = (1, 2, 3)
 _HEADER_KEY = "prune_unlearn"
 
 
@@ -99,6 +100,8 @@ def save(model: nn.Module, path: str | Path, *, info: dict[str, Any] | None = No
         cps = patched.class_patches
         if cps is not None:
             header["class_patches"] = {"supports": len(cps), "groups": cps.num_groups}
+        if patched.neighbourhoods is not None:
+            header["neighbourhoods"] = {"rows": len(patched.neighbourhoods)}
     header["tensors_sha256"] = state_sha256(tensors)
     metadata = {_HEADER_KEY: json.dumps(header)}
     atomic_replace(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
