@@ -1,11 +1,12 @@
-"""Forgetting points by patching their linear regions (Theorem 1, Algorithm 1).
+"""Forgetting points by patching their linear regions (Theorem 1, Algorithm 1), or certified neighbourhoods.
 
 ``forget`` is the one entry point. It validates its arguments and computes the requested points'
 linear regions (:class:`~prune_unlearn.unlearn.problem.PointProblem`); a strategy from
 :mod:`~prune_unlearn.unlearn.point_strategies` (``"per-point"``: Theorem 1 for every point;
 ``"cluster"``: the paper's Algorithm 1) turns them into patch rows; the patched model adds the rows;
 every point is checked on the float32 model; and the certificate is built from the rows
-(:func:`~prune_unlearn.verify.certificate.certificate_for`).
+(:func:`~prune_unlearn.verify.certificate.certificate_for`). With ``radius=...`` the neighbourhood strategy
+(:mod:`~prune_unlearn.unlearn.neighbourhood_forget`) patches a certified ℓ∞ ball around each point instead.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ from ..core.split import split_model
 from ..errors import InputValidationError, UncertifiedWarning, UnsupportedModelError
 from ..verify.certificate import certificate_for
 from .metrics import unlearning_metrics
+from .neighbourhood import DEFAULT_OUTER, check_neighbourhood_options, forced_region_targets
+from .neighbourhood_forget import neighbourhood_entries, run_neighbourhood_forget
 from .point_strategies import POINT_STRATEGIES, region_rows
 from .problem import PointProblem, check_fits, domain_box, group_units, model_device
 from .region_patches import CERTIFIED_FACTOR, GATE_HEADROOM, class_patch_offsets
@@ -70,6 +73,12 @@ class ForgetOptions:
     n_clusters: int | None = None
     max_rounds: int = 10
     dual_steps: int = 60
+    radius: float | str | None = None
+    min_radius: float = 2 / 255
+    max_radius: float = 16 / 255
+    outer: float = DEFAULT_OUTER
+    within_region: bool = False
+    intermediate: str = "ibp"
 
     def validate(self, caller: str = "forget") -> None:
         check_choice("strategy", caller, self.strategy, STRATEGIES)
@@ -83,6 +92,11 @@ class ForgetOptions:
         check_fraction("delta", caller, self.delta)
         check_positive_int("n_clusters", caller, self.n_clusters, allow_none=True)
         check_positive_int("max_rounds", caller, self.max_rounds)
+        if self.radius is not None:
+            check_neighbourhood_options(self.radius, self.domain, min_radius=self.min_radius,
+                                        max_radius=self.max_radius, outer=self.outer,
+                                        within_region=self.within_region, intermediate=self.intermediate,
+                                        caller=caller)
 
     def make_strategy(self):
         return POINT_STRATEGIES[self.strategy].from_options(delta=self.delta, n_clusters=self.n_clusters,
@@ -111,6 +125,12 @@ def forget(
     test_data: tuple[torch.Tensor, torch.Tensor] | None = None,
     remaining_data: tuple[torch.Tensor, torch.Tensor] | None = None,
     progress: bool = False,
+    radius: float | str | None = None,
+    min_radius: float = 2 / 255,
+    max_radius: float = 16 / 255,
+    outer: float = DEFAULT_OUTER,
+    within_region: bool = False,
+    intermediate: str = "ibp",
 ) -> ForgetResult:
     """Patch ``model`` so that every point in ``points`` is mispredicted, with certificates.
 
@@ -152,6 +172,21 @@ def forget(
     test_data, remaining_data : (X, y), optional
         When given, the report includes ``A_tes``/``A_res`` before and after and the exact number
         of changed predictions.
+    radius : float, "search" or None, default None
+        Certified neighbourhoods (``strategy``, ``delta`` and ``n_clusters`` do not apply): every point is
+        mispredicted on the whole ℓ∞ ball ``B(x, radius) ∩ domain`` (in the input's units), proven, and its
+        support is 0 beyond ``(1 + outer)·radius``. ``"search"``: per point, the radius on which full CROWN
+        proves the base model still predicts the label, clamped to ``[min_radius, max_radius]``. ``None``:
+        region-only (Theorem 1).
+    min_radius, max_radius : float
+        Range of the radius search.
+    outer : float, default 0.5
+        Width of the support's outer band, as a multiple of the radius.
+    within_region : bool, default False
+        Confine each neighbourhood to the point's tightened linear region too (region ∩ ball; ``bound`` proves it).
+    intermediate : {"ibp", "crown"}
+        Hidden-layer bounds of the proofs over the balls: CROWN-IBP (default; as tight as CROWN on small balls,
+        ~10× faster) or full CROWN (smaller patches on large balls). The radius search always uses full CROWN.
 
     Returns
     -------
@@ -165,7 +200,8 @@ def forget(
     """
     options = ForgetOptions(strategy=strategy, bound=bound, epsilon=epsilon, target=target, seed=seed, domain=domain,
                             feature_domain=feature_domain, delta=delta, n_clusters=n_clusters, max_rounds=max_rounds,
-                            dual_steps=dual_steps)
+                            dual_steps=dual_steps, radius=radius, min_radius=min_radius, max_radius=max_radius,
+                            outer=outer, within_region=within_region, intermediate=intermediate)
     result = run_forget(model, points, labels=labels, head=head, options=options, test_data=test_data,
                         remaining_data=remaining_data, progress=progress, reference=reference)
     warn_if_failed(result.report)
@@ -200,6 +236,12 @@ def run_forget(model: nn.Module, points, *, labels=None, head: str | None = None
     report failures themselves, such as ``forget_class``)."""
     t_start = time.perf_counter()
     options.validate()
+    if options.radius is not None:
+        if reference is not None or options.target == "unseen":
+            raise InputValidationError("target='unseen' is not available with a radius (certified neighbourhoods "
+                                       "make the points mispredicted). HINT: use radius=None for target='unseen'.")
+        return run_neighbourhood_forget(model, points, labels=labels, head=head, options=options,
+                                        test_data=test_data, remaining_data=remaining_data, t_start=t_start)
     refs = _references(options, reference)
     x, x_dev, problem, timings = _point_problem(model, points, labels, head, options, progress, t_start)
     if refs is not None:  # before any patching: refuse points every reference saw
@@ -228,7 +270,9 @@ def run_forget(model: nn.Module, points, *, labels=None, head: str | None = None
         multipliers[offset:] = rows.multipliers
     certificate = certificate_for(patched, lower=problem.box.lower, upper=problem.box.upper,
                                   domain_source=problem.box.source, epsilon=options.epsilon, claims=claims,
-                                  failed=failed, multipliers=multipliers)
+                                  failed=failed, multipliers=multipliers,
+                                  neighbourhoods=neighbourhood_entries(patched, options.domain,
+                                                                       problem.box.source != "input box"))
     unlearn_seconds = time.perf_counter() - t_start  # everything but the optional evaluation below
     metrics = unlearning_metrics(patched.base, patched, forget_data=(x, problem.labels), test_data=test_data,
                                  remaining_data=remaining_data)
@@ -249,13 +293,17 @@ def _references(options: ForgetOptions, reference):
     return as_references(reference)
 
 
-def _validate_model(model, head: str | None, strategy: str) -> tuple[PatchedModel, str | None]:
+def validate_model(model, head: str | None, strategy: str) -> tuple[PatchedModel, str | None]:
+    """The model (plain or patched, in eval mode) and its head's name; refuses what ``forget`` cannot patch."""
     if not isinstance(model, nn.Module):
         raise UnsupportedModelError(f"The 'model' parameter of forget must be a torch.nn.Module. Got {type(model).__name__}.")
     if isinstance(model, PatchedModel):
         if head is not None and head != model.head:
             raise InputValidationError("Do not pass head= for a PatchedModel: it keeps the head it was patched on.")
         head = model.head
+        if model.has_neighbourhoods and strategy == "cluster":
+            raise InputValidationError("strategy='cluster' is not available on a model that carries neighbourhood "
+                                       "rows. HINT: use strategy='per-point'.")
         if model.has_class_patches and strategy == "cluster":
             raise InputValidationError("strategy='cluster' is not available on a model that carries whole-class "
                                        "patches. HINT: use strategy='per-point'.")
@@ -268,7 +316,7 @@ def _validate_model(model, head: str | None, strategy: str) -> tuple[PatchedMode
 
 def _point_problem(model, points, labels, head, options: ForgetOptions, progress: bool, t_start: float):
     """Validate, split the model, compute the points' regions and units: the strategy's problem."""
-    model, head = _validate_model(model, head, options.strategy)
+    model, head = validate_model(model, head, options.strategy)
     x = as_float_tensor(points, "points", "forget")
     patched = PatchedModel.wrap(model, head=head)
     base, split = patched.base, split_model(patched.base, head)
@@ -300,16 +348,24 @@ def _point_problem(model, points, labels, head, options: ForgetOptions, progress
 
 def _solve(problem: PointProblem, options: ForgetOptions) -> PatchRows:
     """Regions already patched in the prior rows are re-solved for the union of their points (keeping their
-    target where allowed), then the strategy patches the fresh ones."""
+    target where allowed), then the strategy patches the fresh ones. On a model with neighbourhood rows, a
+    region that may reach one takes that row's target, and is left unpatched (``problem.blocked``) where
+    rows with different targets (or its own label) reach it: no neighbourhood claim may break."""
     units, prior = problem.units, problem.prior
-    merged = [u for u in range(len(units)) if units.prior[u] >= 0]
+    forced = forced_region_targets(problem.model.neighbourhoods, problem.head, units.masks, units.excluded)
+    problem.blocked = {u for u in range(len(units)) if forced[u] == -2}
+    merged = [u for u in range(len(units)) if units.prior[u] >= 0 and u not in problem.blocked]
     parts = []
     if merged:
-        keep = torch.stack([prior.targets[units.prior[u]] if prior.bound_code[units.prior[u]] != BOUND_CODES["point"]
+        keep = torch.stack([forced[u] if forced[u] >= 0 else prior.targets[units.prior[u]]
+                            if prior.bound_code[units.prior[u]] != BOUND_CODES["point"]
                             else torch.tensor(-1) for u in merged])
         parts.append(region_rows(problem, merged, keep))
-    fresh = [u for u in range(len(units)) if units.prior[u] < 0]
-    parts.append(options.make_strategy().rows(problem, fresh))
+    fresh = [u for u in range(len(units)) if units.prior[u] < 0 and u not in problem.blocked]
+    if problem.model.has_neighbourhoods:  # per-point only (validate_model refuses "cluster")
+        parts.append(region_rows(problem, fresh, forced[fresh] if fresh else None))
+    else:
+        parts.append(options.make_strategy().rows(problem, fresh))
     return PatchRows.concat(parts)
 
 
@@ -329,6 +385,9 @@ def point_claims(problem: PointProblem, rows: PatchRows, patched: PatchedModel, 
             reason = (f"the point lies numerically on a linear-region boundary: its smallest |pre-activation| "
                       f"({abs(float(pr.min_slack[i])):.2g}) is not clearly above float32 rounding "
                       f"({float(pr.float32_error[i]):.2g}), so no support can be certified for it")
+        elif int(point_unit[i]) in problem.blocked:
+            reason = ("its linear region may reach certified neighbourhoods with different targets (or whose "
+                      "target is its label). HINT: forget it with a radius instead")
         elif point_row[i] < 0:
             reason = "not reached: the forgotten share already met delta"
         elif int(after32[i]) == int(y[i]):

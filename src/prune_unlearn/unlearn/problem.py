@@ -6,7 +6,7 @@ strategies only read them, so a new strategy needs no new plumbing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -135,6 +135,7 @@ class PointProblem:
     rng: np.random.Generator
     offsets: torch.Tensor | None
     progress: Any
+    blocked: set = field(default_factory=set)  # units left unpatched: they may reach conflicting neighbourhoods
 
     @property
     def n_points(self) -> int:

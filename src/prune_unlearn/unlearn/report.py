@@ -22,8 +22,10 @@ from ..verify.certificate import Certificate
 __all__ = ["Report", "ClassReport", "ForgetResult", "REPORT_FORMAT_VERSION"]
 
 # 1: first versioned report (typed class-run fields in ``whole_class``; no ``extra``).
-REPORT_FORMAT_VERSION = 1
-READABLE_REPORT_VERSIONS = (1,)
+# 2: certified-neighbourhood fields (``n_certified_neighbourhood``, ``radius``, ``radius_min/median/max``, ...);
+#    a version-1 report reads back with them at their defaults (a run without neighbourhoods).
+REPORT_FORMAT_VERSION = 2
+READABLE_REPORT_VERSIONS = (1, 2)
 
 
 def json_safe(value: Any) -> Any:
@@ -132,7 +134,22 @@ class Report:
     timings: dict = field(default_factory=dict)
     failed: list = field(default_factory=list)
     whole_class: ClassReport | None = None
+    # Certified neighbourhoods (``forget(radius=...)``; defaults elsewhere): points certified on a ball, the
+    # requested radius (a float or "search"), the balls' radii (input units), the radius search's median CROWN
+    # radius, the outer band (× radius), region ∩ ball rows, prior rows re-solved for a new target.
+    n_certified_neighbourhood: int = 0
+    radius: float | str | None = None
+    radius_min: float | None = None
+    radius_median: float | None = None
+    radius_max: float | None = None
+    crown_radius_median: float | None = None
+    outer: float | None = None
+    within_region: bool | None = None
+    n_resolved_prior_rows: int = 0
     format_version: int = REPORT_FORMAT_VERSION
+
+    _ADDED_IN_2 = ("n_certified_neighbourhood", "radius", "radius_min", "radius_median", "radius_max",
+                   "crown_radius_median", "outer", "within_region", "n_resolved_prior_rows")
 
     # --- serialisation ------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -156,6 +173,9 @@ class Report:
                 f"Report format_version {data.get('format_version')!r} is not supported (this library reads "
                 f"versions {', '.join(map(str, READABLE_REPORT_VERSIONS))}). HINT: upgrade prune-unlearn to read "
                 "reports written by a newer version.")
+        if isinstance(data, dict) and data.get("format_version") == 1:
+            defaults = {f.name: f.default for f in fields(cls) if f.name in cls._ADDED_IN_2}
+            data = {**defaults, **data}
         _check_keys(cls, data, "The report")
         values = dict(data)
         if values["whole_class"] is not None:
@@ -175,13 +195,22 @@ class Report:
         return replace(self, retrain_seconds=float(retrain_seconds),
                        unlearn_retrain_ratio=self.unlearn_seconds / retrain_seconds if retrain_seconds > 0 else None)
 
+    def _radii(self) -> str:
+        if self.radius_min is None:
+            return "n/a"
+        if self.radius_min == self.radius_max:
+            return f"{self.radius_min:.6g}"
+        return f"min {self.radius_min:.4g}, median {self.radius_median:.4g}, max {self.radius_max:.4g}"
+
     def summary(self) -> str:
         def pct(v):
             return "   n/a" if v is None else f"{100 * v:6.2f}"
 
         lines = [
             f"forgot {self.n_forgotten}/{self.n_forget} points ({self.strategy}, bound={self.bound}): "
-            f"{self.n_certified_region} certified on their linear region, {self.n_certified_point} at the point, "
+            + (f"{self.n_certified_neighbourhood} certified on a neighbourhood (radius {self._radii()}), "
+               if self.n_certified_neighbourhood else "")
+            + f"{self.n_certified_region} certified on their linear region, {self.n_certified_point} at the point, "
             f"{self.n_failed} failed",
             "metric        before   after  (%)",
             f"A_tes        {pct(self.A_tes_before)}  {pct(self.A_tes_after)}",

@@ -41,6 +41,7 @@ from torch import nn
 
 from .._hashing import points_sha256, state_sha256
 from .._threads import kernel_threads, parallel_map
+from .audit_neighbourhood import audit_neighbourhoods
 from .audit_result import AuditResult, Check
 from .band import check_bands, unseen_point_problems
 from .certificate import Certificate, box_from_description, certified_patches_sha256
@@ -78,6 +79,7 @@ def audit(
     locality_samples: int = 2000,
     seed: int = 0,
     strict: bool = False,
+    milp_samples: int = 3,
 ) -> AuditResult:
     """Re-check a certificate against a patched model; collect every failed claim.
 
@@ -95,6 +97,9 @@ def audit(
         Extra real inputs for the locality check (e.g. a test set).
     strict : bool
         Raise :class:`CertificateError` listing every failure instead of returning.
+    milp_samples : int, default 3
+        Neighbourhood rows re-proven exactly by a MILP over their ball (all with ``exhaustive=True``); see
+        :mod:`prune_unlearn.verify.audit_neighbourhood`.
     """
     if mode not in AUDIT_MODES:
         raise InputValidationError(f"The 'mode' parameter of audit must be 'white-box' or 'black-box'. Got {mode!r}.")
@@ -104,7 +109,7 @@ def audit(
     claims = certificate.claims
     with kernel_threads(), _one_blas_thread():  # see prune_unlearn._threads
         _run_checks(model, certificate, result, rng, points, labels, mode, lp_samples, exhaustive, locality_inputs,
-                    locality_samples)
+                    locality_samples, milp_samples)
     if not claims and not certificate.failed:
         result.add("regions", "certificate", False, "the certificate makes no claim")
     result.seconds = time.perf_counter() - start
@@ -115,7 +120,7 @@ def audit(
 
 
 def _run_checks(model, certificate, result, rng, points, labels, mode, lp_samples, exhaustive, locality_inputs,
-                locality_samples) -> None:
+                locality_samples, milp_samples) -> None:
     if points is not None:
         _check_points(model, certificate, points, labels, result, white_box=mode == "white-box")
     if mode == "white-box":
@@ -126,6 +131,8 @@ def _run_checks(model, certificate, result, rng, points, labels, mode, lp_sample
             if ok:
                 _check_regions(model, certificate, result, rng, lp_samples, exhaustive)
                 _check_locality(model, certificate, result, rng, locality_inputs, locality_samples, points)
+                audit_neighbourhoods(model, certificate, result, rng, points=points, samples=milp_samples,
+                                     exhaustive=exhaustive)
     elif points is None:
         result.add("points", "request", False, "a black-box audit needs the forgotten points (and labels)")
 
@@ -348,6 +355,8 @@ def _check_points(model, cert: Certificate, points, labels, result: AuditResult,
         if base_pred is not None and claim.get("bound") == "base model":  # forgotten without a patch
             if int(base_pred[i]) == label:
                 problems.append("claimed as already mispredicted by the base model, but the base model predicts it")
+        elif claim.get("proved") == "neighbourhood":
+            pass  # covering row and support checked by audit_neighbourhoods
         elif region is not None and claim["region"] < 0:  # whole-class claim: a class support must cover it
             if not (bool(class_cover[i]) or int(region[i]) >= 0):
                 problems.append("no patch covers the point")

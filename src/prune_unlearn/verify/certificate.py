@@ -76,6 +76,8 @@ class Certificate:
     failed: list = field(default_factory=list)
     proof: dict | None = None
     library_version: str = ""
+    # Certified neighbourhoods (issue 11): one entry per neighbourhood row, naming the set its claims cover.
+    neighbourhoods: list = field(default_factory=list)
     format_version: int = CERTIFICATE_FORMAT_VERSION
     kind: str = CERTIFICATE_KIND
     # Lagrange multipliers (R, C, N) float32 behind the dual/LP region claims; saved beside the JSON.
@@ -84,6 +86,8 @@ class Certificate:
     # --- serialisation ------------------------------------------------------------------------
     def to_dict(self) -> dict:
         data = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "multipliers"}
+        if not data["neighbourhoods"]:
+            del data["neighbourhoods"]  # certificates without neighbourhood claims keep their old shape
         return _jsonable(copy.deepcopy(data))
 
     def proof_path(self, path: str | Path) -> Path:
@@ -119,11 +123,12 @@ class Certificate:
                 f"versions {', '.join(map(str, READABLE_CERTIFICATE_VERSIONS))}). HINT: upgrade prune-unlearn to "
                 "read certificates written by a newer version."
             )
-        required = [f for f in cls.__dataclass_fields__ if f != "multipliers"]
+        optional = ("neighbourhoods",)  # absent from certificates without neighbourhood claims
+        required = [f for f in cls.__dataclass_fields__ if f != "multipliers" and f not in optional]
         missing = [k for k in required if k not in data]
         if missing:
             raise FormatError(f"The certificate does not have the key(s) {', '.join(map(repr, missing))}.")
-        return cls(**{k: data[k] for k in required})
+        return cls(**{k: data[k] for k in required}, **{k: data[k] for k in optional if k in data})
 
     @classmethod
     def from_json(cls, path: str | Path) -> "Certificate":
@@ -213,13 +218,15 @@ def proof_entry(multipliers: torch.Tensor | None) -> dict | None:
 
 def certificate_for(patched, *, lower: torch.Tensor, upper: torch.Tensor, domain_source: str, epsilon: float,
                     claims: list, failed: list, multipliers: torch.Tensor | None = None,
-                    scope: str | None = None) -> Certificate:
+                    scope: str | None = None, neighbourhoods: list | None = None) -> Certificate:
     """The certificate of ``patched`` (a :class:`~prune_unlearn.PatchedModel`): its hashes, every point row
     (:func:`describe_point_rows`), the per-point ``claims`` and ``failed`` entries a run made, and the
     ``multipliers`` (R, C, N) behind its dual/LP region claims, aligned with the point rows.
 
     The one place a certificate is built, for ``forget`` and ``forget_class`` alike; ``scope`` (e.g.
     ``"whole class 3"``) says what the claims are about when it is not the listed points alone.
+    ``neighbourhoods``: one entry per neighbourhood row naming the set its claim covers
+    (:meth:`~prune_unlearn.core.neighbourhood.NeighbourhoodSet.describe`), if the model has any.
     """
     split = patched.split
     head = {"name": patched.head, "layer_sizes": [split.feature_dim, *split.hidden_sizes, split.num_classes]}
@@ -237,4 +244,5 @@ def certificate_for(patched, *, lower: torch.Tensor, upper: torch.Tensor, domain
         proof=proof_entry(multipliers),
         library_version=__version__,
         multipliers=multipliers,
+        neighbourhoods=list(neighbourhoods or []),
     )

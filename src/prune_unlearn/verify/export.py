@@ -304,7 +304,7 @@ def verifier_normal_form(patched: PatchedModel, regions: Sequence[int] | None = 
 
 # --- ONNX -------------------------------------------------------------------------------------------
 
-def _drop_identities(graph) -> None:
+def drop_identities(graph) -> None:
     """Remove ``Identity`` nodes, reading their input wherever their output was read.
 
     The TorchScript exporter's constant deduplication inserts them when two buffers hold equal values
@@ -335,6 +335,10 @@ def export_onnx(patched: PatchedModel, path, *, regions: Sequence[int] | None = 
     except ImportError:
         raise ExportError("ONNX export needs the onnx package. HINT: pip install 'prune-unlearn[export]'.") from None
 
+    if getattr(patched, "has_neighbourhoods", False):
+        raise InputValidationError(
+            "The model carries neighbourhood rows, which this network would leave out. HINT: export them with "
+            "prune_unlearn.verify.export_neighbourhood.export_neighbourhoods (what `prune export` does).")
     module = verifier_normal_form(patched, regions, with_region_constraints=with_region_constraints,
                                   scaling=scaling, head_only=head_only)
     path = Path(path)
@@ -346,7 +350,7 @@ def export_onnx(patched: PatchedModel, path, *, regions: Sequence[int] | None = 
         torch.onnx.export(module, (dummy,), str(path), dynamo=False, input_names=["X"], output_names=["Y"],
                           dynamic_axes=axes, opset_version=int(opset), do_constant_folding=True)
     model = onnx.load(str(path))
-    _drop_identities(model.graph)
+    drop_identities(model.graph)
     ops = tuple(sorted({node.op_type for node in model.graph.node}))
     bad = sorted(set(ops) - ALLOWED_OPS)
     if bad:
