@@ -156,7 +156,7 @@ class Ledger:
 
     def process(self, model_path: str | os.PathLike, *, data=None, data_dir=None, batch_size: int = 1000,
                 bound: str = "box", epsilon: float = 0.05, seed: int = 0, domain=None, base: nn.Module | None = None,
-                progress: bool = False) -> ProcessResult:
+                progress: bool = False, neighbourhood: dict | None = None) -> ProcessResult:
         """Forget every pending request once, in id order, ``batch_size`` requests per batch.
 
         Each batch calls :func:`prune_unlearn.forget` on the current patched model (a region that already has
@@ -165,10 +165,13 @@ class Ledger:
         pending it changes nothing. ``data`` (name or Dataset) supplies index requests' points (default: each
         request's data set, loaded by name); ``domain`` defaults to that data set's box, else [0, 1].
         ``bound``, ``epsilon`` and ``seed`` are passed to ``forget``; ``base`` to :func:`prune_unlearn.load`.
+        ``neighbourhood``: keyword arguments of ``forget``'s certified neighbourhoods (``radius``, ``min_radius``,
+        ``max_radius``, ``outer``, ``within_region``); neighbourhood rows are keyed by their support box's hash.
         """
         batch_size = check_positive_int("batch_size", "Ledger.process", batch_size)
         return process_pending(self._store, Path(model_path), data=data, data_dir=data_dir, batch_size=batch_size,
-                               bound=bound, epsilon=epsilon, seed=seed, domain=domain, base=base, progress=progress)
+                               bound=bound, epsilon=epsilon, seed=seed, domain=domain, base=base, progress=progress,
+                               neighbourhood=neighbourhood)
 
     def undo(self, request_id: int, model_path: str | os.PathLike, *, base: nn.Module | None = None) -> UndoResult:
         """Remove the patched regions that only this request needs, and mark it ``undone``.

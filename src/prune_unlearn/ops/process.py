@@ -22,7 +22,8 @@ __all__ = ["process_pending", "honour"]
 
 
 def process_pending(store: Store, model_path: Path, *, data, data_dir, batch_size: int, bound: str, epsilon: float,
-                    seed: int, domain, base: nn.Module | None, progress: bool) -> ProcessResult:
+                    seed: int, domain, base: nn.Module | None, progress: bool,
+                    neighbourhood: dict | None = None) -> ProcessResult:
     """:meth:`Ledger.process <prune_unlearn.ops.ledger.Ledger.process>` (its docstring says what it does)."""
     t_start = time.perf_counter()
     with exclusive(store):
@@ -32,7 +33,8 @@ def process_pending(store: Store, model_path: Path, *, data, data_dir, batch_siz
         verify(store, strict=True)
         header, model = load_model(store, model_path, base)
         run = _Run(store, model_path, header, model, header["tensors_sha256"], DataSets(data, data_dir),
-                   {"bound": bound, "epsilon": epsilon, "seed": seed, "batch_size": batch_size}, domain)
+                   {"bound": bound, "epsilon": epsilon, "seed": seed, "batch_size": batch_size,
+                    **({"neighbourhood": neighbourhood} if neighbourhood else {})}, domain)
         chunks = [pending[k:k + batch_size] for k in range(0, len(pending), batch_size)]
         batches = [run.batch(chunk) for chunk in progress_bar(chunks, enabled=progress, desc="process", unit="batch")]
     n_points = sum(b["n_points"] for b in batches)
@@ -53,7 +55,7 @@ class _Run:
     model: nn.Module
     before: str
     datasets: DataSets
-    options: dict  # bound, epsilon, seed, batch_size: recorded in every event
+    options: dict  # bound, epsilon, seed, batch_size (and neighbourhood options): recorded in every event
     domain: object
 
     def batch(self, chunk: list[RequestRow]) -> dict:
@@ -64,7 +66,8 @@ class _Run:
         X, y, spans, ds_domain = gather(chunk, self.datasets, self.model)
         try:
             result = forget(self.model, X, labels=y, bound=self.options["bound"], epsilon=self.options["epsilon"],
-                            seed=self.options["seed"], domain=self.domain if self.domain is not None else ds_domain)
+                            seed=self.options["seed"], domain=self.domain if self.domain is not None else ds_domain,
+                            **self.options.get("neighbourhood", {}))
         except PruneError as exc:
             raise LedgerError(f"Forgetting requests {chunk[0].id}–{chunk[-1].id} failed (earlier batches were "
                               f"committed): {exc}") from None
@@ -80,6 +83,11 @@ class _Run:
 def honour(certificate, spans: list[tuple[int, int, int]]) -> list[dict]:
     """Per request: the patterns of the regions covering its points, a claim per point, its failed points."""
     pattern = [r["pattern_sha256"] for r in certificate.regions]
+    balls = ["ball:" + e["support_box_sha256"] for e in getattr(certificate, "neighbourhoods", None) or []]
+
+    def key(c):  # neighbourhood rows are keyed by their support box, region rows by their pattern
+        return balls[c["neighbourhood"]] if c.get("proved") == "neighbourhood" else pattern[c["region"]]
+
     claims = {c["index"]: c for c in certificate.claims}
     failed: dict[int, list] = {}
     for f in certificate.failed:
@@ -89,9 +97,10 @@ def honour(certificate, spans: list[tuple[int, int, int]]) -> list[dict]:
         mine = [claims[i] for i in range(lo, hi) if i in claims]
         out.append({
             "id": request_id,
-            "patterns": sorted({pattern[c["region"]] for c in mine}),
+            "patterns": sorted({key(c) for c in mine}),
             "claims": [{"point_sha256": c["point_sha256"], "label": c["label"], "target": c["target"],
-                        "pattern_sha256": pattern[c["region"]], "proved": c["proved"], "margin": c["margin"]}
+                        "pattern_sha256": key(c), "proved": c["proved"], "margin": c["margin"],
+                        **({"radius": c["radius"]} if c.get("proved") == "neighbourhood" else {})}
                        for c in mine],
             "failed": [{"point_sha256": f["point_sha256"], "label": f["label"], "reason": f["reason"]}
                        for i in range(lo, hi) for f in failed.get(i, [])],

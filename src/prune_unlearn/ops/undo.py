@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
@@ -14,7 +15,13 @@ from .results import Request, UndoResult
 from .store import Store
 from .verification import verify
 
-__all__ = ["undo_request"]
+__all__ = ["undo_request", "ball_row_keys"]
+
+
+def ball_row_keys(rows) -> list[str]:
+    """Ledger keys of neighbourhood rows: ``ball:`` + the SHA-256 of the support box (as in the certificate)."""
+    return ["ball:" + hashlib.sha256(torch.cat([rows.lower[k], rows.upper[k]]).detach().cpu().contiguous().numpy()
+                                     .tobytes()).hexdigest() for k in range(len(rows))]
 
 
 def undo_request(store: Store, request_id: int, model_path: Path, *, base: nn.Module | None) -> UndoResult:
@@ -42,8 +49,15 @@ def undo_request(store: Store, request_id: int, model_path: Path, *, base: nn.Mo
         keep = torch.tensor([p not in mine or p in live for p in row_patterns], dtype=torch.bool)
         patched = model.select_point_rows(keep).eval()
         removed = sorted(p for p, k in zip(row_patterns, keep.tolist()) if not k)
+        if model.neighbourhoods is not None:  # neighbourhood rows, keyed by their support box
+            ball_keys = ball_row_keys(model.neighbourhoods)
+            keep_b = torch.tensor([p not in mine or p in live for p in ball_keys], dtype=torch.bool)
+            patched = patched.select_neighbourhood_rows(keep_b).eval()
+            removed = sorted(removed + [p for p, k in zip(ball_keys, keep_b.tolist()) if not k])
         body = {"request": request.id, "removed_patterns": removed, "kept_patterns": sorted(mine & live),
                 "model_before": header["tensors_sha256"], "n_regions": len(patched.patches)}
+        if patched.neighbourhoods is not None:
+            body["n_neighbourhoods"] = len(patched.neighbourhoods)
         event = commit_model(store, "undo", body, patched, model_path, header)
     return UndoResult(request=request.id, event=event.id, removed_patterns=removed,
                       kept_patterns=sorted(mine & live), n_regions=len(patched.patches),
