@@ -45,6 +45,12 @@ def _privacy(o: dict, dest: Path, log) -> None:
                               methods=tuple(o["methods"]), epochs=o["epochs"]), dest, log=log)
 
 
+def _robustness(o: dict, dest: Path, log) -> None:
+    from ..experiments.robustness import run_robustness
+
+    run_robustness(o["data_name"], dest, data_dir=o["data_dir"], epochs=o["epochs"], log=log)
+
+
 # experiment -> (runner call, the Markdown file it writes); table3, table4 and fig3 come from the same runs.
 EXPERIMENTS = {
     "table3": (_table3, "table3"),
@@ -54,6 +60,7 @@ EXPERIMENTS = {
     "fig5": (_convergence("n"), "fig5"),
     "table5": (_table5, "table5"),
     "privacy": (_privacy, "privacy"),
+    "robustness": (_robustness, "robustness"),
 }
 
 

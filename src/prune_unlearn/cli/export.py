@@ -35,6 +35,9 @@ __all__ = ["export", "register"]
               help="Write region_network.onnx and one property per region claim.")
 @click.option("--region", "regions", type=int, multiple=True,
               help="Region (patch row) to write a property for; repeatable. Default: every region claim.")
+@click.option("--ball", "balls", type=int, multiple=True,
+              help="Neighbourhood row to write a local-robustness property for; repeatable. Default: every plain "
+                   "neighbourhood row (needs --certificate).")
 @click.option("--certificate", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="certificate.json of the forget run: the model is checked against it and its domain box bounds "
                    "X. Default: [0, 1]^d, forget's default input box (only for models whose prefix just flattens).")
@@ -47,7 +50,7 @@ __all__ = ["export", "register"]
 @click.option("--timeout", type=click.IntRange(min=1), default=300, show_default=True,
               help="Timeout (s) written to instances.csv.")
 @json_option
-def export(model_path, out, want_onnx, want_vnnlib, regions, certificate, compress, scaling, head_only, opset,
+def export(model_path, out, want_onnx, want_vnnlib, regions, balls, certificate, compress, scaling, head_only, opset,
            timeout, output):
     """Write a patched model as ONNX in verifier normal form, plus VNN-LIB region properties.
 
@@ -65,6 +68,16 @@ def export(model_path, out, want_onnx, want_vnnlib, regions, certificate, compre
     cert = Certificate.from_json(certificate) if certificate is not None else None
     if regions and not want_vnnlib:
         raise InputValidationError("--region selects property files; use it with --vnnlib.")
+    if model.has_neighbourhoods:  # certified neighbourhoods: VNN-COMP local-robustness properties (issue 11)
+        from ..verify.export_neighbourhood import export_neighbourhoods
+
+        result = export_neighbourhoods(model, cert, out, rows=list(balls) or None, onnx=want_onnx, vnnlib=want_vnnlib,
+                                       opset=opset, timeout=timeout)
+        output.result(result, f"wrote {len(result.get('properties', []))} neighbourhood propert(y/ies) and "
+                              f"{len(result['files'])} file(s) to {out} (see instances.csv, export.json)")
+        return
+    if balls:
+        raise InputValidationError("--ball selects neighbourhood rows, but the model has none.")
     result = export_benchmark(model, out, onnx=want_onnx, vnnlib=want_vnnlib, regions=list(regions) or None,
                               domain=cert, scaling=scaling, head_only=head_only, opset=opset, timeout=timeout,
                               compress=compress, certificate_path=certificate, model_path=model_path)

@@ -14,7 +14,8 @@ import click
 
 from ..experiments.datasets import load_dataset
 from ..ops.ledger import DEFAULT_LEDGER_PATH, STATUSES, Ledger
-from .options import bound_option, data_options, epsilon_option, model_path_option, read_indices, seed_option
+from .options import bound_option, data_options, epsilon_option, model_path_option, neighbourhood_options, read_indices
+from .options import seed_option
 from .output import json_option, output_options
 from .policy import command, deprecated_alias, exit_check_failed, group
 from .recorded import engine_options
@@ -119,8 +120,9 @@ def list_cmd(ledger_path, status, requester, output):
 @bound_option
 @epsilon_option
 @seed_option
+@neighbourhood_options
 @output_options
-def process_cmd(ledger_path, model_path, data_name, data_dir, batch_size, bound, epsilon, seed, output):
+def process_cmd(ledger_path, model_path, data_name, data_dir, batch_size, bound, epsilon, seed, neighbourhood, output):
     """Forget every pending request once, in batches; rewrite the model and record what honoured each request.
 
     Running it again with nothing pending changes nothing.
@@ -131,7 +133,7 @@ def process_cmd(ledger_path, model_path, data_name, data_dir, batch_size, bound,
     _require(ledger_path)
     with Ledger(ledger_path) as led:
         result = led.process(model_path, data=data_name, data_dir=data_dir, batch_size=batch_size, bound=bound,
-                             epsilon=epsilon, seed=seed, progress=output.progress)
+                             epsilon=epsilon, seed=seed, progress=output.progress, neighbourhood=neighbourhood)
     output.result(result.to_dict(), result.summary())
 
 

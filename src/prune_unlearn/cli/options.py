@@ -18,7 +18,7 @@ from ..experiments.datasets import dataset_names
 from ..unlearn.forget import FORGET_TARGETS, STRATEGIES
 from ..unlearn.whole_class import INTERMEDIATE_BOUNDS, RADIUS_RULES
 
-__all__ = ["IntList", "NameList", "ClassTarget", "seed_option", "device_option", "data_options", "bound_option",
+__all__ = ["neighbourhood_options", "parse_radius", "IntList", "NameList", "ClassTarget", "seed_option", "device_option", "data_options", "bound_option",
            "epsilon_option", "forget_options", "relaxed_support_options", "radius_option", "model_path_option",
            "read_indices"]
 
@@ -67,6 +67,10 @@ class ClassTarget(click.ParamType):
         self.fail(f"'random' or a class label (an integer); got {value!r}.", param, ctx)
 
 
+# The CLI's --radius default, as forget's library default (see docs/design.md, "Certified neighbourhoods").
+DEFAULT_CLI_RADIUS = "none"
+
+
 def seed_option(f):
     return click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
                         help="Random seed (point selection, target labels, clustering, training).")(f)
@@ -110,11 +114,12 @@ def forget_options(f):
     """How points are forgotten (``forget``'s keywords), for ``forget`` and ``demo``; the command receives them as
     one dict, ``forget_kwargs``, named as :func:`prune_unlearn.forget` names them."""
     @functools.wraps(f)
-    def wrapper(*args, strategy, bound, epsilon, target, delta, clusters, **kwargs):
+    def wrapper(*args, strategy, bound, epsilon, target, delta, clusters, neighbourhood, **kwargs):
         forget_kwargs = {"strategy": strategy, "bound": bound, "epsilon": epsilon, "target": target, "delta": delta,
-                         "n_clusters": clusters}
+                         "n_clusters": clusters, **neighbourhood}
         return f(*args, forget_kwargs=forget_kwargs, **kwargs)
 
+    wrapper = neighbourhood_options(wrapper)
     wrapper = click.option("--clusters", type=click.IntRange(min=1), default=None,
                            help="K for the cluster strategy (default ceil(n/10)).")(wrapper)
     wrapper = click.option("--delta", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
@@ -125,6 +130,48 @@ def forget_options(f):
     wrapper = bound_option(epsilon_option(wrapper))
     return click.option("--strategy", type=click.Choice(STRATEGIES), default="per-point", show_default=True,
                         help="per-point: Theorem 1 for every point; cluster: Algorithm 1.")(wrapper)
+
+
+def parse_radius(text, *, param: str = "--radius"):
+    """A radius given on the command line: a float or fraction (``2/255``), ``search``, or ``none`` (region-only).
+    Whether it is positive, finite and fits the domain is checked by ``forget`` (an ``Error:`` line, exit 1)."""
+    t = str(text).strip().lower()
+    if t in ("none", "region", "region-only"):
+        return None
+    if t == "search":
+        return "search"
+    try:
+        if "/" in t:
+            num, den = t.split("/", 1)
+            return float(num) / float(den)
+        return float(t)
+    except (ValueError, ZeroDivisionError):
+        raise click.BadParameter(f"a float (e.g. 0.01 or 2/255), 'search' or 'none'; got {text!r}",
+                                 param_hint=param) from None
+
+
+def neighbourhood_options(f):
+    """Certified neighbourhoods (issue 11), for ``forget`` and the ledger's ``process``: the command receives one
+    dict, ``neighbourhood``, of :func:`prune_unlearn.forget`'s keywords."""
+    @functools.wraps(f)
+    def wrapper(*args, radius, min_radius, max_radius, outer, within_region, **kwargs):
+        neighbourhood = {"radius": parse_radius(radius), "min_radius": parse_radius(min_radius, param="--min-radius"),
+                         "max_radius": parse_radius(max_radius, param="--max-radius"), "outer": outer,
+                         "within_region": within_region}
+        return f(*args, neighbourhood=neighbourhood, **kwargs)
+
+    wrapper = click.option("--within-region", is_flag=True,
+                           help="Confine each neighbourhood to the point's linear region too (region ∩ ball).")(wrapper)
+    wrapper = click.option("--outer", type=float, default=0.5, show_default=True,
+                           help="Width of the support's outer band, as a multiple of the radius.")(wrapper)
+    wrapper = click.option("--max-radius", default="16/255", show_default=True,
+                           help="Largest radius of --radius search.")(wrapper)
+    wrapper = click.option("--min-radius", default="2/255", show_default=True,
+                           help="Smallest radius of --radius search.")(wrapper)
+    return click.option("--radius", default=DEFAULT_CLI_RADIUS, show_default=True,
+                        help="ℓ∞ radius (input units) of the certified neighbourhood of each point, e.g. 2/255; "
+                             "'search' for the model's own CROWN-certified neighbourhood (clamped to "
+                             "[--min-radius, --max-radius]); 'none' for region-only (the paper's Theorem 1).")(wrapper)
 
 
 def relaxed_support_options(f):
