@@ -118,6 +118,7 @@ class ModelKindSuite:
     export_refusal: tuple[type, str] | None = None
     export_head_only = False
     consolidate_refusal: tuple[type, str] | None = (LedgerError, "was not trained in recorded mode")
+    ledger_neighbourhood: dict | None = None  # forget's neighbourhood options for the ledger's process
 
     def build(self) -> SimpleNamespace:
         """``model`` (what the library handed out), ``base`` (for load), ``data`` (a Dataset), and where
@@ -192,7 +193,8 @@ class ModelKindSuite:
         failures = audit(tampered, s.certificate, points=s.points, labels=s.labels).failures
         assert any("weights hash" in c.detail for c in failures)
         rows = copy.deepcopy(s.model)
-        values = rows.class_patches.values if _has_class_rows(rows) else rows.patches.values
+        values = (rows.class_patches.values if _has_class_rows(rows) else
+                  rows.neighbourhoods.values if rows.has_neighbourhoods else rows.patches.values)
         with torch.no_grad():
             values.view(-1)[0] += 1e-3
         failures = audit(rows, s.certificate, points=s.points, labels=s.labels).failures
@@ -209,7 +211,7 @@ class ModelKindSuite:
         with Ledger(tmp_path / "ledger.sqlite") as ledger:
             ledger.add("alice", indices=idx[:2], data=s.data)
             ledger.add("bob", indices=idx[2:], data=s.data)
-            result = ledger.process(path, data=s.data, base=base)
+            result = ledger.process(path, data=s.data, base=base, neighbourhood=self.ledger_neighbourhood)
             processed = self._load(s, path)
             assert result.model_sha256 == load_info(path)["tensors_sha256"] == state_sha256(_file_state(processed))
             assert _equal_states(_class_rows(processed), _class_rows(s.model))  # class rows survive process
@@ -375,6 +377,23 @@ class TestPointAndClassPatched(ModelKindSuite):
         assert _has_class_rows(res.model) and len(res.model.patches)
         return SimpleNamespace(model=res.model, base=base, data=data, certificate=res.certificate,
                                points=data.X_train[others], labels=data.y_train[others])
+
+
+class TestNeighbourhoodPatched(ModelKindSuite):
+    """Certified neighbourhoods (issue 11): ball rows only; the ledger adds more ball rows next to them (a region
+    row may be refused there: its linear region can reach balls with different targets on so small a net)."""
+
+    export_refusal = (InputValidationError, "neighbourhood rows")
+    ledger_neighbourhood = {"radius": 0.02}
+
+    def build(self):
+        base = _mlp()
+        data = _data(base, self.shape)
+        pts, labels = data.X_train[:6], data.y_train[:6]
+        res = forget(base, pts, labels=labels, radius=0.02, seed=0)
+        assert res.model.has_neighbourhoods and not len(res.model.patches)
+        return SimpleNamespace(model=res.model, base=base, data=data, certificate=res.certificate, points=pts,
+                               labels=labels)
 
 
 class TestConvPrefix(ModelKindSuite):

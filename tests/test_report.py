@@ -9,6 +9,7 @@ import torch
 from _helpers.models import tiny_mlp
 from prune_unlearn import ClassReport, Report, forget, forget_class
 from prune_unlearn.errors import FormatError, UncertifiedWarning
+from prune_unlearn.unlearn.report import REPORT_FORMAT_VERSION
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -54,7 +55,7 @@ def test_json_round_trip_and_no_nan(point_run, tmp_path):
     assert report.A_tes_before != report.A_tes_before  # an accuracy over no test points is NaN in memory …
     data = _strict_json(report.to_json(tmp_path / "report.json"))
     assert data["A_tes_before"] is None and data["A_tes_after"] is None  # … and null in JSON
-    assert data["format_version"] == 1 and data["whole_class"] is None and "extra" not in data
+    assert data["format_version"] == REPORT_FORMAT_VERSION and data["whole_class"] is None and "extra" not in data
     again = Report.from_json(tmp_path / "report.json")
     assert again.to_dict() == report.to_dict() and again.A_tes_before is None
     assert again.n_forget == 6 and again.failed == [] and again.timings == report.timings
@@ -76,7 +77,7 @@ def test_class_runs_have_typed_fields(class_run, tmp_path):
 
 def test_reading_checks_version_and_keys(point_run, class_run):
     data = point_run.report.to_dict()
-    with pytest.raises(FormatError, match=r"format_version 99 is not supported .* reads versions 1"):
+    with pytest.raises(FormatError, match=r"format_version 99 is not supported .* reads versions 1, 2"):
         Report.from_dict({**data, "format_version": 99})
     missing = {k: v for k, v in data.items() if k not in ("n_forget", "failed")}
     with pytest.raises(FormatError, match=r"does not have the key\(s\) 'n_forget', 'failed'"):
@@ -107,3 +108,13 @@ def test_export_error_lives_with_the_other_errors():
     from prune_unlearn.verify.export import ExportError as reexported
 
     assert top is ExportError is reexported and issubclass(ExportError, PruneError)
+
+
+def test_a_version_1_report_reads_back_without_neighbourhood_fields(point_run):
+    data = point_run.report.to_dict()
+    for key in Report._ADDED_IN_2:
+        del data[key]
+    data["format_version"] = 1
+    back = Report.from_dict(data)
+    assert back.n_certified_neighbourhood == 0 and back.radius is None and back.radius_median is None
+    assert back.n_certified_region == point_run.report.n_certified_region
