@@ -32,7 +32,8 @@ from ..core.neighbourhood import NEIGHBOURHOOD_BOUND_CODES, NeighbourhoodSet, bo
 from ..core.regions import pack_patterns, unpack_patterns
 from ..errors import InputValidationError
 
-__all__ = ["check_radius", "search_radii", "build_rows", "forced_region_targets", "DEFAULT_OUTER", "RADIUS_SEARCH"]
+__all__ = ["check_radius", "check_neighbourhood_options", "search_radii", "assign_targets", "solve_rows",
+           "forced_region_targets", "DEFAULT_OUTER", "RADIUS_SEARCH"]
 
 RADIUS_SEARCH = "search"
 # Outer gate width as a multiple of the radius: the support is 0 beyond ℓ∞ distance (1 + DEFAULT_OUTER)·r.
