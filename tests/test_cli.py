@@ -124,7 +124,8 @@ def test_os_errors_are_one_error_line(forgotten, tmp_path):
     blocker.write_text("x")
     res = invoke("export", "--model", forgotten / "patched.safetensors", "--out", blocker / "vnn", "--onnx")
     assert res.exit_code == EXIT_ERROR
-    assert res.output == f"Error: Not a directory: {blocker / 'vnn'}\n"
+    assert res.output == (f"Error: --out {blocker / 'vnn'} is under {blocker}, which is a file, not a folder. "
+                          "HINT: choose another --out.\n")
 
 
 def test_demo_json(tmp_path):

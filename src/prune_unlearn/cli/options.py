@@ -20,7 +20,7 @@ from ..unlearn.whole_class import INTERMEDIATE_BOUNDS, RADIUS_RULES
 
 __all__ = ["IntList", "NameList", "ClassTarget", "seed_option", "device_option", "data_options", "bound_option",
            "epsilon_option", "forget_options", "relaxed_support_options", "radius_option", "model_path_option",
-           "read_indices"]
+           "out_folder_options", "read_indices"]
 
 
 class IntList(click.ParamType):
@@ -150,6 +150,18 @@ def model_path_option(help: str):  # noqa: A002 - click's word
     """``--model PATH`` (required) with a command-specific help text."""
     return click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
                         help=help)
+
+
+def out_folder_options(help: str):  # noqa: A002 - click's word
+    """``--out FOLDER`` (required) and ``--overwrite``; the folder is written as a whole (:mod:`.paths`)."""
+    def decorate(f):
+        f = click.option("--overwrite", is_flag=True,
+                         help="Replace an existing --out folder that holds files (as a whole; without this flag such "
+                              "a folder is refused before any work).")(f)
+        return click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+                            help=help + " Written as a whole: it appears complete or not at all.")(f)
+
+    return decorate
 
 
 def read_indices(path: Path, n_train: int) -> torch.Tensor:
