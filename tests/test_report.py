@@ -54,7 +54,7 @@ def test_json_round_trip_and_no_nan(point_run, tmp_path):
     assert report.A_tes_before != report.A_tes_before  # an accuracy over no test points is NaN in memory …
     data = _strict_json(report.to_json(tmp_path / "report.json"))
     assert data["A_tes_before"] is None and data["A_tes_after"] is None  # … and null in JSON
-    assert data["format_version"] == 1 and data["whole_class"] is None and "extra" not in data
+    assert data["format_version"] == 2 and data["whole_class"] is None and "extra" not in data
     again = Report.from_json(tmp_path / "report.json")
     assert again.to_dict() == report.to_dict() and again.A_tes_before is None
     assert again.n_forget == 6 and again.failed == [] and again.timings == report.timings
@@ -76,7 +76,7 @@ def test_class_runs_have_typed_fields(class_run, tmp_path):
 
 def test_reading_checks_version_and_keys(point_run, class_run):
     data = point_run.report.to_dict()
-    with pytest.raises(FormatError, match=r"format_version 99 is not supported .* reads versions 1"):
+    with pytest.raises(FormatError, match=r"format_version 99 is not supported .* reads versions 1, 2"):
         Report.from_dict({**data, "format_version": 99})
     missing = {k: v for k, v in data.items() if k not in ("n_forget", "failed")}
     with pytest.raises(FormatError, match=r"does not have the key\(s\) 'n_forget', 'failed'"):
@@ -107,3 +107,26 @@ def test_export_error_lives_with_the_other_errors():
     from prune_unlearn.verify.export import ExportError as reexported
 
     assert top is ExportError is reexported and issubclass(ExportError, PruneError)
+
+
+def test_a_version_1_report_reads_with_the_new_counts_zero(point_run):
+    data = point_run.report.to_dict()
+    old = {k: v for k, v in data.items() if k not in ("n_already_forgotten", "n_regions_resolved")}
+    again = Report.from_dict({**old, "format_version": 1})
+    assert again.n_already_forgotten == 0 and again.n_regions_resolved == 0 and again.format_version == 2
+    with pytest.raises(FormatError, match=r"does not have the key\(s\) 'n_already_forgotten'"):
+        Report.from_dict({**old, "format_version": 2})
+
+
+def test_forgetting_a_point_again_is_reported_as_already_forgotten(model, point_run):
+    """The second run used to report n_regions_new 1 and A_u_before 1.0 for points already forgotten."""
+    x = _points(6, 0)
+    again = forget(point_run.model, x[:2], labels=model(x[:2]).argmax(1), seed=0)
+    r = again.report
+    assert r.n_already_forgotten == 2 and r.A_u_before == 0.0 and r.A_u_after == 0.0
+    assert r.n_regions_new == 0 and r.n_patches_total == point_run.report.n_patches_total
+    assert r.n_regions_resolved >= 1
+    assert "already forgotten: 2 of the points" in r.summary() and "0 new, " in r.summary()
+    fresh = point_run.report
+    assert fresh.n_already_forgotten == 0 and fresh.n_regions_resolved == 0
+    assert fresh.n_regions_new == fresh.n_patches_total

@@ -22,8 +22,11 @@ from ..verify.certificate import Certificate
 __all__ = ["Report", "ClassReport", "ForgetResult", "REPORT_FORMAT_VERSION"]
 
 # 1: first versioned report (typed class-run fields in ``whole_class``; no ``extra``).
-REPORT_FORMAT_VERSION = 1
-READABLE_REPORT_VERSIONS = (1,)
+# 2: ``n_already_forgotten`` and ``n_regions_resolved``; ``n_regions_new`` counts new rows only, and the
+#    "before" numbers are the given model's (a version-1 report reads with both new counts 0).
+REPORT_FORMAT_VERSION = 2
+READABLE_REPORT_VERSIONS = (1, 2)
+_ADDED_IN_2 = {"n_already_forgotten": 0, "n_regions_resolved": 0}
 
 
 def json_safe(value: Any) -> Any:
@@ -99,7 +102,14 @@ class ClassReport:
 @dataclass(frozen=True)
 class Report:
     """Numbers of one forget run. Accuracies are fractions; ``None`` where the data was not given (or, in
-    :meth:`to_dict`, where a number is not finite). ``whole_class`` is set by ``forget_class`` only."""
+    :meth:`to_dict`, where a number is not finite). ``whole_class`` is set by ``forget_class`` only.
+
+    "Before" numbers are those of the model as given to the run (already patched, on a second run), "after"
+    those of the returned model. ``n_already_forgotten``: requested points the given model already did not
+    predict as their label (forgotten earlier, or never learnt); ``n_regions_new``: patch rows for regions not
+    patched before; ``n_regions_resolved``: already-patched regions solved again for the union of their old
+    and new points (their rows replace the old ones, so ``n_patches_total`` does not grow by them).
+    """
 
     strategy: str
     bound: str
@@ -132,6 +142,8 @@ class Report:
     timings: dict = field(default_factory=dict)
     failed: list = field(default_factory=list)
     whole_class: ClassReport | None = None
+    n_already_forgotten: int = 0
+    n_regions_resolved: int = 0
     format_version: int = REPORT_FORMAT_VERSION
 
     # --- serialisation ------------------------------------------------------------------------
@@ -156,6 +168,8 @@ class Report:
                 f"Report format_version {data.get('format_version')!r} is not supported (this library reads "
                 f"versions {', '.join(map(str, READABLE_REPORT_VERSIONS))}). HINT: upgrade prune-unlearn to read "
                 "reports written by a newer version.")
+        if isinstance(data, dict) and data.get("format_version") == 1:
+            data = {**_ADDED_IN_2, **data, "format_version": REPORT_FORMAT_VERSION}
         _check_keys(cls, data, "The report")
         values = dict(data)
         if values["whole_class"] is not None:
@@ -183,6 +197,11 @@ class Report:
             f"forgot {self.n_forgotten}/{self.n_forget} points ({self.strategy}, bound={self.bound}): "
             f"{self.n_certified_region} certified on their linear region, {self.n_certified_point} at the point, "
             f"{self.n_failed} failed",
+        ]
+        if self.n_already_forgotten:
+            lines.append(f"already forgotten: {self.n_already_forgotten} of the points were not predicted as their "
+                         "label by the given model before this run")
+        lines += [
             "metric        before   after  (%)",
             f"A_tes        {pct(self.A_tes_before)}  {pct(self.A_tes_after)}",
             f"A_res        {pct(self.A_res_before)}  {pct(self.A_res_after)}",
@@ -190,7 +209,8 @@ class Report:
         ]
         if self.changed_tes is not None or self.changed_res is not None:
             lines.append(f"changed predictions: test {self.changed_tes}, remaining {self.changed_res}")
-        lines.append(f"patches: {self.n_regions_new} new, {self.n_patches_total} total; |d|∞ mean "
+        resolved = f", {self.n_regions_resolved} re-solved" if self.n_regions_resolved else ""
+        lines.append(f"patches: {self.n_regions_new} new{resolved}, {self.n_patches_total} total; |d|∞ mean "
                      f"{self.patch_linf_mean:.3g}, max {self.patch_linf_max:.3g}; unlearning {self.unlearn_seconds:.3f} s")
         if self.retrain_seconds is not None:
             lines.append(f"retraining {self.retrain_seconds:.2f} s; unlearning/retraining = "
