@@ -119,6 +119,16 @@ def test_missing_model_is_a_clean_error(tmp_path):
     assert res.exit_code == EXIT_ERROR and res.output == f"Error: No model file at {missing}.\n"
 
 
+def test_audit_with_data_of_another_width_is_one_error_line(forgotten):
+    """digits has 64 features, mnist5k 784: this used to end in a traceback."""
+    res = invoke("audit", "--model", forgotten / "patched.safetensors", "--certificate", forgotten / "certificate.json",
+                 "--data", "mnist5k", "--indices", forgotten / "forget_indices.txt")
+    assert res.exit_code == EXIT_ERROR and "Traceback" not in res.output, res.output
+    assert res.output.startswith("Error: The 'points' parameter of audit has inputs of shape (784,), which the model "
+                                 "cannot take (its first layer takes 64 features)")
+    assert res.output.count("\n") == 1 and "HINT: audit with the data set the model was trained on" in res.output
+
+
 def test_os_errors_are_one_error_line(forgotten, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
