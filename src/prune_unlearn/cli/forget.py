@@ -68,7 +68,7 @@ def write_outputs(folder: Path, out: Path, result: ForgetResult, idx: torch.Tens
 
 @command(name="forget")
 @model_path_option("Saved model (.safetensors from `prune train`, or a patched model), or a PyTorch state dict of "
-                   "an MLP (.pt) with --layers.")
+                   "an MLP (.pt) with --layers, or an ONNX MLP (.onnx: Gemm/MatMul/Add/Relu/Flatten).")
 @click.option("--layers", type=IntList(), default=None,
               help="Layer sizes of an MLP state dict given as --model, e.g. 784,256,256,10.")
 @data_options
@@ -137,7 +137,8 @@ def class_summary(report, label: int, dataset: str, decision_gate: bool = True) 
 
 
 @command(name="forget-class")
-@model_path_option("Saved base model (.safetensors from `prune train`).")
+@model_path_option("Saved base model (.safetensors from `prune train`, or an ONNX MLP: .onnx of "
+                   "Gemm/MatMul/Add/Relu/Flatten).")
 @data_options
 @click.option("--label", type=click.IntRange(min=0), required=True, help="The class to forget.")
 @relaxed_support_options

@@ -58,7 +58,7 @@ def ledger() -> None:
 @data_options(required=False, help="Data set the indices refer to (or whose training labels --points takes).")
 @click.option("--model", "model_path", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
               help="The model the request is for: its points must fit it, its labels be below its number of classes "
-                   "(needed for --labels without --data).")
+                   "(needed for --labels without --data); .safetensors or an ONNX MLP (.onnx).")
 @json_option
 def add_cmd(ledger_path, requester, index_values, indices_file, points_file, labels_file, sha256, data_name, data_dir,
             model_path, output):

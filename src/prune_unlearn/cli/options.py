@@ -15,10 +15,11 @@ import torch
 
 from ..core.confusion import BOUND_METHODS
 from ..experiments.datasets import dataset_names
+from ..experiments.datasets.arrays import is_arrays_path
 from ..unlearn.forget import FORGET_TARGETS, STRATEGIES
 from ..unlearn.whole_class import INTERMEDIATE_BOUNDS, RADIUS_RULES
 
-__all__ = ["IntList", "NameList", "ClassTarget", "seed_option", "device_option", "data_options", "bound_option",
+__all__ = ["IntList", "NameList", "DataName", "ClassTarget", "seed_option", "device_option", "data_options", "bound_option",
            "epsilon_option", "forget_options", "relaxed_support_options", "radius_option", "model_path_option",
            "out_folder_options", "read_indices"]
 
@@ -52,6 +53,19 @@ class NameList(click.ParamType):
         if unknown:
             self.fail(f"{unknown[0]!r} is not one of {', '.join(self.choices)}.", param, ctx)
         return tuple(names)
+
+
+class DataName(click.ParamType):
+    """A data set's name (``dataset_names()``) or the path of a user's own ``.npz`` of arrays."""
+
+    name = "NAME|FILE.npz"
+
+    def convert(self, value, param, ctx):
+        value = str(value)
+        if value in dataset_names() or is_arrays_path(value):
+            return value
+        self.fail(f"{value!r} is not one of {', '.join(dataset_names())}, nor a .npz file of your own arrays.",
+                  param, ctx)
 
 
 class ClassTarget(click.ParamType):
@@ -90,8 +104,10 @@ def data_options(f=None, *, required: bool = True, help: str | None = None):  # 
         f = click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
                          help="Folder with the data set's files (default: $PRUNE_DATA_DIR/<name>; digits and "
                               "mnist5k are built in).")(f)
-        return click.option("--data", "data_name", type=click.Choice(dataset_names()), required=required,
-                            help=help or "The data set.")(f)
+        return click.option("--data", "data_name", type=DataName(), required=required,
+                            help=(help or "The data set.") + f" One of {', '.join(dataset_names())}, or the path of "
+                                 "your own .npz (X_train, y_train, optional X_test, y_test, domain_lower, "
+                                 "domain_upper; used as given, no re-split).")(f)
 
     return decorate(f) if f is not None else decorate
 
