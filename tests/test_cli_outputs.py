@@ -167,3 +167,14 @@ def test_kill_9_at_any_moment_leaves_no_folder_or_the_complete_one(tmp_path, sma
     assert proc.wait(timeout=600) == 0, proc.stderr.read()
     assert sorted(p.name for p in out.iterdir()) == names
     assert not list(tmp_path.glob(".crash-0.partial-*"))
+
+
+def test_progress_is_a_line_every_interval_when_stderr_is_not_a_terminal(monkeypatch, capsys):
+    """`prune train` into a log file used to print nothing for the whole run."""
+    from prune_unlearn import _progress
+
+    monkeypatch.setattr(_progress._Lines, "LINE_SECONDS", 0.0)
+    assert list(_progress.progress_bar(range(3), enabled=True, desc="train", unit="epoch")) == [0, 1, 2]
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(" (")[0] for line in lines] == ["train: 1/3 epoch", "train: 2/3 epoch", "train: 3/3 epoch"]
+    assert list(_progress.progress_bar(range(3), enabled=False)) == [0, 1, 2] and capsys.readouterr().err == ""
