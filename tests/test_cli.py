@@ -93,7 +93,8 @@ def test_forget_retrain_uses_the_recorded_recipe(trained, tmp_path):
 
 @pytest.mark.parametrize("args,code,message", [
     (["--count", "5", "--data", "nope"], EXIT_USAGE,
-     "Error: Invalid value for '--data': 'nope' is not one of " + ", ".join(f"'{n}'" for n in dataset_names()) + "."),
+     "Error: Invalid value for '--data': 'nope' is not one of " + ", ".join(dataset_names()) + ", nor a .npz file of "
+     "your own arrays."),
     (["--indices", "IDX", "--data", "digits"], EXIT_ERROR, "Error: Indices must be in [0, 1436] (training points); "
                                                           "got [99999].\n"),
     (["--data", "digits"], EXIT_USAGE, "Error: Use exactly one of --indices or --count.\n"),
@@ -138,6 +139,7 @@ def test_os_errors_are_one_error_line(forgotten, tmp_path):
                           "HINT: choose another --out.\n")
 
 
+@pytest.mark.slow  # trains FC(256×256) on digits: about a minute of CPU
 def test_demo_json(tmp_path):
     res = invoke("demo", "--out", tmp_path / "demo", "--count", 30, "--json")
     assert res.exit_code == EXIT_OK, res.output
@@ -376,7 +378,7 @@ def test_data_help_lists_every_data_set():
         if any(p.name == "data_name" for p in cmd.params):
             res = invoke(*path, "--help")
             text = re.sub(r"\s+", "", res.output)
-            assert "[" + "|".join(dataset_names()) + "]" in text, path
+            assert "[" + "|".join(dataset_names()) + "|FILE.npz]" in text, path
             assert {"purchase", "har", "har-uci"} <= set(dataset_names())
 
 

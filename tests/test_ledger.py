@@ -74,7 +74,7 @@ def region_keys(model, X):
 
 def assert_consistent(ledger, model_path, ds=None):
     """Model and ledger agree: the model is the last one the ledger wrote; pending requests have no patches;
-    processed ones have their patches in the model and their points mispredicted."""
+    processed ones have their patches in the model and their points mispredicted; rejected ones no patches."""
     assert ledger.verify(model_path).ok, ledger.verify(model_path).problems
     last = [e for e in ledger.events() if e["kind"] in ("process", "undo")][-1]
     assert last["state"] == "done" and last["body"]["model_after"] == load_info(model_path)["tensors_sha256"]
@@ -83,7 +83,9 @@ def assert_consistent(ledger, model_path, ds=None):
     for r in ledger.requests():
         if r.status == "pending":
             assert r.patterns == [] and r.claims == [] and r.processed_event is None
-        else:
+        elif r.status == "rejected":
+            assert r.patterns == []
+        elif r.status == "processed":  # an undone request's patches may be gone (or kept for others): no claim
             assert set(r.patterns) <= patterns
             x = read_points_file(r.file)[0] if r.source == "file" else ds.X_train[r.indices]
             assert (model(x).argmax(1) != torch.tensor([c["label"] for c in r.claims])).all()

@@ -158,6 +158,13 @@ def test_forget_audit_and_ledger_on_own_data_and_onnx_model(own, tmp_path):
     assert res.exit_code == 1 and "12" in res.output and "Traceback" not in res.output, res.output
 
 
+def test_train_on_own_arrays(own, tmp_path):
+    res = invoke("train", "--data", own[0] / "mine.npz", "--epochs", 2, "--out", tmp_path / "m.safetensors", "--json")
+    assert res.exit_code == 0, res.output
+    model = load(tmp_path / "m.safetensors")
+    assert [m.out_features for m in model if isinstance(m, torch.nn.Linear)] == [256, 10]
+
+
 def test_help_lists_every_data_set_and_own_arrays():
     for command in (["forget"], ["forget-class"], ["audit"], ["ledger", "add"], ["train"]):
         text = "".join(invoke(*command, "--help").output.split())  # wrapped lines may split "fashion-mnist"

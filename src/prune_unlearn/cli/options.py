@@ -58,7 +58,14 @@ class NameList(click.ParamType):
 class DataName(click.ParamType):
     """A data set's name (``dataset_names()``) or the path of a user's own ``.npz`` of arrays."""
 
-    name = "NAME|FILE.npz"
+    name = "data"
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        return tuple(dataset_names())
+
+    def get_metavar(self, param, *args, **kwargs) -> str:
+        return "[" + "|".join(self.choices) + "|FILE.npz]"
 
     def convert(self, value, param, ctx):
         value = str(value)

@@ -9,6 +9,7 @@ import click
 from ..core.models import default_architecture
 from ..core.serialization import save
 from ..experiments.datasets import load_dataset
+from ..experiments.datasets.arrays import is_arrays_path
 from ..experiments.training import recipe_for, train_from_spec, width_for
 from ..unlearn.metrics import accuracy, predict
 from .options import data_options, device_option, seed_option
@@ -44,8 +45,11 @@ def train(data_name, data_dir, out, epochs, lr, width, seed, device, recorded, o
     """
     check_output_file(out)  # before any work: a bad --out is an error now, not after training
     ds = load_dataset(data_name, data_dir)
-    spec = default_architecture(ds.name, ds.input_dim, ds.num_classes, ds.input_shape,
-                                width=width if width is not None else width_for(ds.name))
+    if is_arrays_path(data_name):  # your own arrays: FC(256), the paper's model for tabular data
+        spec = {"kind": "mlp", "input_dim": ds.input_dim, "hidden": [256], "num_classes": ds.num_classes}
+    else:
+        spec = default_architecture(ds.name, ds.input_dim, ds.num_classes, ds.input_shape,
+                                    width=width if width is not None else width_for(ds.name))
     recipe = recipe_for(ds.name, epochs=epochs, lr=lr, seed=seed)
     if recorded is not None:  # replayable, sharded training (cli/recorded.py); CPU unless --device was given
         explicit = click.get_current_context().get_parameter_source("device") != click.core.ParameterSource.DEFAULT
