@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 PRUNE_DATA_DIR ?= $(abspath ../shared/data)
 export PRUNE_DATA_DIR
 
-.PHONY: demo test bench experiments install clean
+.PHONY: demo test test-fast bench experiments install clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,8 +20,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/prune demo
 
+# The whole suite, slow cases included: what CI runs (.ci/run calls `make test`).
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# For development: the suite without the cases marked @pytest.mark.slow.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_core.py --out results/bench

@@ -93,7 +93,8 @@ def test_forget_retrain_uses_the_recorded_recipe(trained, tmp_path):
 
 @pytest.mark.parametrize("args,code,message", [
     (["--count", "5", "--data", "nope"], EXIT_USAGE,
-     "Error: Invalid value for '--data': 'nope' is not one of " + ", ".join(f"'{n}'" for n in dataset_names()) + "."),
+     "Error: Invalid value for '--data': 'nope' is not one of " + ", ".join(dataset_names()) + ", nor a .npz file of "
+     "your own arrays."),
     (["--indices", "IDX", "--data", "digits"], EXIT_ERROR, "Error: Indices must be in [0, 1436] (training points); "
                                                           "got [99999].\n"),
     (["--data", "digits"], EXIT_USAGE, "Error: Use exactly one of --indices or --count.\n"),
@@ -119,14 +120,26 @@ def test_missing_model_is_a_clean_error(tmp_path):
     assert res.exit_code == EXIT_ERROR and res.output == f"Error: No model file at {missing}.\n"
 
 
+def test_audit_with_data_of_another_width_is_one_error_line(forgotten):
+    """digits has 64 features, mnist5k 784: this used to end in a traceback."""
+    res = invoke("audit", "--model", forgotten / "patched.safetensors", "--certificate", forgotten / "certificate.json",
+                 "--data", "mnist5k", "--indices", forgotten / "forget_indices.txt")
+    assert res.exit_code == EXIT_ERROR and "Traceback" not in res.output, res.output
+    assert res.output.startswith("Error: The 'points' parameter of audit has inputs of shape (784,), which the model "
+                                 "cannot take (its first layer takes 64 features)")
+    assert res.output.count("\n") == 1 and "HINT: audit with the data set the model was trained on" in res.output
+
+
 def test_os_errors_are_one_error_line(forgotten, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
     res = invoke("export", "--model", forgotten / "patched.safetensors", "--out", blocker / "vnn", "--onnx")
     assert res.exit_code == EXIT_ERROR
-    assert res.output == f"Error: Not a directory: {blocker / 'vnn'}\n"
+    assert res.output == (f"Error: --out {blocker / 'vnn'} is under {blocker}, which is a file, not a folder. "
+                          "HINT: choose another --out.\n")
 
 
+@pytest.mark.slow  # trains FC(256×256) on digits: about a minute of CPU
 def test_demo_json(tmp_path):
     res = invoke("demo", "--out", tmp_path / "demo", "--count", 30, "--json")
     assert res.exit_code == EXIT_OK, res.output
@@ -365,7 +378,7 @@ def test_data_help_lists_every_data_set():
         if any(p.name == "data_name" for p in cmd.params):
             res = invoke(*path, "--help")
             text = re.sub(r"\s+", "", res.output)
-            assert "[" + "|".join(dataset_names()) + "]" in text, path
+            assert "[" + "|".join(dataset_names()) + "|FILE.npz]" in text, path
             assert {"purchase", "har", "har-uci"} <= set(dataset_names())
 
 

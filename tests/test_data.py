@@ -46,6 +46,31 @@ def test_idx_reader_on_written_fixture(tmp_path, compress):
     assert 0 <= float(d.X_train.min()) and float(d.X_train.max()) <= 1
 
 
+@pytest.mark.parametrize("stem,bad", [("train-labels-idx1-ubyte", 255), ("t10k-labels-idx1-ubyte", 10)])
+def test_idx_label_outside_0_to_9_is_a_clear_error(tmp_path, stem, bad):
+    """A label of 255 (a corrupt or foreign label file) used to make a data set of 256 classes."""
+    rng = np.random.default_rng(0)
+    labels = {"train-labels-idx1-ubyte": np.arange(12) % 10, "t10k-labels-idx1-ubyte": np.arange(5)}
+    labels[stem] = labels[stem].copy()
+    labels[stem][3] = bad
+    for s, n in (("train", 12), ("t10k", 5)):
+        _write_idx(tmp_path / f"{s}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)), False)
+        _write_idx(tmp_path / f"{s}-labels-idx1-ubyte", labels[f"{s}-labels-idx1-ubyte"], False)
+    with pytest.raises(DataError, match=f"label file {stem} in .* holds the label {bad}; MNIST has the classes 0..9"):
+        load_dataset("mnist", tmp_path)
+
+
+def test_a_label_set_with_gaps_is_a_clear_error(tmp_path):
+    """Purchase infers K from the labels: a stray label (here two 255s among 0..3) must not make 256 classes."""
+    rng = np.random.default_rng(0)
+    X = rng.integers(0, 2, (60, 600)).astype(np.float32)
+    y = np.arange(60) % 4
+    y[[7, 8]] = 255
+    np.savez(tmp_path / "purchase.npz", features=X, labels=y)
+    with pytest.raises(DataError, match=r"skip class\(es\) \[4, 5, 6, 7, 8"):
+        load_dataset("purchase", tmp_path)
+
+
 def test_truncated_idx_and_missing_files(tmp_path):
     _write_idx(tmp_path / "train-images-idx3-ubyte", np.zeros((3, 2, 2)), False)
     for stem in ("train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):

@@ -150,6 +150,10 @@ def test_errors_name_the_problem():
         forget(model, bad)
     with pytest.raises(InputValidationError, match=r"labels in \[0, 2\].*Got \[7\]"):
         forget(model, x, labels=torch.tensor([0, 7, 1]))
+    for labels in (torch.tensor([0.0, 1.0, 2.0]), torch.tensor([True, False, True])):  # whole floats too
+        with pytest.raises(InputValidationError, match=r"'labels' parameter of forget must be integer class labels "
+                                                       r"\(an integer dtype\). Got 'a torch.(float32|bool) tensor'"):
+            forget(model, x, labels=labels)
     with pytest.raises(InputValidationError, match="inconsistent numbers of samples: 3 points but 2 labels"):
         forget(model, x, labels=torch.tensor([0, 1]))
     with pytest.raises(InputValidationError, match="outside the input domain box \\(rows \\[0\\]"):

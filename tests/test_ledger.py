@@ -74,7 +74,7 @@ def region_keys(model, X):
 
 def assert_consistent(ledger, model_path, ds=None):
     """Model and ledger agree: the model is the last one the ledger wrote; pending requests have no patches;
-    processed ones have their patches in the model and their points mispredicted."""
+    processed ones have their patches in the model and their points mispredicted; rejected ones no patches."""
     assert ledger.verify(model_path).ok, ledger.verify(model_path).problems
     last = [e for e in ledger.events() if e["kind"] in ("process", "undo")][-1]
     assert last["state"] == "done" and last["body"]["model_after"] == load_info(model_path)["tensors_sha256"]
@@ -83,7 +83,9 @@ def assert_consistent(ledger, model_path, ds=None):
     for r in ledger.requests():
         if r.status == "pending":
             assert r.patterns == [] and r.claims == [] and r.processed_event is None
-        else:
+        elif r.status == "rejected":
+            assert r.patterns == []
+        elif r.status == "processed":  # an undone request's patches may be gone (or kept for others): no claim
             assert set(r.patterns) <= patterns
             x = read_points_file(r.file)[0] if r.source == "file" else ds.X_train[r.indices]
             assert (model(x).argmax(1) != torch.tensor([c["label"] for c in r.claims])).all()
@@ -100,11 +102,12 @@ def test_schema_pragmas_and_adding_requests(world):
     np.save(world.tmp / "lab.npy", np.array([2, 0, 1]))
     save_file({"X": ds.X_train[20:22].contiguous(), "y": ds.y_train[20:22].contiguous()}, world.tmp / "pts.safetensors")
     with Ledger(world.ledger) as ledger:
+        assert not world.ledger.exists()  # created by the first write
+        a = ledger.add("alice", indices=[0, 5], data=ds)
         assert ledger._store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
         assert ledger._store.conn.execute("PRAGMA synchronous").fetchone()[0] == 3  # EXTRA
-        a = ledger.add("alice", indices=[0, 5], data=ds)
-        b = ledger.add("bob", points_file=world.tmp / "pts.npy", labels_file=world.tmp / "lab.npy")
-        c = ledger.add("bob", points_file=world.tmp / "pts.safetensors")
+        b = ledger.add("bob", points_file=world.tmp / "pts.npy", labels_file=world.tmp / "lab.npy", model=world.path)
+        c = ledger.add("bob", points_file=world.tmp / "pts.safetensors", model=world.model)
         d = ledger.add("carol", points_file=world.tmp / "pts.npy", data=ds)  # training labels, found by hash
         e = ledger.add("dave", points_file=world.tmp / "pts.npy")  # no labels: the base model's prediction, later
     assert (a.id, a.source, a.dataset, a.indices, a.n_points) == (1, "dataset", "synthetic", [0, 5], 2)
@@ -119,7 +122,9 @@ def test_schema_pragmas_and_adding_requests(world):
         assert ledger.requests(status="processed") == [] and ledger.get(4) == d
         assert [ev["kind"] for ev in ledger.events()] == ["add"] * 5
         assert ledger.verify().ok
-        assert repr(ledger) == f"Ledger({str(world.ledger)!r}, pending=5, processed=0, undone=0, consolidated=0)"
+        assert repr(ledger) == (f"Ledger({str(world.ledger)!r}, pending=5, processed=0, undone=0, consolidated=0, "
+                                "rejected=0)")
+        assert a.domain == [0.0, 1.0] and e.domain == [0.0, 1.0]  # the box each was checked against
 
 
 @pytest.mark.parametrize("request_kwargs,match", [
@@ -211,9 +216,16 @@ def test_requests_arriving_over_time_and_labels_from_the_model(world):
         np.save(world.tmp / "later.npy", ds.X_train[60:61].numpy())
         ledger.add("c", points_file=world.tmp / "later.npy")
         np.save(world.tmp / "later.npy", ds.X_train[61:62].numpy())  # the file of a pending request changes
-        with pytest.raises(LedgerError, match="Request 3: the points file .*later.npy changed since the request was "
-                                              "added .*HINT: put back the original file"):
-            ledger.process(world.path)
+        ledger.add("d", indices=[62], data=ds)
+        result = ledger.process(world.path, data=ds)  # request 3 is skipped (it stays pending), 4 is not blocked
+        assert result.requests == [4] and [s["id"] for s in result.skipped] == [3] and result.rejected == []
+        assert re.search("Request 3: the points file .*later.npy changed since the request was added .*HINT: put "
+                         "back the original file", result.skipped[0]["reason"])
+        assert "skipped request 3 (still pending): Request 3: the points file" in result.summary()
+        assert [r.status for r in ledger.requests()] == ["processed", "processed", "pending", "processed"]
+        np.save(world.tmp / "later.npy", ds.X_train[60:61].numpy())  # put back: processed by the next run
+        assert ledger.process(world.path).requests == [3]
+        assert_consistent(ledger, world.path, ds)
 
 
 def test_model_file_must_be_the_one_the_ledger_wrote(world):
@@ -478,6 +490,9 @@ def test_cli_add_list_process_undo_verify(tmp_path, digits, prune):
     digest = hashlib.sha256((tmp_path / "pts.npy").read_bytes()).hexdigest()
     res = run("ledger", "add", *led, "--who", "bob", "--points", tmp_path / "pts.npy", "--labels",
               tmp_path / "lab.npy", "--sha256", digest)
+    assert res.exit_code == 1 and "its labels cannot be checked against a number of classes" in res.output
+    res = run("ledger", "add", *led, "--who", "bob", "--points", tmp_path / "pts.npy", "--labels",
+              tmp_path / "lab.npy", "--sha256", digest, "--model", model)
     assert res.exit_code == 0 and "request 2 from bob: 2 point(s), pending" in res.output
 
     res = run("ledger", "list", *led, "--json")

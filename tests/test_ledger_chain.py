@@ -29,7 +29,7 @@ def test_replay_walks_each_request_through_its_statuses():
     assert json.loads(rows[2].result) == {"patterns": ["p2"], "claims": [], "failed": []}
     assert rows[1].record == canonical(events[0].body["request"])
     assert {r.status for r in rows.values()} <= set(STATUSES)
-    assert set(EVENT_KINDS) == {"add", "process", "undo", "consolidate"}
+    assert set(EVENT_KINDS) == {"add", "process", "undo", "consolidate", "reject"}
     assert MODEL_EVENTS == ("process", "undo", "consolidate")
 
 
@@ -49,17 +49,31 @@ def test_consolidate_retires_patches_and_re_patches_requests_processed_meanwhile
     assert (rows[1].processed_event, rows[2].processed_event) == (4, 5)  # when they were first processed
 
 
+def rejected(rid, reason="withdrawn", by="operator"):
+    return ("reject", {"request": rid, "reason": reason, "by": by})
+
+
+def test_reject_takes_a_pending_request_out_of_the_queue_with_its_reason():
+    events = link(0, GENESIS_HASH, [added(1), added(2), rejected(1, "duplicate of 2"), processed(2)], T)
+    rows = replay(events)
+    assert [(r.id, r.status, r.processed_event) for r in rows.values()] == [(1, "rejected", None), (2, "processed", 4)]
+    assert json.loads(rows[1].result) == {"rejection": {"reason": "duplicate of 2", "by": "operator", "event": 3}}
+
+
 @pytest.mark.parametrize("items,message", [
     ([added(1), ("undo", {"request": 1})], "Event 2 undoes request 1, which is pending, not processed."),
     ([added(1), processed(7)], "Event 2 processes request 7, which is unknown, not pending."),
     ([added(1), processed(1), processed(1)], "Event 3 processes request 1, which is processed, not pending."),
     ([added(1), added(1)], "Event 2 adds request 1, which already exists."),
-    ([added(1), ("reject", {})], "Event 2 has unknown kind 'reject'."),
+    ([added(1), ("frobnicate", {})], "Event 2 has unknown kind 'frobnicate'."),
     ([added(1), consolidated([1])], "Event 2 consolidates request 1, which is pending, not processed."),
     ([added(1), processed(1), consolidated([1]), consolidated([1])],
      "Event 4 consolidates request 1, which is consolidated, not processed."),
     ([added(1), added(2), processed(1), consolidated([1], repatched=[2])],
      "Event 4 re-patches request 2, which is pending, not processed."),
+    ([added(1), processed(1), rejected(1)], "Event 3 rejects request 1, which is processed, not pending."),
+    ([added(1), rejected(1), processed(1)], "Event 3 processes request 1, which is rejected, not pending."),
+    ([added(1), rejected(1), rejected(1)], "Event 3 rejects request 1, which is rejected, not pending."),
 ])
 def test_replay_refuses_events_that_do_not_fit_the_requests(items, message):
     with pytest.raises(LedgerError, match=message.replace(".", r"\.").replace("(", r"\(")):

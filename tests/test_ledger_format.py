@@ -48,11 +48,12 @@ def schema(path):
 
 def with_version_2_fields(expected):
     """What version 1 read back, plus what version 2 adds to the same reading: each request's
-    ``consolidated_event`` (None: none was consolidated) and the count of consolidated requests in the repr."""
+    ``consolidated_event`` (None: none was consolidated), ``domain`` (None: not recorded by version 1) and
+    ``rejection`` (None), and the counts of consolidated and rejected requests in the repr."""
     out = json.loads(json.dumps(expected))
     for request in out["requests"]:
-        request["consolidated_event"] = None
-    out["repr"] = out["repr"][:-1] + ", consolidated=0)"
+        request.update(consolidated_event=None, domain=None, rejection=None)
+    out["repr"] = out["repr"][:-1] + ", consolidated=0, rejected=0)"
     return out
 
 
@@ -72,16 +73,18 @@ def test_an_earlier_ledger_verifies_and_reads_back_the_same(old):
 def test_an_earlier_ledger_is_upgraded_before_its_first_write_to_the_schema_of_a_new_one(old, tmp_path):
     ledger_path, model_path = old
     expected = json.loads((FIXTURE / "expected.json").read_text())
-    with Ledger(tmp_path / "new.sqlite"):
-        pass
+    with Ledger(tmp_path / "new.sqlite") as new:
+        new.add("zoe", indices=[1], data="digits")  # the file is created by the first write
     new_schema = schema(tmp_path / "new.sqlite")
     assert new_schema[1] == LEDGER_FORMAT_VERSION >= 2 and schema(ledger_path) != new_schema
     sql = {name: text for _, name, _, text in new_schema[0]}
     assert "'consolidate'" in sql["events"] and "'consolidated'" in sql["requests"]
+    assert "'reject'" in sql["events"] and "'rejected'" in sql["requests"]
     with Ledger(ledger_path) as ledger:
-        ledger.add("erin", indices=[300], data="digits")  # the first write upgrades the file first
+        ledger.reject(5, "withdrawn by the requester")  # the first write upgrades the file first
         assert schema(ledger_path) == new_schema
         assert ledger.events()[:8] == expected["events"] and ledger.verify(model_path).ok  # the chain is unchanged
+        assert ledger.get(5).status == "rejected" and ledger.events()[-1]["prev_hash"] == expected["head"]
         conn = sqlite3.connect(ledger_path)
         upgraded = conn.execute("SELECT value FROM meta WHERE key = 'upgraded_to_2'").fetchone()
         conn.close()
@@ -108,7 +111,7 @@ def test_an_interrupted_upgrade_leaves_the_earlier_version_whole(old, monkeypatc
 
 
 def test_upgrades_chain_one_step_per_version(old, monkeypatch):
-    """What the next format version does (issue 14 adds a ``reject`` event): one more entry in MIGRATIONS. A
+    """What the next format version does (e.g. a new event kind): one more entry in MIGRATIONS. A
     version-1 file then goes 1 → 2 → … → the current version before its first write, one transaction per step,
     in order, each step seeing the version it upgrades from."""
     from prune_unlearn.ops import store

@@ -143,7 +143,7 @@ def test_forgetting_next_to_a_prior_ball_resolves_its_target(digits_small_model,
     x2 = (x + 1 / 32).clamp(0, 1)
     second = forget(first.model, x2, labels=torch.tensor([t0]), radius=R, seed=0)
     rows = second.model.neighbourhoods
-    assert len(rows) == 2 and second.report.n_resolved_prior_rows == 1
+    assert len(rows) == 2 and second.report.n_regions_resolved == 1
     assert int(rows.targets[0]) == int(rows.targets[1]) != t0
     gen = torch.Generator().manual_seed(4)
     for k in range(2):

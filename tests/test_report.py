@@ -118,3 +118,26 @@ def test_a_version_1_report_reads_back_without_neighbourhood_fields(point_run):
     back = Report.from_dict(data)
     assert back.n_certified_neighbourhood == 0 and back.radius is None and back.radius_median is None
     assert back.n_certified_region == point_run.report.n_certified_region
+
+
+def test_a_version_1_report_reads_with_the_new_counts_zero(point_run):
+    data = point_run.report.to_dict()
+    old = {k: v for k, v in data.items() if k not in ("n_already_forgotten", "n_regions_resolved")}
+    again = Report.from_dict({**old, "format_version": 1})
+    assert again.n_already_forgotten == 0 and again.n_regions_resolved == 0 and again.format_version == 2
+    with pytest.raises(FormatError, match=r"does not have the key\(s\) 'n_already_forgotten'"):
+        Report.from_dict({**old, "format_version": 2})
+
+
+def test_forgetting_a_point_again_is_reported_as_already_forgotten(model, point_run):
+    """The second run used to report n_regions_new 1 and A_u_before 1.0 for points already forgotten."""
+    x = _points(6, 0)
+    again = forget(point_run.model, x[:2], labels=model(x[:2]).argmax(1), seed=0)
+    r = again.report
+    assert r.n_already_forgotten == 2 and r.A_u_before == 0.0 and r.A_u_after == 0.0
+    assert r.n_regions_new == 0 and r.n_patches_total == point_run.report.n_patches_total
+    assert r.n_regions_resolved >= 1
+    assert "already forgotten: 2 of the points" in r.summary() and "0 new, " in r.summary()
+    fresh = point_run.report
+    assert fresh.n_already_forgotten == 0 and fresh.n_regions_resolved == 0
+    assert fresh.n_regions_new == fresh.n_patches_total

@@ -94,9 +94,11 @@ def as_label_tensor(y: Any, n: int, num_classes: int, name: str, caller: str) ->
         y = torch.tensor(y)
     if not isinstance(y, torch.Tensor):
         raise param_error(name, caller, "a 1-D tensor or array of integer labels", type(y).__name__)
-    if y.is_floating_point():
-        if not torch.isfinite(y).all() or not (y == y.round()).all():
-            raise param_error(name, caller, "integer labels", "non-integer floats")
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        # refused even when the values are whole: float labels are usually a mix-up (inputs or probabilities
+        # passed as labels), and a silent cast would hide it
+        raise param_error(name, caller, "integer class labels (an integer dtype)", f"a {y.dtype} tensor",
+                          hint=f"pass {name}.long() if these really are class numbers.")
     y = y.reshape(-1).to(torch.int64)
     if y.numel() != n:
         raise InputValidationError(

@@ -19,8 +19,9 @@ from ..core.serialization import load
 from ..errors import InputValidationError
 from ..verify.certificate import Certificate
 from ..verify.export import DEFAULT_OPSET, SCALINGS, export_benchmark
-from .options import model_path_option
+from .options import model_path_option, out_folder_options
 from .output import json_option
+from .paths import OutputFolder
 from .policy import command
 
 __all__ = ["export", "register"]
@@ -28,8 +29,7 @@ __all__ = ["export", "register"]
 
 @command(name="export")
 @model_path_option("Patched model (.safetensors) written by `prune forget`.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Folder for the ONNX / VNN-LIB files.")
+@out_folder_options("Folder for the ONNX / VNN-LIB files.")
 @click.option("--onnx", "want_onnx", is_flag=True, help="Write patched.onnx (the whole patched head).")
 @click.option("--vnnlib", "want_vnnlib", is_flag=True,
               help="Write region_network.onnx and one property per region claim.")
@@ -50,8 +50,8 @@ __all__ = ["export", "register"]
 @click.option("--timeout", type=click.IntRange(min=1), default=300, show_default=True,
               help="Timeout (s) written to instances.csv.")
 @json_option
-def export(model_path, out, want_onnx, want_vnnlib, regions, balls, certificate, compress, scaling, head_only, opset,
-           timeout, output):
+def export(model_path, out, overwrite, want_onnx, want_vnnlib, regions, balls, certificate, compress, scaling,
+           head_only, opset, timeout, output):
     """Write a patched model as ONNX in verifier normal form, plus VNN-LIB region properties.
 
     Without --onnx and --vnnlib, both are written.
@@ -61,26 +61,29 @@ def export(model_path, out, want_onnx, want_vnnlib, regions, balls, certificate,
     """
     if not (want_onnx or want_vnnlib):
         want_onnx = want_vnnlib = True
-    model = load(model_path)
-    if not isinstance(model, PatchedModel):
-        raise InputValidationError(f"{model_path} holds a model without patches; export needs a patched model "
-                                   "(the patched.safetensors written by `prune forget`).")
-    cert = Certificate.from_json(certificate) if certificate is not None else None
     if regions and not want_vnnlib:
         raise InputValidationError("--region selects property files; use it with --vnnlib.")
-    if model.has_neighbourhoods:  # certified neighbourhoods: VNN-COMP local-robustness properties (issue 11)
-        from ..verify.export_neighbourhood import export_neighbourhoods
+    with OutputFolder(out, overwrite=overwrite) as folder:  # --out checked before any work
+        model = load(model_path)
+        if not isinstance(model, PatchedModel):
+            raise InputValidationError(f"{model_path} holds a model without patches; export needs a patched model "
+                                       "(the patched.safetensors written by `prune forget`).")
+        cert = Certificate.from_json(certificate) if certificate is not None else None
+        if model.has_neighbourhoods:  # certified neighbourhoods: VNN-COMP local-robustness properties (issue 11)
+            from ..verify.export_neighbourhood import export_neighbourhoods
 
-        result = export_neighbourhoods(model, cert, out, rows=list(balls) or None, onnx=want_onnx, vnnlib=want_vnnlib,
-                                       opset=opset, timeout=timeout)
-        output.result(result, f"wrote {len(result.get('properties', []))} neighbourhood propert(y/ies) and "
-                              f"{len(result['files'])} file(s) to {out} (see instances.csv, export.json)")
-        return
-    if balls:
-        raise InputValidationError("--ball selects neighbourhood rows, but the model has none.")
-    result = export_benchmark(model, out, onnx=want_onnx, vnnlib=want_vnnlib, regions=list(regions) or None,
-                              domain=cert, scaling=scaling, head_only=head_only, opset=opset, timeout=timeout,
-                              compress=compress, certificate_path=certificate, model_path=model_path)
+            result = export_neighbourhoods(model, cert, folder, rows=list(balls) or None, onnx=want_onnx,
+                                           vnnlib=want_vnnlib, opset=opset, timeout=timeout)
+            human = (f"wrote {len(result.get('properties', []))} neighbourhood propert(y/ies) and "
+                     f"{len(result['files'])} file(s) to {out} (see instances.csv, export.json)")
+        else:
+            if balls:
+                raise InputValidationError("--ball selects neighbourhood rows, but the model has none.")
+            result = export_benchmark(model, folder, onnx=want_onnx, vnnlib=want_vnnlib, regions=list(regions) or None,
+                                      domain=cert, scaling=scaling, head_only=head_only, opset=opset, timeout=timeout,
+                                      compress=compress, certificate_path=certificate, model_path=model_path)
+            human = None
+    output.result(result, human if human is not None else _summary(result, out))
     output.result(result, _summary(result, out))
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 import torch
 
+from .._crash import crash_point
 from ..core.serialization import atomic_write_text, load_model, save
 from ..errors import InputValidationError
 from ..experiments.datasets import Dataset, load_dataset
@@ -15,11 +16,13 @@ from ..unlearn.forget import ForgetResult, forget
 from ..unlearn.reference import Reference
 from ..unlearn.whole_class import forget_class
 from .options import ClassTarget, IntList, bound_option, data_options, forget_options, model_path_option
-from .options import radius_option, read_indices, relaxed_support_options, seed_option
+from .options import out_folder_options, radius_option, read_indices, relaxed_support_options, seed_option
 from .output import output_options
+from .paths import OutputFolder
 from .policy import command
 
-__all__ = ["forget_cmd", "forget_class_cmd", "forget_on_dataset", "random_indices", "write_outputs"]
+__all__ = ["forget_cmd", "forget_class_cmd", "forget_on_dataset", "random_indices", "write_outputs",
+           "OUTPUT_FILES"]
 
 _OUT_HELP = "Folder for patched.safetensors, report.json, certificate.json."
 
@@ -45,21 +48,27 @@ def forget_on_dataset(model, ds: Dataset, idx: torch.Tensor, *, forget_kwargs: d
     return result._replace(report=result.report.with_retraining(retrained.seconds))
 
 
-def write_outputs(out: Path, result: ForgetResult, idx: torch.Tensor, info: dict) -> dict:
-    """The patched model, report, certificate and forgotten indices in ``out``; their paths by kind."""
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"model": out / "patched.safetensors", "report": out / "report.json",
-             "certificate": out / "certificate.json", "indices": out / "forget_indices.txt"}
-    save(result.model, paths["model"], info=info)
-    result.report.to_json(paths["report"])
-    result.certificate.to_json(paths["certificate"])
-    atomic_write_text(paths["indices"], "\n".join(str(int(i)) for i in idx) + "\n")
-    return {k: str(v) for k, v in paths.items()}
+OUTPUT_FILES = {"model": "patched.safetensors", "report": "report.json", "certificate": "certificate.json",
+                "indices": "forget_indices.txt"}
+
+
+def write_outputs(folder: Path, out: Path, result: ForgetResult, idx: torch.Tensor | None, info: dict,
+                  report=None) -> dict:
+    """The patched model, report, certificate and (with ``idx``) forgotten indices, written into ``folder`` (the
+    temporary folder of :class:`.paths.OutputFolder`); their final paths under ``out`` by kind."""
+    names = {k: v for k, v in OUTPUT_FILES.items() if k != "indices" or idx is not None}
+    save(result.model, folder / names["model"], info=info)
+    crash_point("output_model_written")
+    (report or result.report).to_json(folder / names["report"])
+    result.certificate.to_json(folder / names["certificate"])
+    if idx is not None:
+        atomic_write_text(folder / names["indices"], "\n".join(str(int(i)) for i in idx) + "\n")
+    return {k: str(out / v) for k, v in names.items()}
 
 
 @command(name="forget")
 @model_path_option("Saved model (.safetensors from `prune train`, or a patched model), or a PyTorch state dict of "
-                   "an MLP (.pt) with --layers.")
+                   "an MLP (.pt) with --layers, or an ONNX MLP (.onnx: Gemm/MatMul/Add/Relu/Flatten).")
 @click.option("--layers", type=IntList(), default=None,
               help="Layer sizes of an MLP state dict given as --model, e.g. 784,256,256,10.")
 @data_options
@@ -79,10 +88,10 @@ def write_outputs(out: Path, result: ForgetResult, idx: torch.Tensor, info: dict
 @click.option("--retrain", "with_retraining", is_flag=True,
               help="Also retrain on the remaining data (with the recipe recorded by `prune train`, else the data "
                    "set's default with --seed) and report the time ratio.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help=_OUT_HELP)
+@out_folder_options(_OUT_HELP)
 @output_options
 def forget_cmd(model_path, layers, data_name, data_dir, indices, count, forget_kwargs, reference_paths,
-               reference_indices, seed, with_retraining, out, output):
+               reference_indices, seed, with_retraining, out, overwrite, output):
     """Forget training points of a saved model; write the patched model, report and certificate.
 
     \b
@@ -95,35 +104,41 @@ def forget_cmd(model_path, layers, data_name, data_dir, indices, count, forget_k
         raise click.UsageError("Use exactly one of --indices or --count.")
     if len(reference_paths) != len(reference_indices):
         raise click.UsageError("Give one --reference-indices file for every --reference.")
-    model = load_model(model_path, layers=layers)
-    ds = load_dataset(data_name, data_dir)
-    idx = read_indices(indices, len(ds.y_train)) if indices is not None else random_indices(ds, count, seed)
-    if reference_paths:
-        forget_kwargs = {**forget_kwargs, "reference": [
-            Reference(load_model(p).eval(), ds.X_train[read_indices(i, len(ds.y_train))], name=p.name)
-            for p, i in zip(reference_paths, reference_indices)]}
-    recipe = (recorded_recipe(model_path) or recipe_for(ds.name, seed=seed)) if with_retraining else None
-    result = forget_on_dataset(model, ds, idx, forget_kwargs=forget_kwargs, seed=seed, progress=output.progress,
-                               retrain_recipe=recipe)
-    files = write_outputs(out, result, idx, {"dataset": ds.name, "forget_count": len(idx),
-                                             "source_model": str(model_path)})
+    with OutputFolder(out, overwrite=overwrite) as folder:  # --out checked before any work
+        model = load_model(model_path, layers=layers)
+        ds = load_dataset(data_name, data_dir)
+        idx = read_indices(indices, len(ds.y_train)) if indices is not None else random_indices(ds, count, seed)
+        if reference_paths:
+            forget_kwargs = {**forget_kwargs, "reference": [
+                Reference(load_model(p).eval(), ds.X_train[read_indices(i, len(ds.y_train))], name=p.name)
+                for p, i in zip(reference_paths, reference_indices)]}
+        recipe = (recorded_recipe(model_path) or recipe_for(ds.name, seed=seed)) if with_retraining else None
+        result = forget_on_dataset(model, ds, idx, forget_kwargs=forget_kwargs, seed=seed, progress=output.progress,
+                                   retrain_recipe=recipe)
+        files = write_outputs(folder, out, result, idx, {"dataset": ds.name, "forget_count": len(idx),
+                                                         "source_model": str(model_path)})
     output.result({**result.report.to_dict(), "files": files},
                   result.report.summary() + f"\nwrote {', '.join(files.values())}")
 
 
-def class_summary(report, label: int, dataset: str) -> str:
+def class_summary(report, label: int, dataset: str, decision_gate: bool = True) -> str:
     """The human summary of a ``forget-class`` run."""
     e = report.whole_class.metrics()
+    changed = (f"changed predictions on inputs of other classes: train {e['changed_other_train']}, test "
+               f"{e['changed_other_test']}")
+    changed += (f" (all of them inputs the base model assigned to class {label}, i.e. misclassified as {label}: the "
+                "decision gate leaves every other input's prediction unchanged)" if decision_gate else
+                " (no decision gate: relaxed supports may reach inputs the base model assigns to other classes)")
     return (f"forgot class {label} of {dataset}: {report.n_forgotten}/{report.n_forget} training points "
             f"mispredicted in {report.unlearn_seconds:.1f} s\n"
             f"A_u {100 * e['A_u_before']:.2f} -> {100 * e['A_u_after']:.2f}   A_tes_u {100 * e['A_tes_u_before']:.2f} "
             f"-> {100 * e['A_tes_u_after']:.2f}\nA_res {100 * e['A_res_before']:.2f} -> {100 * e['A_res_after']:.2f}"
-            f"   A_tes_r {100 * e['A_tes_r_before']:.2f} -> {100 * e['A_tes_r_after']:.2f}   changed on other "
-            f"classes: train {e['changed_other_train']}, test {e['changed_other_test']}")
+            f"   A_tes_r {100 * e['A_tes_r_before']:.2f} -> {100 * e['A_tes_r_after']:.2f}\n{changed}")
 
 
 @command(name="forget-class")
-@model_path_option("Saved base model (.safetensors from `prune train`).")
+@model_path_option("Saved base model (.safetensors from `prune train`, or an ONNX MLP: .onnx of "
+                   "Gemm/MatMul/Add/Relu/Flatten).")
 @data_options
 @click.option("--label", type=click.IntRange(min=0), required=True, help="The class to forget.")
 @relaxed_support_options
@@ -137,30 +152,29 @@ def class_summary(report, label: int, dataset: str) -> str:
 @click.option("--retrain", "with_retraining", is_flag=True,
               help="Also retrain without the class (with the recipe recorded by `prune train`, else the data set's "
                    "default with --seed) and report the time ratio.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help=_OUT_HELP)
+@out_folder_options(_OUT_HELP)
 @output_options
 def forget_class_cmd(model_path, data_name, data_dir, label, radius_scale, radius, max_relaxed, intermediate,
-                     decision_gate, target, bound, seed, with_retraining, out, output):
+                     decision_gate, target, bound, seed, with_retraining, out, overwrite, output):
     """Forget a whole class (Algorithm 2): CROWN-relaxed supports generalise to unseen class points.
 
     \b
     Example: prune forget-class --model mnist.safetensors --data mnist --label 3 --out forgot-3/
     """
-    model = load_model(model_path)
-    ds = load_dataset(data_name, data_dir)
-    cls = ds.y_train == label
-    result = forget_class(model, label, ds.X_train[cls], target=target, radius_scale=radius_scale, radius=radius,
-                          max_relaxed=max_relaxed, intermediate=intermediate, decision_gate=decision_gate,
-                          bound=bound, seed=seed, domain=(ds.domain_lower, ds.domain_upper),
-                          train_data=(ds.X_train, ds.y_train), test_data=(ds.X_test, ds.y_test),
-                          progress=output.progress)
-    report = result.report
-    if with_retraining:
-        recipe = recorded_recipe(model_path) or recipe_for(ds.name, seed=seed)
-        report = report.with_retraining(retrain(model, ds.X_train[~cls], ds.y_train[~cls], recipe,
-                                                progress=output.progress).seconds)
-    out.mkdir(parents=True, exist_ok=True)
-    save(result.model, out / "patched.safetensors", info={"dataset": ds.name, "forgotten_class": label})
-    report.to_json(out / "report.json")
-    result.certificate.to_json(out / "certificate.json")
-    output.result(report.to_dict(), class_summary(report, label, ds.name))
+    with OutputFolder(out, overwrite=overwrite) as folder:  # --out checked before any work
+        model = load_model(model_path)
+        ds = load_dataset(data_name, data_dir)
+        cls = ds.y_train == label
+        result = forget_class(model, label, ds.X_train[cls], target=target, radius_scale=radius_scale, radius=radius,
+                              max_relaxed=max_relaxed, intermediate=intermediate, decision_gate=decision_gate,
+                              bound=bound, seed=seed, domain=(ds.domain_lower, ds.domain_upper),
+                              train_data=(ds.X_train, ds.y_train), test_data=(ds.X_test, ds.y_test),
+                              progress=output.progress)
+        report = result.report
+        if with_retraining:
+            recipe = recorded_recipe(model_path) or recipe_for(ds.name, seed=seed)
+            report = report.with_retraining(retrain(model, ds.X_train[~cls], ds.y_train[~cls], recipe,
+                                                    progress=output.progress).seconds)
+        files = write_outputs(folder, out, result, None, {"dataset": ds.name, "forgotten_class": label}, report)
+    output.result({**report.to_dict(), "files": files}, class_summary(report, label, ds.name, decision_gate)
+                  + f"\nwrote {', '.join(files.values())}")

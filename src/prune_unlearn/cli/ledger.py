@@ -1,4 +1,4 @@
-"""``prune ledger add|list|process|undo|verify|consolidate``: withdrawal requests and the ledger that records them.
+"""``prune ledger add|list|process|undo|reject|verify|consolidate``: withdrawal requests and the ledger that records them.
 
 Each command opens the ledger (``--ledger``, default ``prune-ledger.sqlite``, or ``$PRUNE_LEDGER``), calls one
 :class:`prune_unlearn.ops.ledger.Ledger` method and prints the result. ``ledger verify`` exits 3 when a check
@@ -40,7 +40,7 @@ def _require(ledger_path: Path) -> None:
 
 @group()
 def ledger() -> None:
-    """Withdrawal requests and the ledger that records them: add, list, process, undo, verify, consolidate."""
+    """Withdrawal requests and the ledger that records them: add, list, process, undo, reject, verify, consolidate."""
 
 
 @ledger.command("add")
@@ -57,10 +57,16 @@ def ledger() -> None:
                    "of --data, else the base model's prediction.")
 @click.option("--sha256", default=None, help="Refuse the --points file unless its SHA-256 is this (hex).")
 @data_options(required=False, help="Data set the indices refer to (or whose training labels --points takes).")
+@click.option("--model", "model_path", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="The model the request is for: its points must fit it, its labels be below its number of classes "
+                   "(needed for --labels without --data); .safetensors or an ONNX MLP (.onnx).")
 @json_option
 def add_cmd(ledger_path, requester, index_values, indices_file, points_file, labels_file, sha256, data_name, data_dir,
-            output):
+            model_path, output):
     """Record a withdrawal request; it stays pending until `prune ledger process`.
+
+    Everything `process` checks is checked first (labels, input shape, domain box, NaN, indices); a refused
+    request writes nothing, not even a new ledger file.
 
     \b
     Example: prune ledger add --requester alice@example.org --data digits --index 3 --index 17
@@ -78,7 +84,7 @@ def add_cmd(ledger_path, requester, index_values, indices_file, points_file, lab
             indices += read_indices(indices_file, len(data.y_train)).tolist()
     with Ledger(ledger_path) as led:
         req = led.add(requester, indices=indices, points_file=points_file, labels_file=labels_file, sha256=sha256,
-                      data=data)
+                      data=data, model=model_path)
     output.result(req.to_dict(), f"request {req.id} from {req.requester}: {req.n_points} point(s), pending "
                                  f"(ledger {ledger_path})")
 
@@ -88,6 +94,8 @@ def _request_table(reqs) -> str:
     for r in reqs:
         source = f"{r.dataset}[{len(r.indices)} idx]" if r.source == "dataset" else Path(r.file).name
         failed = f", {len(r.failed)} failed" if r.failed else ""
+        if r.rejection:
+            failed += f"; rejected by {r.rejection['by']}: {r.rejection['reason'][:60]}"
         lines.append(f"{r.id:>6}  {r.status:<9}  {r.n_points:>6}  {len(r.patterns):>7}  {r.created_at[:19]:<19}  "
                      f"{r.requester} / {source}{failed}")
     lines.append(f"{len(reqs)} request(s)")
@@ -125,7 +133,9 @@ def list_cmd(ledger_path, status, requester, output):
 def process_cmd(ledger_path, model_path, data_name, data_dir, batch_size, bound, epsilon, seed, neighbourhood, output):
     """Forget every pending request once, in batches; rewrite the model and record what honoured each request.
 
-    Running it again with nothing pending changes nothing.
+    Running it again with nothing pending changes nothing. A request that can never be forgotten on this model
+    (labels, input shape, domain box) is rejected with the reason; one whose points cannot be read now (data set
+    or file missing or changed) is skipped and stays pending. Neither blocks the others.
 
     \b
     Example: prune ledger process --model model.safetensors --data digits
@@ -152,6 +162,28 @@ def undo_cmd(request_id, ledger_path, model_path, output):
     with Ledger(ledger_path) as led:
         result = led.undo(request_id, model_path)
     output.result(result.to_dict(), result.summary())
+
+
+@ledger.command("reject")
+@click.argument("request_id", type=click.IntRange(min=1))
+@click.option("--reason", required=True, help="Why (recorded in the ledger): e.g. 'withdrawn by the requester', "
+                                               "'duplicate of 12', a ticket reference.")
+@ledger_option
+@json_option
+def reject_cmd(request_id, reason, ledger_path, output):
+    """Reject (or cancel) a pending request, with a recorded reason; it is never processed.
+
+    The rejection is a hash-chained event like every other. Only a pending request can be rejected (a processed
+    one is undone with `prune ledger undo`). `prune ledger process` rejects by itself the requests it can never
+    forget on the model (labels, input shape or domain box), so they never block the others.
+
+    \b
+    Example: prune ledger reject 7 --reason "withdrawn by the requester"
+    """
+    _require(ledger_path)
+    with Ledger(ledger_path) as led:
+        req = led.reject(request_id, reason)
+    output.result(req.to_dict(), f"rejected request {req.id} from {req.requester}: {req.rejection['reason']}")
 
 
 @ledger.command("verify")

@@ -15,12 +15,14 @@ import torch
 
 from ..core.confusion import BOUND_METHODS
 from ..experiments.datasets import dataset_names
+from ..experiments.datasets.arrays import is_arrays_path
 from ..unlearn.forget import FORGET_TARGETS, STRATEGIES
 from ..unlearn.whole_class import INTERMEDIATE_BOUNDS, RADIUS_RULES
 
-__all__ = ["neighbourhood_options", "parse_radius", "IntList", "NameList", "ClassTarget", "seed_option", "device_option", "data_options", "bound_option",
+__all__ = ["neighbourhood_options", "parse_radius", "IntList", "NameList", "DataName", "ClassTarget", "seed_option",
+           "device_option", "data_options", "bound_option",
            "epsilon_option", "forget_options", "relaxed_support_options", "radius_option", "model_path_option",
-           "read_indices"]
+           "out_folder_options", "read_indices"]
 
 
 class IntList(click.ParamType):
@@ -52,6 +54,26 @@ class NameList(click.ParamType):
         if unknown:
             self.fail(f"{unknown[0]!r} is not one of {', '.join(self.choices)}.", param, ctx)
         return tuple(names)
+
+
+class DataName(click.ParamType):
+    """A data set's name (``dataset_names()``) or the path of a user's own ``.npz`` of arrays."""
+
+    name = "data"
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        return tuple(dataset_names())
+
+    def get_metavar(self, param, *args, **kwargs) -> str:
+        return "[" + "|".join(self.choices) + "|FILE.npz]"
+
+    def convert(self, value, param, ctx):
+        value = str(value)
+        if value in dataset_names() or is_arrays_path(value):
+            return value
+        self.fail(f"{value!r} is not one of {', '.join(dataset_names())}, nor a .npz file of your own arrays.",
+                  param, ctx)
 
 
 class ClassTarget(click.ParamType):
@@ -94,8 +116,10 @@ def data_options(f=None, *, required: bool = True, help: str | None = None):  # 
         f = click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
                          help="Folder with the data set's files (default: $PRUNE_DATA_DIR/<name>; digits and "
                               "mnist5k are built in).")(f)
-        return click.option("--data", "data_name", type=click.Choice(dataset_names()), required=required,
-                            help=help or "The data set.")(f)
+        return click.option("--data", "data_name", type=DataName(), required=required,
+                            help=(help or "The data set.") + f" One of {', '.join(dataset_names())}, or the path of "
+                                 "your own .npz (X_train, y_train, optional X_test, y_test, domain_lower, "
+                                 "domain_upper; used as given, no re-split).")(f)
 
     return decorate(f) if f is not None else decorate
 
@@ -197,6 +221,18 @@ def model_path_option(help: str):  # noqa: A002 - click's word
     """``--model PATH`` (required) with a command-specific help text."""
     return click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
                         help=help)
+
+
+def out_folder_options(help: str):  # noqa: A002 - click's word
+    """``--out FOLDER`` (required) and ``--overwrite``; the folder is written as a whole (:mod:`.paths`)."""
+    def decorate(f):
+        f = click.option("--overwrite", is_flag=True,
+                         help="Replace an existing --out folder that holds files (as a whole; without this flag such "
+                              "a folder is refused before any work).")(f)
+        return click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+                            help=help + " Written as a whole: it appears complete or not at all.")(f)
+
+    return decorate
 
 
 def read_indices(path: Path, n_train: int) -> torch.Tensor:

@@ -4,7 +4,8 @@ A command takes ``--json`` (and, where it shows progress, ``--silent``) through 
 :func:`json_option`, which hand it an :class:`Output`. It then prints its result once with
 :meth:`Output.result`: human text by default, or exactly one JSON document on stdout under ``--json``.
 Status lines (:meth:`Output.note`) and progress bars go to stderr, and are off under ``--json``; progress
-bars are also off under ``--silent`` and when stderr is not a terminal (``prune_unlearn._progress``).
+bars are also off under ``--silent``; when stderr is not a terminal they become a line every 30 s
+(``prune_unlearn._progress``).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ class Output:
 
     @property
     def progress(self) -> bool:
-        """Whether library calls may show progress bars (on stderr, only when it is a terminal)."""
+        """Whether library calls may show progress (on stderr: a bar on a terminal, else a line every 30 s)."""
         return not (self.silent or self.as_json)
 
     def note(self, text: str) -> None:

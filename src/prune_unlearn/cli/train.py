@@ -9,10 +9,12 @@ import click
 from ..core.models import default_architecture
 from ..core.serialization import save
 from ..experiments.datasets import load_dataset
+from ..experiments.datasets.arrays import is_arrays_path
 from ..experiments.training import recipe_for, train_from_spec, width_for
 from ..unlearn.metrics import accuracy, predict
 from .options import data_options, device_option, seed_option
 from .output import output_options
+from .paths import check_output_file
 from .policy import command
 from .recorded import recorded_options
 
@@ -41,13 +43,19 @@ def train(data_name, data_dir, out, epochs, lr, width, seed, device, recorded, o
     \b
     Example: prune train --data digits --out digits.safetensors
     """
+    check_output_file(out)  # before any work: a bad --out is an error now, not after training
     ds = load_dataset(data_name, data_dir)
-    spec = default_architecture(ds.name, ds.input_dim, ds.num_classes, ds.input_shape,
-                                width=width if width is not None else width_for(ds.name))
+    if is_arrays_path(data_name):  # your own arrays: FC(256), the paper's model for tabular data
+        spec = {"kind": "mlp", "input_dim": ds.input_dim, "hidden": [256], "num_classes": ds.num_classes}
+    else:
+        spec = default_architecture(ds.name, ds.input_dim, ds.num_classes, ds.input_shape,
+                                    width=width if width is not None else width_for(ds.name))
     recipe = recipe_for(ds.name, epochs=epochs, lr=lr, seed=seed)
     if recorded is not None:  # replayable, sharded training (cli/recorded.py); CPU unless --device was given
         explicit = click.get_current_context().get_parameter_source("device") != click.core.ParameterSource.DEFAULT
         return output.result(*recorded.run(ds, spec, recipe, out, device if explicit else "cpu", output.progress))
+    output.note(f"training {spec['kind']} on {ds.name} ({len(ds.y_train)} training points) for {recipe.epochs} "
+                f"epochs on {device} …")
     result = train_from_spec(spec, ds.X_train, ds.y_train, recipe, progress=output.progress, device=device)
     result.model.to("cpu")
     test_acc = accuracy(predict(result.model, ds.X_test), ds.y_test)

@@ -181,7 +181,8 @@ def load(path: str | Path, *, base: nn.Module | None = None) -> nn.Module:
 
 
 def load_model(path: str | Path, *, layers: Sequence[int] | None = None) -> nn.Module:
-    """A model file as a module: a ``.safetensors`` file written by :func:`save` (see :func:`load`), or, with
+    """A model file as a module: a ``.safetensors`` file written by :func:`save` (see :func:`load`), an ONNX MLP
+    (``.onnx``: Gemm/MatMul/Add/Relu/Flatten, :mod:`prune_unlearn.core.onnx_import`), or, with
     ``layers``, a user's PyTorch state dict of an MLP with those layer sizes (e.g. ``[784, 256, 256, 10]``).
 
     A state dict is read with ``torch.load(weights_only=True)`` (never unpickling arbitrary objects); a
@@ -192,12 +193,16 @@ def load_model(path: str | Path, *, layers: Sequence[int] | None = None) -> nn.M
     from .models import mlp_from_state_dict
 
     path = Path(path)
+    if path.suffix == ".onnx":
+        from .onnx_import import load_onnx
+
+        return load_onnx(path)
     if path.suffix == ".safetensors" or layers is None:
         if path.suffix != ".safetensors" and path.exists():
             raise InputValidationError(
                 f"{path} is not a .safetensors file written by prune_unlearn. HINT: for a PyTorch state dict of an "
                 "MLP, also pass its layer sizes: layers=[784, 256, 256, 10] (--layers 784,256,256,10 on the "
-                "command line).")
+                "command line); an ONNX MLP needs the suffix .onnx.")
         return load(path)
     sizes = list(layers) if not isinstance(layers, (str, bytes)) else []
     if not sizes or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sizes):

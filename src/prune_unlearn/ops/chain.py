@@ -26,7 +26,7 @@ __all__ = [
 ]
 
 GENESIS_HASH = "0" * 64
-STATUSES = ("pending", "processed", "undone", "consolidated")
+STATUSES = ("pending", "processed", "undone", "consolidated", "rejected")
 
 
 class Event(NamedTuple):
@@ -127,6 +127,13 @@ def _consolidate(rows: Mapping[int, RequestRow], event: Event) -> list[RequestRo
     return out
 
 
+def _reject(rows: Mapping[int, RequestRow], event: Event) -> list[RequestRow]:
+    """A pending request leaves the queue for good, with the reason (and who rejected it) as its result."""
+    body = event.body
+    result = canonical({"rejection": {"reason": body["reason"], "by": body["by"], "event": event.id}})
+    return [_advance(rows, event, body["request"], "rejects", "pending", status="rejected", result=result)]
+
+
 @dataclass(frozen=True)
 class EventKind:
     """What events of one kind do.
@@ -147,6 +154,7 @@ EVENT_KINDS: dict[str, EventKind] = {
     "undo": EventKind(_undo, lambda body: [body["request"]], writes_model=True),
     "consolidate": EventKind(_consolidate, lambda body: [*body["consolidated"], *(r["id"] for r in body["repatched"])],
                              writes_model=True),
+    "reject": EventKind(_reject, lambda body: [body["request"]]),
 }
 MODEL_EVENTS = tuple(kind for kind, spec in EVENT_KINDS.items() if spec.writes_model)
 

@@ -6,8 +6,8 @@ tensor hash before and after (``tensors_sha256`` of the file header), and the mo
 
 Crash safety: after a kill -9 at any instant, model file and ledger are both old or both new
 ---------------------------------------------------------------------------------------------
-Model-changing work holds an exclusive lock on ``<ledger>.lock`` (:func:`writer_lock`) and commits each
-change in three steps (:func:`commit_model`):
+Model-changing work holds an exclusive lock on ``<ledger>.lock`` (:func:`writer_lock`; the file exists only while
+the lock is held) and commits each change in three steps (:func:`commit_model`):
 
 1. in one SQLite write transaction: build the event, write the new model to ``<model>.pending`` (temp file,
    fsync, rename, fsync folder) with the event's hash in its header, insert the event with
@@ -79,25 +79,37 @@ def _file_model_sha256(path: Path) -> str | None:
 def writer_lock(path: Path, blocking: bool = True):
     """One model-changing writer at a time; the OS drops the lock when its holder dies (even on kill -9).
 
-    Yields whether the lock is held (always, when ``blocking``)."""
+    Yields whether the lock is held (always, when ``blocking``). The lock file exists only while it is held: the
+    holder deletes it before unlocking, and a process that locked a file someone deleted meanwhile locks the new
+    one instead (so two writers never hold locks on different files). A kill -9 leaves the file, unlocked; the
+    next writer takes it and deletes it."""
     try:
         import fcntl
     except ImportError:  # no flock (Windows): one writer at a time is up to the caller
         yield True
         return
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
         except BlockingIOError:
+            os.close(fd)
             yield False
             return
         try:
-            yield True
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the holder before us deleted this file: lock the one at the path now
+    try:
+        yield True
     finally:
-        os.close(fd)
+        try:
+            os.unlink(path)
+        finally:
+            os.close(fd)  # closing drops the lock
 
 
 @contextlib.contextmanager

@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -19,10 +20,12 @@ import torch
 from torch import nn
 
 from .._hashing import point_sha256, points_sha256
-from ..errors import LedgerError
+from ..errors import LedgerError, PruneError
 from .chain import RequestRow
+from .checks import check_points, domain_of, expectation
 
-__all__ = ["REQUEST_FIELDS", "DataSets", "read_points_file", "check_labels", "describe", "gather"]
+__all__ = ["REQUEST_FIELDS", "DataSets", "read_points_file", "check_labels", "describe", "request_box", "Screened",
+           "screen", "gather"]
 
 REQUEST_FIELDS = ("requester", "indices", "points_file", "labels_file", "sha256")
 
@@ -51,8 +54,11 @@ def read_points_file(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tenso
             X, labels = tensors["X"], tensors.get("y")
         else:
             raise LedgerError(f"The points file {path} must be .npy or .safetensors (with X and optionally y).")
-    except (ValueError, OSError) as exc:
-        raise LedgerError(f"The points file {path} is not a readable {path.suffix} file: {exc}") from None
+    except LedgerError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - numpy and safetensors raise many types for malformed files
+        raise LedgerError(f"The points file {path} is not a readable {path.suffix} file ({type(exc).__name__}: "
+                          f"{exc}). HINT: write it with numpy.save(path, X.astype('float32')).") from None
     if X.dim() < 2 or len(X) == 0 or not X.is_floating_point():
         raise LedgerError(f"The points file {path} must hold a float array of shape (n, ...) with n ≥ 1, one "
                           f"point per row; got {X.dtype} of shape {tuple(X.shape)}. HINT: save a single point as "
@@ -67,7 +73,11 @@ def read_points_file(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tenso
 
 def check_labels(labels: Any, n: int, where: str) -> torch.Tensor:
     """``labels`` as int64, refused unless they are ``n`` non-negative integers."""
-    t = torch.as_tensor(labels)
+    try:
+        t = torch.as_tensor(np.asarray(labels).astype(np.int64) if np.asarray(labels).dtype.kind in "ui" else labels)
+    except (TypeError, ValueError, RuntimeError):
+        raise LedgerError(f"The labels ({where}) must be {n} non-negative integers, one per point; got "
+                          f"{np.asarray(labels).dtype} values.") from None
     if t.dtype.is_floating_point or t.dtype == torch.bool or t.dtype.is_complex or tuple(t.shape) != (n,) \
             or (n and int(t.min()) < 0):
         raise LedgerError(f"The labels ({where}) must be {n} non-negative integers, one per point; got dtype "
@@ -111,8 +121,12 @@ class DataSets:
 # --- a new request --------------------------------------------------------------------------------------
 
 
-def describe(spec: Mapping[str, Any], datasets: DataSets) -> dict:
-    """The record of a new request (without id and time), validated; no write happens before all are."""
+def describe(spec: Mapping[str, Any], datasets: DataSets, model: nn.Module | None = None, domain=None) -> dict:
+    """The record of a new request (without id and time), validated; no write happens before all are.
+
+    Its points are checked as ``process`` will check them (:func:`.checks.check_points`), against the data set
+    given (shape, classes, box), ``model`` (shape, classes) and ``domain`` (the box, default the data set's, else
+    [0, 1]); labels need a data set or a model to be checked against."""
     unknown = set(spec) - set(REQUEST_FIELDS)
     if unknown:
         raise LedgerError(f"Unknown request field(s) {sorted(unknown)}; a request has requester, indices or "
@@ -123,19 +137,34 @@ def describe(spec: Mapping[str, Any], datasets: DataSets) -> dict:
     if (spec.get("indices") is None) == (spec.get("points_file") is None):
         raise LedgerError("A request names its points either by training-set indices (indices=, with data=) or "
                           "by a file (points_file=), exactly one of the two.")
-    if spec.get("indices") is not None:
-        return {"requester": requester, **_describe_indices(spec, datasets)}
-    return {"requester": requester, **_describe_file(spec, datasets)}
+    describe_points = _describe_indices if spec.get("indices") is not None else _describe_file
+    record, X = describe_points(spec, datasets)
+    labels = torch.tensor(record["labels"], dtype=torch.int64) if record["labels"] is not None else None
+    expect = expectation(datasets.given(), model, domain)
+    check_points(X, labels, expect, f"The request of {requester!r}")
+    return {"requester": requester, **record, "domain": [_json_bound(expect.lower), _json_bound(expect.upper)]}
 
 
-def _describe_indices(spec: Mapping[str, Any], datasets: DataSets) -> dict:
+def _json_bound(v) -> float | list:
+    """A box bound as recorded: one number when it is the same for every feature."""
+    t = torch.as_tensor(v, dtype=torch.float64).flatten()
+    return float(t[0]) if bool((t == t[0]).all()) else t.tolist()
+
+
+def _describe_indices(spec: Mapping[str, Any], datasets: DataSets) -> tuple[dict, torch.Tensor]:
     if spec.get("labels_file") or spec.get("sha256"):
         raise LedgerError("labels_file and sha256 go with points_file, not with indices.")
     ds = datasets.given()
     if ds is None:
         raise LedgerError("Requests by index need the data set they index. HINT: pass data='digits' (a name) "
                           "or data=<Dataset>.")
-    idx = [int(i) for i in torch.as_tensor(spec["indices"]).flatten().tolist()]
+    try:
+        raw = torch.as_tensor(spec["indices"]).flatten()
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise LedgerError(f"A request's indices must be integers; got {spec['indices']!r} ({exc}).") from None
+    if raw.dtype.is_floating_point or raw.dtype == torch.bool or raw.dtype.is_complex:
+        raise LedgerError(f"A request's indices must be integers; got {raw.dtype} values.")
+    idx = [int(i) for i in raw.tolist()]
     n = len(ds.y_train)
     bad = [i for i in idx if not 0 <= i < n]
     if not idx or bad or len(set(idx)) != len(idx):
@@ -145,10 +174,10 @@ def _describe_indices(spec: Mapping[str, Any], datasets: DataSets) -> dict:
     X = ds.X_train[torch.tensor(idx)]
     return {"source": "dataset", "dataset": ds.name, "indices": idx, "file": None, "file_sha256": None,
             "labels_file": None, "n_points": len(idx), "point_sha256": points_sha256(X),
-            "labels": ds.y_train[torch.tensor(idx)].tolist()}
+            "labels": ds.y_train[torch.tensor(idx)].tolist()}, X
 
 
-def _describe_file(spec: Mapping[str, Any], datasets: DataSets) -> dict:
+def _describe_file(spec: Mapping[str, Any], datasets: DataSets) -> tuple[dict, torch.Tensor]:
     path = Path(spec["points_file"]).resolve()
     X, labels, digest = read_points_file(path)
     if spec.get("sha256") and spec["sha256"].lower() != digest:
@@ -157,9 +186,11 @@ def _describe_file(spec: Mapping[str, Any], datasets: DataSets) -> dict:
     if spec.get("labels_file"):
         labels_file = Path(spec["labels_file"]).resolve()
         try:
-            labels = check_labels(np.load(labels_file, allow_pickle=False), len(X), str(labels_file))
-        except (OSError, ValueError) as exc:
-            raise LedgerError(f"Cannot read the labels file {labels_file}: {exc}") from None
+            raw_labels = np.load(labels_file, allow_pickle=False)
+        except Exception as exc:  # noqa: BLE001 - numpy raises many types for malformed files
+            raise LedgerError(f"Cannot read the labels file {labels_file} as a .npy of integers ({type(exc).__name__}: "
+                              f"{exc}).") from None
+        labels = check_labels(raw_labels, len(X), str(labels_file))
     ds = datasets.given()
     if labels is None and ds is not None:  # default: the training labels
         found = [datasets.training_label(ds, x) for x in X]
@@ -169,19 +200,26 @@ def _describe_file(spec: Mapping[str, Any], datasets: DataSets) -> dict:
         labels = torch.tensor(found)
     return {"source": "file", "dataset": ds.name if ds is not None else None, "indices": None, "file": str(path),
             "file_sha256": digest, "labels_file": str(labels_file) if labels_file else None, "n_points": len(X),
-            "point_sha256": points_sha256(X), "labels": labels.tolist() if labels is not None else None}
+            "point_sha256": points_sha256(X), "labels": labels.tolist() if labels is not None else None}, X
 
 
 # --- its points, again ----------------------------------------------------------------------------------
 
 
-def _points(row: RequestRow, rec: dict, datasets: DataSets) -> tuple[torch.Tensor, tuple | None]:
-    """A request's points, re-read from its data set or file and checked against the recorded hashes, and
-    the data set's domain box (None for a file)."""
-    domain = None
+def request_box(rec: dict, datasets: DataSets) -> tuple:
+    """The domain box a request's points are checked against and forgotten in: the one recorded when it was
+    added; for records written before boxes were recorded, its data set's (index requests) or [0, 1] (files)."""
+    if rec.get("domain") is not None:
+        return tuple(rec["domain"])
+    if rec["source"] == "dataset":
+        return domain_of(datasets.named(rec["dataset"]))
+    return (0.0, 1.0)
+
+
+def _points(row: RequestRow, rec: dict, datasets: DataSets) -> torch.Tensor:
+    """A request's points, re-read from its data set or file and checked against the recorded hashes."""
     if rec["source"] == "dataset":
         ds = datasets.named(rec["dataset"])
-        domain = (ds.domain_lower, ds.domain_upper)
         if max(rec["indices"]) >= len(ds.y_train):
             raise LedgerError(f"Request {row.id} names training indices up to {max(rec['indices'])}, but data set "
                               f"{ds.name!r} has {len(ds.y_train)} training points.")
@@ -196,30 +234,66 @@ def _points(row: RequestRow, rec: dict, datasets: DataSets) -> tuple[torch.Tenso
     if points_sha256(x) != rec["point_sha256"]:
         raise LedgerError(f"Request {row.id}: its points in {where} no longer match the hashes recorded when it was "
                           "added. HINT: use the same data set version (and --data-dir) as then.")
-    return x, domain
+    return x
 
 
-def gather(rows: list[RequestRow], datasets: DataSets, model: nn.Module):
-    """Points and labels of requests, re-read and checked (:func:`_points`), with each request's span of rows
-    ``(id, start, stop)`` and the domain box of the last data set among them (else [0, 1])."""
+@dataclass
+class Screened:
+    """Pending requests sorted for one ``process`` batch.
+
+    ``ready``: ``(row, points, labels, box)`` of requests that can be forgotten now; ``skipped``: requests whose
+    points cannot be read now (a data set or file missing or changed: they stay pending, a later run may read
+    them); ``rejected``: requests that can never be forgotten on this model (labels, shape or box): they are
+    rejected with the reason, so that they never block the others."""
+
+    ready: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)
+    rejected: list = field(default_factory=list)
+
+
+def screen(rows: list[RequestRow], datasets: DataSets, model: nn.Module, domain=None) -> Screened:
+    """Re-read each request's points (:func:`_points`) and check them as ``add`` did (:func:`.checks.check_points`,
+    against ``model`` and the box: ``domain`` if given, else :func:`request_box`)."""
     from ..core.patches import PatchedModel
 
     base = model.base if isinstance(model, PatchedModel) else model
-    xs, ys, spans, domain, start = [], [], [], (0.0, 1.0), 0
+    out = Screened()
     for row in rows:
         rec = json.loads(row.record)
-        x, ds_domain = _points(row, rec, datasets)
-        domain = ds_domain or domain
+        try:
+            x = _points(row, rec, datasets)
+            box = tuple(domain) if domain is not None else request_box(rec, datasets)
+        except PruneError as exc:
+            out.skipped.append({"id": row.id, "reason": str(exc)})
+            continue
+        labels = torch.tensor(rec["labels"], dtype=torch.int64) if rec["labels"] is not None else None
+        try:
+            check_points(x, labels, expectation(None, base, box), f"Request {row.id}")
+        except LedgerError as exc:
+            out.rejected.append({"id": row.id, "reason": str(exc)})
+            continue
+        if labels is None:  # no label given: the base model's prediction
+            with torch.no_grad():
+                labels = base(x).argmax(1).cpu()
+        out.ready.append((row, x, labels, box))
+    return out
+
+
+def gather(rows: list[RequestRow], datasets: DataSets, model: nn.Module):
+    """Points and labels of requests that must all be readable and fit ``model`` (consolidation re-patches
+    processed requests: none may be skipped), with each request's span of rows ``(id, start, stop)`` and the
+    domain box of the last of them (else [0, 1])."""
+    screened = screen(rows, datasets, model)
+    bad = screened.skipped + screened.rejected
+    if bad:
+        raise LedgerError(bad[0]["reason"])
+    xs, ys, spans, domain, start = [], [], [], (0.0, 1.0), 0
+    for row, x, labels, box in screened.ready:
         if xs and x.shape[1:] != xs[0].shape[1:]:
             raise LedgerError(f"Request {row.id} has points of shape {tuple(x.shape[1:])}, but request "
                               f"{rows[0].id} has {tuple(xs[0].shape[1:])}; a model takes one input shape.")
-        if rec["labels"] is not None:
-            y = torch.tensor(rec["labels"], dtype=torch.int64)
-        else:  # no label given: the base model's prediction
-            with torch.no_grad():
-                y = base(x).argmax(1).cpu()
         xs.append(x)
-        ys.append(y)
+        ys.append(labels)
         spans.append((row.id, start, start + len(x)))
-        start += len(x)
+        start, domain = start + len(x), box
     return torch.cat(xs), torch.cat(ys), spans, domain

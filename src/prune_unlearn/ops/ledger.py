@@ -1,7 +1,7 @@
 """The request ledger: withdrawal requests arrive over time, are forgotten once, and can be listed or undone.
 
 A ledger is one SQLite file (:mod:`.store`) with two tables: ``events``, append-only and hash-chained
-(:mod:`.chain`: every change is an event, ``add``, ``process`` or ``undo``), and ``requests``, the current
+(:mod:`.chain`: every change is an event, ``add``, ``process``, ``undo`` or ``reject``), and ``requests``, the current
 state of every request, a cache of the events that :meth:`Ledger.verify` replays and compares.
 A request names its points by training-set index of a data set or by a file (:mod:`.intake`); the ledger
 keeps their hashes and labels, never the points. Model-changing work (:mod:`.process`, :mod:`.undo`,
@@ -26,6 +26,7 @@ from .commit import CRASH_ENV, CRASH_POINTS, recover_if_idle
 from .consolidate import CONSOLIDATE_CRASH_POINTS, consolidate
 from .intake import DataSets, describe, read_points_file
 from .process import process_pending
+from .reject import reject_request
 from .replay import replay
 from .results import ConsolidateResult, ProcessResult, ReplayResult, Request, UndoResult, VerifyResult
 from .store import DEFAULT_LEDGER_PATH, Store
@@ -43,9 +44,11 @@ class Ledger:
 
     Requests are added at any time (``pending``), forgotten in batches by :meth:`process` (``processed``:
     the ledger records which patched regions honour each), and can be undone (``undone``: their regions
-    leave the model unless another live request needs them). For a model from recorded training,
-    :meth:`consolidate` retrains without the processed requests' points and retires their patches
-    (``consolidated``); :meth:`replay` checks that retraining bit for bit. Opening creates the file on first use.
+    leave the model unless another live request needs them). A pending request can be rejected with a reason
+    (:meth:`reject`; ``process`` rejects those it can never forget), so it never blocks the others. For a model
+    from recorded training, :meth:`consolidate` retrains without the processed requests' points and retires
+    their patches (``consolidated``); :meth:`replay` checks that retraining bit for bit. The file is created by
+    the first write: opening a ledger that does not exist reads it as empty.
 
     Examples
     --------
@@ -117,7 +120,7 @@ class Ledger:
     # --- writing -------------------------------------------------------------------------------------
 
     def add(self, requester: str, *, indices=None, points_file=None, labels_file=None, sha256: str | None = None,
-            data=None, data_dir=None) -> Request:
+            data=None, data_dir=None, model=None, domain=None) -> Request:
         """Record a pending withdrawal request.
 
         Parameters
@@ -135,15 +138,30 @@ class Ledger:
             Refuse ``points_file`` unless it has this SHA-256.
         data : str or Dataset, optional
             The data set (name or object); needed with ``indices``.
+        model : path or nn.Module, optional
+            The model the request is for: its points must fit it and its labels be below its number of outputs.
+        domain : (lower, upper), optional
+            The domain box the points must lie in (default: the data set's, else [0, 1]); recorded with the
+            request, which ``process`` forgets in that box.
+
+        Everything ``process`` will check is checked here, before anything is written (points finite and
+        inside the box; input shape and labels against the data set and/or the model: labels need one of
+        them), and a refused request leaves no ledger file behind.
         """
         return self.add_many([{"requester": requester, "indices": indices, "points_file": points_file,
-                               "labels_file": labels_file, "sha256": sha256}], data=data, data_dir=data_dir)[0]
+                               "labels_file": labels_file, "sha256": sha256}], data=data, data_dir=data_dir,
+                             model=model, domain=domain)[0]
 
-    def add_many(self, requests: Iterable[Mapping[str, Any]], *, data=None, data_dir=None) -> list[Request]:
+    def add_many(self, requests: Iterable[Mapping[str, Any]], *, data=None, data_dir=None, model=None,
+                 domain=None) -> list[Request]:
         """Record many requests (dicts with :meth:`add`'s keywords) in one transaction: all or none."""
         datasets = DataSets(data, data_dir)
+        if model is not None and not isinstance(model, nn.Module):
+            from ..core.serialization import load_model
+
+            model = load_model(model)
         specs = [{k: v for k, v in spec.items() if v is not None} for spec in requests]
-        records = [describe(spec, datasets) for spec in specs]
+        records = [describe(spec, datasets, model, domain) for spec in specs]
         if not records:
             return []
         created = now()
@@ -221,3 +239,10 @@ class Ledger:
         """
         return replay(self._store, model_path, [int(k) for k in shards], record_root=record, data=data,
                       data_dir=data_dir, base=base)
+
+    def reject(self, request_id: int, reason: str) -> Request:
+        """Reject a pending request for ``reason`` (a hash-chained ``reject`` event); it is never processed.
+
+        For a request withdrawn by its requester, a duplicate, or one that cannot be honoured. Waits for a
+        running ``process`` to finish. Only pending requests can be rejected (undo a processed one)."""
+        return reject_request(self._store, request_id, reason)

@@ -26,7 +26,8 @@ __all__ = ["VERSIONS", "MIGRATIONS", "widen_checks", "upgrade"]
 #: what each ledger format version holds
 VERSIONS = {
     1: "events add, process, undo; statuses pending, processed, undone",
-    2: "event consolidate; status consolidated (requests retrained away and their patches retired)",
+    2: "events consolidate and reject; statuses consolidated (requests retrained away and their patches retired) "
+       "and rejected (a pending request taken out of the queue, with the reason recorded)",
 }
 
 

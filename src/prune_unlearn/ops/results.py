@@ -14,6 +14,8 @@ class Request:
 
     ``patterns`` are the ``pattern_sha256`` of the patched regions covering its points (as in the
     certificate); ``claims`` hold one entry per forgotten point, ``failed`` the points that could not be.
+    ``domain`` is the box its points were checked against when it was added (None for requests added before
+    boxes were recorded); ``rejection`` the reason, who rejected it and the event, for a rejected request.
     A ``consolidated`` request has no patterns left (the model was retrained without its points by event
     ``consolidated_event``); its claims stay as the record of what its patches proved.
     """
@@ -37,6 +39,8 @@ class Request:
     processed_event: int | None = None
     undone_event: int | None = None
     consolidated_event: int | None = None
+    domain: list | None = None
+    rejection: dict | None = None
 
     @classmethod
     def from_row(cls, row) -> "Request":
@@ -49,7 +53,8 @@ class Request:
             file_sha256=rec.get("file_sha256"), labels_file=rec.get("labels_file"), n_points=rec["n_points"],
             point_sha256=rec["point_sha256"], labels=rec.get("labels"), patterns=res.get("patterns", []),
             claims=res.get("claims", []), failed=res.get("failed", []), processed_event=row.processed_event,
-            undone_event=row.undone_event, consolidated_event=res.get("consolidated_event"),
+            undone_event=row.undone_event, consolidated_event=res.get("consolidated_event"), domain=rec.get("domain"),
+            rejection=res.get("rejection"),
         )
 
     def to_dict(self) -> dict:
@@ -58,7 +63,9 @@ class Request:
 
 @dataclass(frozen=True)
 class ProcessResult:
-    """What one :meth:`Ledger.process` call did; ``requests`` is empty when nothing was pending."""
+    """What one :meth:`Ledger.process` call did: ``requests`` it processed (empty when nothing was pending),
+    ``skipped`` (``{"id", "reason"}``: points unreadable now, still pending) and ``rejected`` (never forgettable
+    on this model, rejected with the reason)."""
 
     requests: list
     n_points: int
@@ -69,16 +76,21 @@ class ProcessResult:
     model_sha256: str | None
     ledger_head: str
     seconds: float
+    skipped: list = field(default_factory=list)
+    rejected: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def summary(self) -> str:
-        if not self.requests:
+        if not (self.requests or self.skipped or self.rejected):
             return "nothing to do: no pending requests"
-        return (f"processed {len(self.requests)} request(s) ({self.n_points} points) in {len(self.batches)} "
-                f"batch(es): {self.n_forgotten} forgotten, {self.n_failed} failed; the model has {self.n_regions} "
-                f"patched region(s); {self.seconds:.2f} s; ledger head {self.ledger_head[:12]}…")
+        lines = [f"processed {len(self.requests)} request(s) ({self.n_points} points) in {len(self.batches)} "
+                 f"batch(es): {self.n_forgotten} forgotten, {self.n_failed} failed; the model has {self.n_regions} "
+                 f"patched region(s); {self.seconds:.2f} s; ledger head {self.ledger_head[:12]}…"]
+        lines += [f"rejected request {r['id']}: {r['reason']}" for r in self.rejected]
+        lines += [f"skipped request {s['id']} (still pending): {s['reason']}" for s in self.skipped]
+        return "\n".join(lines)
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,9 @@ SQLite settings: ``journal_mode=DELETE`` keeps the ledger one self-contained fil
 to lose when copying it; works on network filesystems). ``synchronous=EXTRA`` is ``FULL`` (journal and database
 fsynced at each commit) plus an fsync of the folder once the journal is deleted, which is the commit point in
 this mode: a COMMIT is on disk before the model file is renamed (see :mod:`.commit`), even across a power loss.
+
+The file is created by the first write, not by opening: a ledger that does not exist yet reads as empty (an
+in-memory database with the same schema), so a refused first request leaves no file behind.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ __all__ = ["Store", "DEFAULT_LEDGER_PATH", "LEDGER_KIND", "LEDGER_FORMAT_VERSION
 
 DEFAULT_LEDGER_PATH = "prune-ledger.sqlite"
 LEDGER_KIND = "prune-request-ledger"
-# 2: the consolidate event and the consolidated status (ops/migrate.py upgrades version-1 files before a write).
+# 2: the consolidate and reject events, the consolidated and rejected statuses (ops/migrate.py upgrades
+#    version-1 files before a write).
 LEDGER_FORMAT_VERSION = 2
 
 
@@ -79,10 +83,26 @@ def _create(conn: sqlite3.Connection, path: Path) -> None:
         raise
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    """Open (creating on first use) the ledger at ``path``; refuse any other file."""
+def _check_path(path: Path) -> None:
     if path.is_dir():
         raise LedgerError(f"The ledger path {path} is a folder; give a file name, e.g. {path / DEFAULT_LEDGER_PATH}.")
+    blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise LedgerError(f"The ledger path {path} is under {blocker}, which is a file, not a folder. HINT: choose "
+                          "another --ledger path.")
+
+
+def _empty() -> sqlite3.Connection:
+    """An in-memory ledger: what a ledger file that does not exist yet reads as."""
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    _create(conn, Path(":memory:"))
+    conn.execute("INSERT OR REPLACE INTO meta VALUES ('in_memory', 'not created yet')")
+    return conn
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    """Open (creating on first use) the ledger at ``path``; refuse any other file."""
+    _check_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(str(path), timeout=60.0, isolation_level=None)
     try:
@@ -113,19 +133,32 @@ class Store:
 
     Writes happen inside :meth:`transaction`; :meth:`insert` keeps the requests table equal to what the
     events say (:func:`.chain.apply_event`). A file of an older format version is read as it is and upgraded
-    (:mod:`.migrate`) before the first write.
+    (:mod:`.migrate`) before the first write; a file that does not exist yet is created by the first write.
     """
 
     def __init__(self, path: Path):
         self.path = path
-        self.conn = _connect(path)
+        if path.exists():
+            self.conn = _connect(path)
+        else:
+            _check_path(path)
+            self.conn = _empty()
         self.version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+
+    @property
+    def created(self) -> bool:
+        """Whether the ledger file exists (it is created by the first write)."""
+        return self.conn.execute("SELECT 1 FROM meta WHERE key = 'in_memory'").fetchone() is None
 
     def close(self) -> None:
         self.conn.close()
 
     def upgrade(self) -> None:
-        """Bring an older ledger file to the current format version (a no-op for a current one)."""
+        """Create the file on the first write, and bring an older one to the current format version."""
+        if not self.created:
+            self.conn.close()
+            self.conn = _connect(self.path)
+            self.version = self.conn.execute("PRAGMA user_version").fetchone()[0]
         if self.version < LEDGER_FORMAT_VERSION:
             self.version = upgrade(self.conn, self.path, _SCHEMA, LEDGER_FORMAT_VERSION)
 

@@ -248,9 +248,10 @@ def run_forget(model: nn.Module, points, *, labels=None, head: str | None = None
         ref_logits, which, described = reference_logits(refs, x, problem.head.num_classes)
     t0 = time.perf_counter()
     if refs is None:
-        rows = _solve(problem, options)
-    else:
+        rows, n_resolved = _solve(problem, options)
+    else:  # reference-model bands: every unit, already-patched ones solved again (their rows are replaced)
         rows, bands = unseen_rows(problem, list(range(len(problem.units))), ref_logits)
+        n_resolved = sum(1 for u in range(len(problem.units)) if problem.units.prior[u] >= 0)
     problem.progress.close()
     timings["patches"] = time.perf_counter() - t0
     patched = rows.add_to(problem.model, replace=problem.replaced_prior_rows()).eval()
@@ -274,9 +275,15 @@ def run_forget(model: nn.Module, points, *, labels=None, head: str | None = None
                                   neighbourhoods=neighbourhood_entries(patched, options.domain,
                                                                        problem.box.source != "input box"))
     unlearn_seconds = time.perf_counter() - t_start  # everything but the optional evaluation below
-    metrics = unlearning_metrics(patched.base, patched, forget_data=(x, problem.labels), test_data=test_data,
+    # "before" is the model as given (on a second run, already patched), so a point forgotten earlier counts as
+    # already forgotten rather than as a point this run flipped
+    metrics = unlearning_metrics(model, patched, forget_data=(x, problem.labels), test_data=test_data,
                                  remaining_data=remaining_data)
-    report = _point_report(options, problem, rows, patched, claims, failed, unlearn_seconds, timings, metrics)
+    with torch.no_grad():
+        given = model(x_dev).argmax(1).cpu()  # the model as given, in one batch like the check above
+    counts = {"n_already_forgotten": int((given != problem.labels).sum()), "n_regions_resolved": n_resolved}
+    report = _point_report(options, problem, rows, patched, claims, failed, unlearn_seconds, timings,
+                           {**metrics, **counts})
     return ForgetResult(patched, report, certificate)
 
 
@@ -346,11 +353,12 @@ def _point_problem(model, points, labels, head, options: ForgetOptions, progress
     return x, x_dev, problem, timings
 
 
-def _solve(problem: PointProblem, options: ForgetOptions) -> PatchRows:
+def _solve(problem: PointProblem, options: ForgetOptions) -> tuple[PatchRows, int]:
     """Regions already patched in the prior rows are re-solved for the union of their points (keeping their
     target where allowed), then the strategy patches the fresh ones. On a model with neighbourhood rows, a
     region that may reach one takes that row's target, and is left unpatched (``problem.blocked``) where
-    rows with different targets (or its own label) reach it: no neighbourhood claim may break."""
+    rows with different targets (or its own label) reach it: no neighbourhood claim may break. → the rows
+    (re-solved first) and how many rows are re-solved ones."""
     units, prior = problem.units, problem.prior
     forced = forced_region_targets(problem.model.neighbourhoods, problem.head, units.masks, units.excluded)
     problem.blocked = {u for u in range(len(units)) if forced[u] == -2}
@@ -361,12 +369,13 @@ def _solve(problem: PointProblem, options: ForgetOptions) -> PatchRows:
                             if prior.bound_code[units.prior[u]] != BOUND_CODES["point"]
                             else torch.tensor(-1) for u in merged])
         parts.append(region_rows(problem, merged, keep))
+    n_resolved = len(parts[0]) if parts else 0
     fresh = [u for u in range(len(units)) if units.prior[u] < 0 and u not in problem.blocked]
     if problem.model.has_neighbourhoods:  # per-point only (validate_model refuses "cluster")
         parts.append(region_rows(problem, fresh, forced[fresh] if fresh else None))
     else:
         parts.append(options.make_strategy().rows(problem, fresh))
-    return PatchRows.concat(parts)
+    return PatchRows.concat(parts), n_resolved
 
 
 def point_claims(problem: PointProblem, rows: PatchRows, patched: PatchedModel, x: torch.Tensor,
@@ -411,7 +420,7 @@ def _point_report(options: ForgetOptions, problem: PointProblem, rows: PatchRows
         target_rule=options.target, n_forget=n, n_forgotten=n - len({f["index"] for f in failed}),
         n_certified_region=sum(1 for c in claims if c["proved"] == "region"),
         n_certified_point=sum(1 for c in claims if c["proved"] == "point"),
-        n_failed=len(failed), n_regions_new=len(rows), n_patches_total=len(patched.patches),
+        n_failed=len(failed), n_regions_new=len(rows) - metrics["n_regions_resolved"], n_patches_total=len(patched.patches),
         unlearn_seconds=unlearn_seconds,
         patch_linf_mean=float(linf.mean()) if len(linf) else 0.0,
         patch_linf_max=float(linf.max()) if len(linf) else 0.0,

@@ -333,4 +333,4 @@ def _report(options, p: NeighbourhoodProblem, rows: NeighbourhoodRows, patched: 
         radius_max=float(r_ok.max()) if len(r_ok) else None,
         crown_radius_median=float(crown.median()) if crown is not None else None,
         outer=float(options.outer), within_region=bool(options.within_region),
-        n_resolved_prior_rows=rows.n_resolved_prior, **metrics)
+        n_regions_resolved=rows.n_resolved_prior, **metrics)

@@ -22,8 +22,10 @@ from ..verify.certificate import Certificate
 __all__ = ["Report", "ClassReport", "ForgetResult", "REPORT_FORMAT_VERSION"]
 
 # 1: first versioned report (typed class-run fields in ``whole_class``; no ``extra``).
-# 2: certified-neighbourhood fields (``n_certified_neighbourhood``, ``radius``, ``radius_min/median/max``, ...);
-#    a version-1 report reads back with them at their defaults (a run without neighbourhoods).
+# 2: certified-neighbourhood fields (``n_certified_neighbourhood``, ``radius``, ``radius_min/median/max``, ...),
+#    ``n_already_forgotten`` and ``n_regions_resolved`` (prior rows solved again, for more points or a new
+#    target); ``n_regions_new`` counts new rows only and the "before" numbers are the given model's. A
+#    version-1 report reads back with the new fields at their defaults (a run without neighbourhoods).
 REPORT_FORMAT_VERSION = 2
 READABLE_REPORT_VERSIONS = (1, 2)
 
@@ -101,7 +103,14 @@ class ClassReport:
 @dataclass(frozen=True)
 class Report:
     """Numbers of one forget run. Accuracies are fractions; ``None`` where the data was not given (or, in
-    :meth:`to_dict`, where a number is not finite). ``whole_class`` is set by ``forget_class`` only."""
+    :meth:`to_dict`, where a number is not finite). ``whole_class`` is set by ``forget_class`` only.
+
+    "Before" numbers are those of the model as given to the run (already patched, on a second run), "after"
+    those of the returned model. ``n_already_forgotten``: requested points the given model already did not
+    predict as their label (forgotten earlier, or never learnt); ``n_regions_new``: patch rows for regions not
+    patched before; ``n_regions_resolved``: already-patched regions solved again for the union of their old
+    and new points (their rows replace the old ones, so ``n_patches_total`` does not grow by them).
+    """
 
     strategy: str
     bound: str
@@ -136,7 +145,7 @@ class Report:
     whole_class: ClassReport | None = None
     # Certified neighbourhoods (``forget(radius=...)``; defaults elsewhere): points certified on a ball, the
     # requested radius (a float or "search"), the balls' radii (input units), the radius search's median CROWN
-    # radius, the outer band (× radius), region ∩ ball rows, prior rows re-solved for a new target.
+    # radius, the outer band (× radius), region ∩ ball rows.
     n_certified_neighbourhood: int = 0
     radius: float | str | None = None
     radius_min: float | None = None
@@ -145,11 +154,13 @@ class Report:
     crown_radius_median: float | None = None
     outer: float | None = None
     within_region: bool | None = None
-    n_resolved_prior_rows: int = 0
+    n_already_forgotten: int = 0
+    n_regions_resolved: int = 0
     format_version: int = REPORT_FORMAT_VERSION
 
     _ADDED_IN_2 = ("n_certified_neighbourhood", "radius", "radius_min", "radius_median", "radius_max",
-                   "crown_radius_median", "outer", "within_region", "n_resolved_prior_rows")
+                   "crown_radius_median", "outer", "within_region", "n_already_forgotten",
+                   "n_regions_resolved")
 
     # --- serialisation ------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -175,7 +186,7 @@ class Report:
                 "reports written by a newer version.")
         if isinstance(data, dict) and data.get("format_version") == 1:
             defaults = {f.name: f.default for f in fields(cls) if f.name in cls._ADDED_IN_2}
-            data = {**defaults, **data}
+            data = {**defaults, **data, "format_version": REPORT_FORMAT_VERSION}
         _check_keys(cls, data, "The report")
         values = dict(data)
         if values["whole_class"] is not None:
@@ -212,6 +223,11 @@ class Report:
                if self.n_certified_neighbourhood else "")
             + f"{self.n_certified_region} certified on their linear region, {self.n_certified_point} at the point, "
             f"{self.n_failed} failed",
+        ]
+        if self.n_already_forgotten:
+            lines.append(f"already forgotten: {self.n_already_forgotten} of the points were not predicted as their "
+                         "label by the given model before this run")
+        lines += [
             "metric        before   after  (%)",
             f"A_tes        {pct(self.A_tes_before)}  {pct(self.A_tes_after)}",
             f"A_res        {pct(self.A_res_before)}  {pct(self.A_res_after)}",
@@ -219,7 +235,8 @@ class Report:
         ]
         if self.changed_tes is not None or self.changed_res is not None:
             lines.append(f"changed predictions: test {self.changed_tes}, remaining {self.changed_res}")
-        lines.append(f"patches: {self.n_regions_new} new, {self.n_patches_total} total; |d|∞ mean "
+        resolved = f", {self.n_regions_resolved} re-solved" if self.n_regions_resolved else ""
+        lines.append(f"patches: {self.n_regions_new} new{resolved}, {self.n_patches_total} total; |d|∞ mean "
                      f"{self.patch_linf_mean:.3g}, max {self.patch_linf_max:.3g}; unlearning {self.unlearn_seconds:.3f} s")
         if self.retrain_seconds is not None:
             lines.append(f"retraining {self.retrain_seconds:.2f} s; unlearning/retraining = "

@@ -103,6 +103,8 @@ def audit(
     """
     if mode not in AUDIT_MODES:
         raise InputValidationError(f"The 'mode' parameter of audit must be 'white-box' or 'black-box'. Got {mode!r}.")
+    for name, x in (("points", points), ("locality_inputs", locality_inputs)):
+        _check_input_shape(model, x, name)
     start = time.perf_counter()
     result = AuditResult(mode=mode)
     rng = np.random.default_rng(seed)
@@ -117,6 +119,28 @@ def audit(
         raise CertificateError("The audit rejected the certificate:\n" + "\n".join(
             f"- {c.name} [{c.subject}]: {c.detail}" for c in result.failures))
     return result
+
+
+def _check_input_shape(model: nn.Module, x, name: str) -> None:
+    """Refuse inputs the model cannot take (e.g. a data set of another width) with one clear error, before any check
+    runs: one forward pass of a single input."""
+    if x is None:
+        return
+    if not isinstance(x, torch.Tensor) or x.ndim < 2 or not x.is_floating_point():
+        raise InputValidationError(f"The {name!r} parameter of audit must be a float tensor of inputs, shape (n, …). "
+                                   f"Got {type(x).__name__} {tuple(getattr(x, 'shape', ()))}.")
+    if len(x) == 0:
+        return
+    first = next((m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))), None)
+    try:
+        with torch.no_grad():
+            model(x[:1])
+    except (RuntimeError, ValueError) as exc:
+        wants = f" (its first layer takes {first.in_features} features)" if isinstance(first, nn.Linear) else ""
+        raise InputValidationError(
+            f"The {name!r} parameter of audit has inputs of shape {tuple(x.shape[1:])}, which the model cannot take"
+            f"{wants}: {str(exc).splitlines()[0]}. HINT: audit with the data set the model was trained on "
+            "(--data).") from None
 
 
 def _run_checks(model, certificate, result, rng, points, labels, mode, lp_samples, exhaustive, locality_inputs,

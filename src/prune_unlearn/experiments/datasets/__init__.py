@@ -36,11 +36,15 @@ MNIST digits). Read from standard files in a directory (nothing is ever download
     K (20 for Purchase-20, 100 for Purchase-100, any K ≥ 2) is inferred from the labels. Split:
     stratified, ``n_test = int(0.2 * N)`` (9,689 of 48,447 for Purchase-20), ``random_state=0``.
 
+Your own arrays: a path ending in ``.npz`` with ``X_train``, ``y_train``, optional ``X_test``, ``y_test``
+and the declared domain box ``domain_lower``, ``domain_upper`` (scalars), used as given: no re-split, no
+scaling, so training indices name your own rows (``arrays``).
+
 Files are looked for in ``data_dir``, then ``data_dir/<name>``, then ``$PRUNE_DATA_DIR/<name>``. Inputs are
 float32, labels int64. The domain box is [0, 1] for every feature of every data set.
 
 One module per source: ``common`` (:class:`Dataset`, splits, file lookup), ``cache`` (decoded-image cache),
-``builtin``, ``idx``, ``cifar10``, ``har``, ``purchase``, and ``registry`` (name → loader).
+``arrays`` (a user's .npz), ``builtin``, ``idx``, ``cifar10``, ``har``, ``purchase``, and ``registry`` (name → loader).
 """
 
 from .cache import CACHE_DIR_ENV

@@ -14,7 +14,7 @@ import torch
 from ...errors import DataError
 
 __all__ = ["Dataset", "DATA_DIR_ENV", "stratified_split", "checked_split", "pack", "candidate_dirs",
-           "missing_data_error", "read_text_matrix"]
+           "missing_data_error", "read_text_matrix", "check_labels"]
 
 DATA_DIR_ENV = "PRUNE_DATA_DIR"
 
@@ -82,9 +82,27 @@ def pack(name, Xtr, ytr, Xte, yte, scale, source, *, flatten: bool = True, num_c
     def lab(a):
         return torch.from_numpy(np.asarray(a, dtype=np.int64))
 
-    ytr_t = lab(ytr)
+    ytr_t, yte_t = lab(ytr), lab(yte)
     k = int(num_classes) if num_classes is not None else int(ytr_t.max()) + 1
-    return Dataset(name, f(Xtr), ytr_t, f(Xte), lab(yte), k, source=source, notes=notes)
+    check_labels(name, source, ytr_t, yte_t, k, contiguous=num_classes is None)
+    return Dataset(name, f(Xtr), ytr_t, f(Xte), yte_t, k, source=source, notes=notes)
+
+
+def check_labels(name: str, source: str, y_train: torch.Tensor, y_test: torch.Tensor, k: int, *,
+                 contiguous: bool = True) -> None:
+    """Labels are class numbers 0..k-1; with ``contiguous``, every one of them occurs in the training labels
+    (else a stray label such as 255 would silently make a data set of 256 classes)."""
+    for split, y in (("training", y_train), ("test", y_test)):
+        if len(y) and (int(y.min()) < 0 or int(y.max()) >= k):
+            bad = int(y.min()) if int(y.min()) < 0 else int(y.max())
+            raise DataError(f"{name} ({source}): {split} label {bad} is not a class number 0..{k - 1}. HINT: check the "
+                            "label file (a corrupt or foreign file?); labels must be 0..K-1.")
+    present = set(torch.unique(y_train).tolist())
+    if contiguous and len(present) != k:
+        missing = sorted(set(range(k)) - present)
+        raise DataError(f"{name} ({source}): the training labels skip class(es) {missing[:10]} of 0..{k - 1} (largest "
+                        f"label {k - 1}), so the class count is not clear. HINT: number the classes 0..K-1 without gaps "
+                        "(a stray large label such as 255 usually means a corrupt label file).")
 
 
 def candidate_dirs(data_dir: Path | None, subdirs: tuple[str, ...]) -> list[Path]:

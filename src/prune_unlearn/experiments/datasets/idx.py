@@ -14,6 +14,7 @@ from .common import Dataset, candidate_dirs, missing_data_error, pack
 
 __all__ = ["IDX_FILES", "idx_dataset"]
 
+_IDX_CLASSES = 10  # MNIST and Fashion-MNIST: ten classes, labels 0..9
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
@@ -52,7 +53,12 @@ def idx_dataset(name: str, title: str, url: str) -> Callable[[Path | None], Data
         Xtr, ytr, Xte, yte = arrays
         if len(Xtr) != len(ytr) or len(Xte) != len(yte):
             raise DataError(f"{title} files in {directory} disagree on the number of images and labels.")
-        return pack(name, Xtr, ytr, Xte, yte, 255.0, f"{title} IDX files in {directory}")
+        for stem, labels in ((IDX_FILES[1], ytr), (IDX_FILES[3], yte)):
+            if len(labels) and int(labels.max()) >= _IDX_CLASSES:
+                raise DataError(f"{title} label file {stem} in {directory} holds the label {int(labels.max())}; "
+                                f"{title} has the classes 0..{_IDX_CLASSES - 1}. HINT: the file is corrupt or not "
+                                f"{title}'s: get the original from {url}.")
+        return pack(name, Xtr, ytr, Xte, yte, 255.0, f"{title} IDX files in {directory}", num_classes=_IDX_CLASSES)
 
     return load
 

@@ -87,7 +87,7 @@ def purchase(data_dir: Path | None) -> Dataset:
     if k < 2:
         raise DataError(f"{path} has a single class; Purchase needs K ≥ 2 classes (20 or 100 in the paper).")
     Xtr, Xte, ytr, yte = checked_split("purchase", X, y, int(0.2 * len(y)), path)
-    return pack("purchase", Xtr, ytr, Xte, yte, 1.0, f"Purchase ({path.name}) in {path.parent}", num_classes=k,
+    return pack("purchase", Xtr, ytr, Xte, yte, 1.0, f"Purchase ({path.name}) in {path.parent}", num_classes=onehot_k,
                 split="stratified, n_test = int(0.2 * N), random_state=0", labels=label_format,
                 labels_shifted_from_1=shifted)
 

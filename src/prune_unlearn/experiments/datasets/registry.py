@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Callable
 
 from ...errors import DataError
+from .arrays import is_arrays_path, load_arrays
 from .builtin import digits, mnist5k
 from .cifar10 import load_cifar10
 from .common import Dataset
@@ -37,14 +38,21 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Datase
 
     Parameters
     ----------
-    name : {"digits", "mnist5k", "mnist", "fashion-mnist", "cifar10", "har", "har-uci", "purchase"}
+    name : {"digits", "mnist5k", "mnist", "fashion-mnist", "cifar10", "har", "har-uci", "purchase"} or a path
         See the docstring of :mod:`prune_unlearn.experiments.datasets` for each data set's files,
-        preprocessing and split.
+        preprocessing and split. A name ending in ``.npz`` is a user's own arrays, used as given
+        (:mod:`prune_unlearn.experiments.datasets.arrays`).
     data_dir : path, optional
         Folder holding the data set's files (or a subfolder named like the data set). Defaults to
         ``$PRUNE_DATA_DIR/<name>``. Built-in data sets ignore it. For ``cifar10`` it may also name a
         ``.tar.gz`` archive.
     """
+    if is_arrays_path(name):  # a user's own arrays, used as given (see .arrays)
+        path = Path(name)
+        if data_dir is not None and not path.is_absolute() and not path.exists():
+            path = Path(data_dir) / path
+        return load_arrays(path)
     if name not in _REGISTRY:
-        raise DataError(f"Unknown data set {name!r}. Known data sets: {', '.join(dataset_names())}.")
+        raise DataError(f"Unknown data set {name!r}. Known data sets: {', '.join(dataset_names())}, or the path of "
+                        "your own .npz (X_train, y_train, optional X_test, y_test, domain_lower, domain_upper).")
     return _REGISTRY[name](Path(data_dir) if data_dir is not None else None)
