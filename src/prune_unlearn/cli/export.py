@@ -84,7 +84,6 @@ def export(model_path, out, overwrite, want_onnx, want_vnnlib, regions, balls, c
                                       compress=compress, certificate_path=certificate, model_path=model_path)
             human = None
     output.result(result, human if human is not None else _summary(result, out))
-    output.result(result, _summary(result, out))
 
 
 def _summary(result: dict, out: Path) -> str:
