@@ -19,7 +19,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from typing import Any
 import torch
 
 from .._hashing import state_sha256
+from ..core.serialization import atomic_replace
 from ..errors import FormatError
 from .manifest import DataManifest
 
@@ -40,34 +40,13 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
-def _write_atomically(path: Path, write) -> None:
-    """``write(tmp)`` then fsync and rename over ``path`` (then fsync the folder)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
 
 def _write_bytes(path: Path, data: bytes) -> None:
     def write(tmp):
         with open(tmp, "wb") as fh:
             fh.write(data)
 
-    _write_atomically(path, write)
+    atomic_replace(path, write)
 
 
 @dataclass(frozen=True)
@@ -179,7 +158,7 @@ class RecordStore:
         sha = state_sha256(tensors)
         path = self._object(sha, ".safetensors")
         if not path.exists():
-            _write_atomically(path, lambda tmp: save_file(tensors, tmp))
+            atomic_replace(path, lambda tmp: save_file(tensors, tmp))
         return sha
 
     def has_state(self, sha: str) -> bool:

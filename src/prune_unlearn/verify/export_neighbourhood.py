@@ -23,21 +23,11 @@ from torch.nn import functional as F
 
 from .._version import __version__
 from ..errors import InputValidationError
+from .vnnlib import vnnlib_number, write_property
 
 __all__ = ["BallNormalForm", "export_ball_onnx", "write_ball_vnnlib", "export_neighbourhood_properties",
            "export_neighbourhoods"]
 
-
-def _num(x: float) -> str:
-    """A real literal that parses back to the same float64, without exponent (SMT-LIB style)."""
-    import math
-
-    import numpy as np
-
-    x = float(x)
-    if not math.isfinite(x):
-        raise InputValidationError(f"Cannot write the non-finite number {x} into a VNN-LIB file.")
-    return np.format_float_positional(x, unique=True, trim="0")
 
 
 def _check_row(patched, k) -> int:
@@ -155,16 +145,9 @@ def write_ball_vnnlib(patched, k: int, path, certificate) -> Path:
     lines += [f"(declare-const Y_{j} Real)" for j in range(c)]
     lines += ["", "; the certified set"]
     for i in range(d):
-        lines.append(f"(assert (<= X_{i} {_num(hi[i])}))")
-        lines.append(f"(assert (>= X_{i} {_num(lo[i])}))")
-    lines += ["", f"; unsafe: some label other than {t} scores at least as high", "(assert (or"]
-    lines += [f"    (and (>= Y_{j} Y_{t}))" for j in range(c) if j != t]
-    lines += ["))", ""]
-    from ..core.serialization import atomic_write_text
-
-    path = Path(path)
-    atomic_write_text(path, "\n".join(lines))
-    return path
+        lines.append(f"(assert (<= X_{i} {vnnlib_number(hi[i])}))")
+        lines.append(f"(assert (>= X_{i} {vnnlib_number(lo[i])}))")
+    return write_property(path, lines, t, c)
 
 
 def export_neighbourhood_properties(patched, certificate, out: Path, *, rows=None, opset: int = 13,

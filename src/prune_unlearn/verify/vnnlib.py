@@ -23,7 +23,7 @@ from ..core.regions import HeadNetwork, region_halfspaces
 CONSTRAINT_MODES = ("output", "input")
 
 
-def _num(x: float) -> str:
+def vnnlib_number(x: float) -> str:
     """A real literal that parses back to the same float64, without exponent (SMT-LIB style)."""
     x = float(x)
     if not math.isfinite(x):
@@ -108,7 +108,7 @@ def write_vnnlib(patched: PatchedModel, r: int, path, *, domain=None, constraint
     lines = [
         f"; VNN-LIB property written by prune-unlearn {__version__}",
         f"; Region {r}: label {t} wins on {{h in B : s_i z_i(h) >= theta for every hidden neuron i}},",
-        f"; theta = {_num(theta)}, certified margin {float(ps.certified_margin[r]):.6g}.",
+        f"; theta = {vnnlib_number(theta)}, certified margin {float(ps.certified_margin[r]):.6g}.",
         "; This file states the counterexample: UNSAT proves the claim.",
         f"; Network: {pair}",
         f"; X: {d} head features. Y_0..Y_{c - 1}: logits"
@@ -120,22 +120,29 @@ def write_vnnlib(patched: PatchedModel, r: int, path, *, domain=None, constraint
     lines += [f"(declare-const Y_{j} Real)" for j in range(n_out)]
     lines += ["", "; domain box B"]
     for i in range(d):
-        lines.append(f"(assert (<= X_{i} {_num(hi[i])}))")
-        lines.append(f"(assert (>= X_{i} {_num(lo[i])}))")
+        lines.append(f"(assert (<= X_{i} {vnnlib_number(hi[i])}))")
+        lines.append(f"(assert (>= X_{i} {vnnlib_number(lo[i])}))")
     lines += ["", f"; region {r}: every hidden slack at least theta"]
     if constraints == "output":
-        lines += [f"(assert (>= Y_{c + i} {_num(theta)}))" for i in range(n)]
+        lines += [f"(assert (>= Y_{c + i} {vnnlib_number(theta)}))" for i in range(n)]
     else:
         a, b = region_constraints(patched, r)
         for row, rhs in zip(a.tolist(), b.tolist()):
-            terms = [f"(* {_num(v)} X_{i})" for i, v in enumerate(row) if v != 0.0]
+            terms = [f"(* {vnnlib_number(v)} X_{i})" for i, v in enumerate(row) if v != 0.0]
             lhs = "0.0" if not terms else terms[0] if len(terms) == 1 else f"(+ {' '.join(terms)})"
-            lines.append(f"(assert (<= {lhs} {_num(rhs)}))")
-    lines += ["", f"; unsafe: some label other than {t} scores at least as high", "(assert (or"]
-    lines += [f"    (and (>= Y_{j} Y_{t}))" for j in range(c) if j != t]
-    lines += ["))", ""]
+            lines.append(f"(assert (<= {lhs} {vnnlib_number(rhs)}))")
+    return write_property(path, lines, t, c)
+
+
+def write_property(path, lines: list[str], target: int, num_classes: int) -> Path:
+    """Close a property with its unsafe set (some label other than ``target`` scores at least as high as it)
+    and write it atomically."""
     from ..core.serialization import atomic_write_text
 
+    t = target
+    lines = [*lines, "", f"; unsafe: some label other than {t} scores at least as high", "(assert (or"]
+    lines += [f"    (and (>= Y_{j} Y_{t}))" for j in range(num_classes) if j != t]
+    lines += ["))", ""]
     path = Path(path)
     atomic_write_text(path, "\n".join(lines))
     return path
