@@ -43,7 +43,9 @@ from prune_unlearn.experiments.runner import (
     train_base,
     train_without,
 )
+from prune_unlearn.experiments.robustness import residual_recall
 from prune_unlearn.experiments.training import recipe_for, width_for
+from prune_unlearn.unlearn.metrics import accuracy, predict
 
 REPORT_KEYS = ("n_forget", "n_forgotten", "n_certified_region", "n_certified_point", "n_failed", "A_u_before",
                "A_u_after", "A_tes_before", "A_tes_after", "A_res_before", "A_res_after", "changed_tes", "changed_res",
@@ -62,7 +64,7 @@ def forget_step(args, ds, log) -> dict:
     keep = torch.ones(len(ds.y_train), dtype=torch.bool)
     keep[idx] = False
     b_recipe = recipe_for("cifar10", epochs=args.baseline_epochs or args.epochs)
-    _, retrain_seconds = train_without(opts, ds, spec, b_recipe, keep, str(args.forget), out, log)
+    retrained, retrain_seconds = train_without(opts, ds, spec, b_recipe, keep, str(args.forget), out, log)
     t = time.perf_counter()
     data_box = data_feature_box(model, ds.X_train, margin=0.1)
     box_seconds = time.perf_counter() - t
@@ -73,16 +75,63 @@ def forget_step(args, ds, log) -> dict:
     runs = {}
     for key, (fdom, claim) in domains.items():
         for bound in args.bounds:
-            res = forget(model, ds.X_train[idx], labels=ds.y_train[idx], bound=bound, feature_domain=fdom,
+            res = forget(model, ds.X_train[idx], labels=ds.y_train[idx], bound=bound, feature_domain=fdom, radius=None,
                          test_data=(ds.X_test, ds.y_test), remaining_data=(ds.X_train[keep], ds.y_train[keep]))
             r = res.report
+            if key == "ibp" and bound == args.bounds[0]:
+                args.patched_models[f"prune region-only ({bound})"] = res.model
             runs[f"{key}/{bound}"] = {"feature_domain": key, "claim_covers": claim, "bound": bound,
                                       **{k: getattr(r, k) for k in REPORT_KEYS},
                                       "unlearn_vs_retrain": r.unlearn_seconds / retrain_seconds}
             log(f"[{key}, {bound}] {r.summary()}")
+    runs.update(neighbourhood_runs(args, ds, model, idx, keep, retrain_seconds, log))
+    recall = residual_recall_rows(args, ds, model, retrained, idx, log)
     return {"width": args.width, "recipe": recipe.to_dict(), "train_seconds": train_seconds,
+            "test_accuracy_base": accuracy(predict(model, ds.X_test, batch_size=1000), ds.y_test),
+            "test_accuracy_retrained": accuracy(predict(retrained, ds.X_test, batch_size=1000), ds.y_test),
+            "residual_recall": recall,
             "retrain_recipe": b_recipe.to_dict(), "retrain_seconds": retrain_seconds,
             "data_box_seconds": box_seconds, "forgotten_indices_sha256": _indices_hash(idx), "runs": runs}
+
+
+def neighbourhood_runs(args, ds, model, idx, keep, retrain_seconds, log) -> dict:
+    """Certified neighbourhoods (issue 11) on the conv net: each ball B(x, r) ∩ [0,1]^3072 of *input* space is
+    carried through the conv layers by interval propagation, and the head is patched on the resulting feature box."""
+    runs = {}
+    plans = [(r, False) for r in args.radii] + [(r, True) for r in args.region_radii]
+    for r, within_region in plans:
+        res = forget(model, ds.X_train[idx], labels=ds.y_train[idx], radius=r, within_region=within_region,
+                     test_data=(ds.X_test, ds.y_test), remaining_data=(ds.X_train[keep], ds.y_train[keep]))
+        rep = res.report
+        name = f"r={r * 255:g}/255" + (" ∩ region" if within_region else "")
+        claim = f"every input within l-inf {r * 255:g}/255 of a forgotten image, in [0,1]^3072"
+        if within_region:
+            claim += ", whose head features lie in the image's (tightened) linear region"
+        runs[f"ball/{name}"] = {
+            "radius": r, "within_region": within_region, "claim_covers": claim,
+            **{k: getattr(rep, k, None) for k in REPORT_KEYS + ("n_certified_neighbourhood", "radius_min",
+                                                                "radius_max")},
+            "unlearn_vs_retrain": rep.unlearn_seconds / retrain_seconds}
+        args.patched_models[f"prune {name}"] = res.model
+        log(f"[ball {name}] {rep.summary()}")
+    return runs
+
+
+def residual_recall_rows(args, ds, model, retrained, idx, log) -> dict:
+    """Residual recall (issue 11): share of noisy / one-pixel-shifted copies of the forgotten images still
+    predicted with their original label, for the base model, PRUNE (region-only and balls) and Retrain."""
+    X, y = ds.X_train[idx], ds.y_train[idx]
+    models = {"base": model, "retrain": retrained, **args.patched_models}
+    out = {}
+    for name, m in models.items():
+        out[name] = residual_recall(m, X, y, draws=args.draws, image_shape=ds.input_shape)
+        log(f"[residual recall] {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in out[name].items()))
+    return out
+
+
+def _fraction(text: str) -> float:
+    num, _, den = text.partition("/")
+    return float(num) / float(den or 1)
 
 
 def _indices_hash(idx: torch.Tensor) -> str:
@@ -114,10 +163,18 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=20)
     ap.add_argument("--radius-scale", type=float, default=2.0)
     ap.add_argument("--retrain-labels", type=int, default=3, help="Table V: retrain for this many distinct labels")
+    ap.add_argument("--radii", default="2/255", help="certified-neighbourhood radii of the forget step "
+                    "(comma-separated, e.g. 2/255; empty: none)")
+    ap.add_argument("--region-radii", default="2/255,8/255", help="radii of neighbourhoods confined to the "
+                    "point's linear region too (forget(within_region=True))")
+    ap.add_argument("--draws", type=int, default=10, help="noisy copies per point and sigma for residual recall")
     ap.add_argument("--progress", action="store_true")
     ap.add_argument("--device", default="cpu", help="where the base model and the retrainings train (e.g. cuda)")
     args = ap.parse_args()
     args.bounds = [b for b in args.bounds.split(",") if b]
+    args.radii = [_fraction(r) for r in args.radii.split(",") if r]
+    args.region_radii = [_fraction(r) for r in args.region_radii.split(",") if r]
+    args.patched_models = {}
     torch.set_num_threads(args.threads)
     if args.width <= 0:
         ap.error(f"--width must be a positive number (1 = full VGG16); got {args.width}")

@@ -110,8 +110,9 @@ RECIPES = {
     "purchase": Recipe(lr=0.01, epochs=150),
     # CIFAR-10 on a 2-core CPU (docs/benchmarks.md, "CIFAR-10 recipe"): the authors' 100 epochs of plain
     # SGD do not fit, so a one-cycle schedule with Nesterov momentum, label smoothing and crop+flip
-    # augmentation reaches the paper's accuracy in a fraction of the epochs, in bfloat16 autocast.
-    "cifar10": Recipe(lr=0.1, momentum=0.9, nesterov=True, batch_size=128, epochs=15, weight_decay=5e-4,
+    # augmentation reaches the paper's accuracy in a fraction of the epochs, in bfloat16 autocast. 30 epochs
+    # at width 1/4: 85.43% test accuracy in 49 minutes on one core of this machine under load 4-7.
+    "cifar10": Recipe(lr=0.1, momentum=0.9, nesterov=True, batch_size=128, epochs=30, weight_decay=5e-4,
                       schedule="onecycle", warmup_fraction=0.25, label_smoothing=0.1, augment="crop-flip",
                       bf16=True, channels_last=True),
 }
