@@ -48,7 +48,11 @@ def _privacy(o: dict, dest: Path, log) -> None:
 def _robustness(o: dict, dest: Path, log) -> None:
     from ..experiments.robustness import run_robustness
 
-    run_robustness(o["data_name"], dest, data_dir=o["data_dir"], epochs=o["epochs"], log=log)
+    from ..core.serialization import load
+
+    base = load(o["base_model"]).eval() if o.get("base_model") else None
+    run_robustness(o["data_name"], dest, data_dir=o["data_dir"], epochs=o["epochs"], base_model=base,
+                   baseline_epochs=o["baseline_epochs"], log=log)
 
 
 # experiment -> (runner call, the Markdown file it writes); table3, table4 and fig3 come from the same runs.
@@ -83,6 +87,8 @@ EXPERIMENTS = {
 @click.option("--baseline-epochs", type=click.IntRange(min=1), default=None,
               help="Epochs of every retraining (Retrain, SISA, Amnesiac, FU, table5's) when the full budget does "
                    "not fit; default: the base model's.")
+@click.option("--base-model", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="robustness: a saved base model to unlearn from instead of training one.")
 @relaxed_support_options
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("results"), show_default=True,
               help="Results folder (a subfolder per data set).")

@@ -224,11 +224,12 @@ class NeighbourhoodSet(nn.Module):
         self.register_buffer("_centres_t", (-2 * c32).T.contiguous().to(dev), persistent=False)   # (m, R), exact
         self.register_buffer("_col", col.unsqueeze(0).to(dev), persistent=False)                  # (1, R)
         self._gamma_rows = g
+        self._n_rows = r  # a Python int: the serving path asks for it on every call
         masks = unpack_patterns(self.patterns.detach().cpu(), self.num_hidden)
         self.register_buffer("_signs", (masks.to(torch.float32) * 2 - 1).to(dev), persistent=False)
 
     def __len__(self) -> int:
-        return int(self.lower.shape[0])
+        return self._n_rows
 
     def outer_distance(self) -> torch.Tensor:
         """(R,) float64 ℓ∞ distance beyond the box at which each support is exactly 0."""
@@ -259,20 +260,29 @@ class NeighbourhoodSet(nn.Module):
         (B × m) @ (m × R) product with its rounding bounded (see :meth:`_index`). On MNIST (m = 32) it leaves a
         few dozen of the 5 million (test image, ball) pairs for the exact formula.
         """
-        b = h.shape[0]
-        empty = torch.zeros(0, dtype=torch.int64, device=h.device)
-        if len(self) == 0 or b == 0:
+        b, r = h.shape[0], self._n_rows
+        if r == 0 or b == 0:
+            empty = torch.zeros(0, dtype=torch.int64, device=h.device)
             return empty, empty
-        dtype = torch.float32 if h.device.type == "cpu" else torch.float64  # no TF32 rounding off the CPU
-        hj = h.index_select(1, self._coords).to(dtype)
-        hh = (hj * hj).sum(dim=1, keepdim=True)
-        rhs = (hh * self._gamma_rows + 1e-30) - hh
+        # float64 off the CPU: no TF32 rounding there; on the CPU the float32 tables are used as they are
+        # (a small batch pays mostly Python overhead, so no conversions are made there).
+        wide = h.device.type != "cpu"
+        hj = h.index_select(1, self._coords)
+        col, centres = self._col, self._centres_t
+        if wide:
+            hj, col, centres = hj.to(torch.float64), col.to(torch.float64), centres.to(torch.float64)
+        elif hj.dtype != torch.float32:
+            hj = hj.to(torch.float32)
+        # a dot product (its rounding bound holds in any summation order); in place: few dispatches per batch
+        hh = torch.linalg.vecdot(hj, hj).unsqueeze(1)
+        rhs = (hh * self._gamma_rows).add_(1e-30).sub_(hh)
+        step = max(1, _CHUNK_ELEMENTS // r)
+        if b <= step:  # one product (the usual case; batch 1 in particular)
+            return (torch.addmm(col, hj, centres) <= rhs).nonzero(as_tuple=True)
         rows_b, rows_k = [], []
-        step = max(1, _CHUNK_ELEMENTS // len(self))
         for s0 in range(0, b, step):
             sl = slice(s0, s0 + step)
-            lhs = torch.addmm(self._col.to(dtype), hj[sl], self._centres_t.to(dtype))
-            bb, kk = (lhs <= rhs[sl]).nonzero(as_tuple=True)
+            bb, kk = (torch.addmm(col, hj[sl], centres) <= rhs[sl]).nonzero(as_tuple=True)
             rows_b.append(bb + s0)
             rows_k.append(kk)
         return torch.cat(rows_b), torch.cat(rows_k)
@@ -328,7 +338,7 @@ class NeighbourhoodSet(nn.Module):
 
     def apply(self, h: torch.Tensor, preacts, logits: torch.Tensor) -> torch.Tensor:
         """``logits + Σ_k n_k(h) d_k``; inputs without a non-zero support are returned bit for bit."""
-        if len(self) == 0:
+        if self._n_rows == 0:
             return logits
         rows_b, rows_k, value = self.support(h, preacts)
         if rows_b.numel() == 0:

@@ -84,13 +84,18 @@ def _baseline(name: str, requests):
 
 def run_robustness(dataset: str, out_dir, *, data_dir=None, n: int = 500, seed: int = 0, epochs=None,
                    methods=("retrain", "sisa", "amnesiac", "fu"), variants=PRUNE_VARIANTS, base_model=None,
-                   log=print) -> dict:
-    """The robustness table for one data set; writes ``robustness-<data>.{json,md}`` into ``out_dir``."""
+                   baseline_epochs: int | None = None, log=print) -> dict:
+    """The robustness table for one data set; writes ``robustness-<data>.{json,md}`` into ``out_dir``.
+
+    ``base_model``: a trained model to unlearn from instead of training one with the data set's recipe;
+    ``baseline_epochs``: epochs of every baseline's training (Retrain, SISA, Amnesiac, FU) when the full budget
+    does not fit (default: the recipe's); the table says so."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ds = load_dataset(dataset, data_dir)
     spec = default_architecture(ds.name, ds.input_dim, ds.num_classes, ds.input_shape)
     recipe = recipe_for(ds.name, seed=seed, epochs=epochs)
+    b_recipe = recipe_for(ds.name, seed=seed, epochs=baseline_epochs or epochs)
     idx = torch.randperm(len(ds.y_train), generator=torch.Generator().manual_seed(seed))[:n]
     X_u, y_u = ds.X_train[idx], ds.y_train[idx]
     X_rem, y_rem = ds.remaining(idx)
@@ -128,13 +133,14 @@ def run_robustness(dataset: str, out_dir, *, data_dir=None, n: int = 500, seed: 
     for name in methods:
         t = time.perf_counter()
         if name == "retrain":
-            model = train_from_spec(spec, X_rem, y_rem, recipe).model
+            model = train_from_spec(spec, X_rem, y_rem, b_recipe).model
             row(name, model, time.perf_counter() - t)
             continue
-        fitted = _baseline(name, idx).fit(spec, ds.X_train, ds.y_train, recipe)
+        fitted = _baseline(name, idx).fit(spec, ds.X_train, ds.y_train, b_recipe)
         result = copy.deepcopy(fitted).forget(idx)
         row(name, result.model, result.unlearn_seconds)
     result = {"dataset": ds.name, "n": n, "seed": seed, "train_seconds": train_seconds,
+              "base_epochs": None if base_model is not None else recipe.epochs, "baseline_epochs": b_recipe.epochs,
               "threads": torch.get_num_threads(), "rows": rows}
     (out / f"robustness-{ds.name}.json").write_text(json.dumps(result, indent=1))
     (out / f"robustness-{ds.name}.md").write_text(_markdown(result))
@@ -147,6 +153,8 @@ def _markdown(result: dict) -> str:
             "unlearn s"]
     lines = [f"Residual recall (share of perturbed copies still predicted with the original label, %), "
              f"{result['dataset']}, |D_U| = {result['n']}, seed {result['seed']}, 10 draws per point",
+             f"; baselines (Retrain, SISA, Amnesiac, FU) trained {result.get('baseline_epochs')} epoch(s)"
+             + (f" (the base model: {result['base_epochs']})" if result.get("base_epochs") else " (the base model: given)"),
              "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in result["rows"]:
         radii = (f"{r['radius_min_255']:.2f} / {r['radius_median_255']:.2f} / {r['radius_max_255']:.2f}"
