@@ -89,8 +89,8 @@ class ClassTarget(click.ParamType):
         self.fail(f"'random' or a class label (an integer); got {value!r}.", param, ctx)
 
 
-# The CLI's --radius default, as forget's library default (see docs/design.md, "Certified neighbourhoods").
-DEFAULT_CLI_RADIUS = "none"
+# The CLI's --radius default, as forget's library default (see docs/design.md, "The default mode").
+DEFAULT_CLI_RADIUS = "auto"
 
 
 def seed_option(f):
@@ -157,20 +157,21 @@ def forget_options(f):
 
 
 def parse_radius(text, *, param: str = "--radius"):
-    """A radius given on the command line: a float or fraction (``2/255``), ``search``, or ``none`` (region-only).
+    """A radius given on the command line: a float or fraction (``2/255``), ``search``, ``auto`` (12/255 of the
+    domain's narrowest side; region-only where a ball does not apply) or ``none`` (region-only).
     Whether it is positive, finite and fits the domain is checked by ``forget`` (an ``Error:`` line, exit 1)."""
     t = str(text).strip().lower()
     if t in ("none", "region", "region-only"):
         return None
-    if t == "search":
-        return "search"
+    if t in ("search", "auto"):
+        return t
     try:
         if "/" in t:
             num, den = t.split("/", 1)
             return float(num) / float(den)
         return float(t)
     except (ValueError, ZeroDivisionError):
-        raise click.BadParameter(f"a float (e.g. 0.01 or 2/255), 'search' or 'none'; got {text!r}",
+        raise click.BadParameter(f"a float (e.g. 0.01 or 2/255), 'search', 'auto' or 'none'; got {text!r}",
                                  param_hint=param) from None
 
 
@@ -195,7 +196,9 @@ def neighbourhood_options(f):
     return click.option("--radius", default=DEFAULT_CLI_RADIUS, show_default=True,
                         help="ℓ∞ radius (input units) of the certified neighbourhood of each point, e.g. 2/255; "
                              "'search' for the model's own CROWN-certified neighbourhood (clamped to "
-                             "[--min-radius, --max-radius]); 'none' for region-only (the paper's Theorem 1).")(wrapper)
+                             "[--min-radius, --max-radius]); 'auto': 12/255 of the input domain's narrowest side "
+                             "(region-only where a ball does not apply: --strategy cluster, --target unseen); "
+                             "'none' for region-only (the paper's Theorem 1).")(wrapper)
 
 
 def relaxed_support_options(f):

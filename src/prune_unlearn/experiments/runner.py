@@ -264,7 +264,8 @@ def _prune(cfg: ExperimentConfig, base, ds: Dataset, idx, seed: int, fdom, feats
     """PRUNE's unlearning of ``idx``: the patched model, its seconds, its predictions from ``feats`` (the base
     model's test/train features, for a conv net; else None) and the row's PRUNE-only entries."""
     res = forget(base, ds.X_train[idx], labels=ds.y_train[idx], strategy=cfg.prune_strategy, bound=cfg.prune_bound,
-                 epsilon=cfg.epsilon, seed=seed, domain=(ds.domain_lower, ds.domain_upper), feature_domain=fdom)
+                 epsilon=cfg.epsilon, seed=seed, domain=(ds.domain_lower, ds.domain_upper), feature_domain=fdom,
+                 radius=None)  # the paper's region-only patches (Tables III/IV, Figure 3)
     after_pred = None
     if feats is not None:
         after_pred = tuple(predict(patched_head(res.model), f, batch_size=4096) for f in feats)
@@ -396,7 +397,7 @@ def run_convergence(dataset: str, out_dir: str | Path, *, vary: str, values, fix
             n, k = (fixed, v) if vary == "K" else (v, fixed)
             idx = perm[:n]
             res = forget(base, ds.X_train[idx], labels=ds.y_train[idx], strategy="cluster", n_clusters=k,
-                         bound=bound, seed=seed, max_rounds=max_rounds, delta=1.0)
+                         bound=bound, seed=seed, max_rounds=max_rounds, delta=1.0, radius=None)
             rounds = [r for r in res.report.rounds if "fallback" not in r]
             curves.append({"seed": seed, "n": n, "K": k, "A_u": [r["A_u"] for r in rounds],
                            "seconds": [r["seconds"] for r in rounds],

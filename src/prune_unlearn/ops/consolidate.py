@@ -194,8 +194,10 @@ def _repatch(model: nn.Module, rows: list[RequestRow], datasets: DataSets, optio
         chunk = rows[k:k + size]
         X, y, spans, ds_domain = gather(chunk, datasets, model)
         try:
+            # the neighbourhood options the requests were processed with; none recorded: region-only
             result = forget(model, X, labels=y, bound=options["bound"], epsilon=options["epsilon"],
-                            seed=options["seed"], domain=domain if domain is not None else ds_domain)
+                            seed=options["seed"], domain=domain if domain is not None else ds_domain,
+                            **options.get("neighbourhood", {"radius": None}))
         except PruneError as exc:
             raise LedgerError(f"Patching requests {chunk[0].id}–{chunk[-1].id} again on the retrained model failed "
                               f"(nothing was committed): {exc}") from None

@@ -22,6 +22,7 @@ from .._progress import progress_bar
 from .._validation import check_choice, check_positive_float, check_seed
 from .._version import __version__
 from ..errors import InputValidationError, LedgerError, PruneError
+from ..unlearn.neighbourhood import DEFAULT_RADIUS
 from .chain import RequestRow
 from .commit import commit_model, exclusive, load_model
 from .intake import DataSets, screen
@@ -65,9 +66,11 @@ def process_pending(store: Store, model_path: Path, *, data, data_dir, batch_siz
             return ProcessResult([], 0, 0, 0, [], None, None, store.head(), time.perf_counter() - t_start)
         verify(store, strict=True)
         header, model = load_model(store, model_path, base)
+        # recorded in every event: the neighbourhood options always (the default "auto" too), so that a replay
+        # (consolidate) uses what ran; events without them were processed region-only
         run = _Run(store, model_path, header, model, header["tensors_sha256"], DataSets(data, data_dir),
                    {"bound": bound, "epsilon": epsilon, "seed": seed, "batch_size": batch_size,
-                    **({"neighbourhood": neighbourhood} if neighbourhood else {})}, domain)
+                    "neighbourhood": neighbourhood or {"radius": DEFAULT_RADIUS}}, domain)
         chunks = [pending[k:k + batch_size] for k in range(0, len(pending), batch_size)]
         batches = [run.batch(chunk) for chunk in progress_bar(chunks, enabled=progress, desc="process", unit="batch")]
     done = [rid for b in batches for rid in b["requests"]]

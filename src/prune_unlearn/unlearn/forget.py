@@ -5,15 +5,16 @@ linear regions (:class:`~prune_unlearn.unlearn.problem.PointProblem`); a strateg
 :mod:`~prune_unlearn.unlearn.point_strategies` (``"per-point"``: Theorem 1 for every point;
 ``"cluster"``: the paper's Algorithm 1) turns them into patch rows; the patched model adds the rows;
 every point is checked on the float32 model; and the certificate is built from the rows
-(:func:`~prune_unlearn.verify.certificate.certificate_for`). With ``radius=...`` the neighbourhood strategy
-(:mod:`~prune_unlearn.unlearn.neighbourhood_forget`) patches a certified ℓ∞ ball around each point instead.
+(:func:`~prune_unlearn.verify.certificate.certificate_for`). With a radius (by default ``"auto"``: 12/255 of the
+input domain's narrowest side) the neighbourhood strategy (:mod:`~prune_unlearn.unlearn.neighbourhood_forget`)
+patches a certified ℓ∞ ball around each point instead; ``radius=None`` keeps the paper's region-only patches.
 """
 
 from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -40,7 +41,8 @@ from ..core.split import split_model
 from ..errors import InputValidationError, UncertifiedWarning, UnsupportedModelError
 from ..verify.certificate import certificate_for
 from .metrics import unlearning_metrics
-from .neighbourhood import DEFAULT_OUTER, check_neighbourhood_options, forced_region_targets
+from .neighbourhood import (DEFAULT_OUTER, DEFAULT_RADIUS, check_neighbourhood_options, forced_region_targets,
+                            resolve_radius)
 from .neighbourhood_forget import neighbourhood_entries, run_neighbourhood_forget
 from .point_strategies import POINT_STRATEGIES, region_rows
 from .problem import PointProblem, check_fits, domain_box, group_units, model_device
@@ -51,7 +53,7 @@ from .reference import as_references, reference_logits
 from .targets import FORGET_TARGETS, TARGET_RULES
 from .unseen import unseen_claims, unseen_rows
 
-__all__ = ["forget", "ForgetOptions", "ForgetResult", "Report", "STRATEGIES", "TARGET_RULES", "FORGET_TARGETS",
+__all__ = ["forget", "ForgetOptions", "DEFAULT_RADIUS", "ForgetResult", "Report", "STRATEGIES", "TARGET_RULES", "FORGET_TARGETS",
            "CERTIFIED_FACTOR",
            "GATE_HEADROOM", "run_forget", "warn_if_failed"]
 
@@ -60,7 +62,8 @@ STRATEGIES = tuple(POINT_STRATEGIES)
 
 @dataclass(frozen=True)
 class ForgetOptions:
-    """How ``forget`` patches (its keywords; see :func:`forget` for each)."""
+    """How ``forget`` patches (its keywords; see :func:`forget` for each). ``radius`` is the requested one
+    (``"auto"`` by default); :meth:`resolved` replaces ``"auto"`` by the radius the run uses (or None)."""
 
     strategy: str = "per-point"
     bound: str = "box"
@@ -73,12 +76,18 @@ class ForgetOptions:
     n_clusters: int | None = None
     max_rounds: int = 10
     dual_steps: int = 60
-    radius: float | str | None = None
+    radius: float | str | None = DEFAULT_RADIUS
     min_radius: float = 2 / 255
     max_radius: float = 16 / 255
     outer: float = DEFAULT_OUTER
     within_region: bool = False
     intermediate: str = "ibp"
+
+    def resolved(self) -> "ForgetOptions":
+        """These options with ``radius="auto"`` replaced by what it means here (see :func:`resolve_radius`)."""
+        radius = resolve_radius(self.radius, self.domain, strategy=self.strategy, target=self.target,
+                                feature_domain=self.feature_domain)
+        return self if radius == self.radius else replace(self, radius=radius)
 
     def validate(self, caller: str = "forget") -> None:
         check_choice("strategy", caller, self.strategy, STRATEGIES)
@@ -125,7 +134,7 @@ def forget(
     test_data: tuple[torch.Tensor, torch.Tensor] | None = None,
     remaining_data: tuple[torch.Tensor, torch.Tensor] | None = None,
     progress: bool = False,
-    radius: float | str | None = None,
+    radius: float | str | None = DEFAULT_RADIUS,
     min_radius: float = 2 / 255,
     max_radius: float = 16 / 255,
     outer: float = DEFAULT_OUTER,
@@ -172,12 +181,15 @@ def forget(
     test_data, remaining_data : (X, y), optional
         When given, the report includes ``A_tes``/``A_res`` before and after and the exact number
         of changed predictions.
-    radius : float, "search" or None, default None
+    radius : float, "search", "auto" or None, default "auto"
         Certified neighbourhoods (``strategy``, ``delta`` and ``n_clusters`` do not apply): every point is
         mispredicted on the whole ℓ∞ ball ``B(x, radius) ∩ domain`` (in the input's units), proven, and its
         support is 0 beyond ``(1 + outer)·radius``. ``"search"``: per point, the radius on which full CROWN
         proves the base model still predicts the label, clamped to ``[min_radius, max_radius]``. ``None``:
-        region-only (Theorem 1).
+        region-only (the paper's Theorem 1). ``"auto"`` (the default): 12/255 of the domain's narrowest side
+        (12/255 for images in [0, 1]), and region-only where a ball does not apply (``strategy="cluster"``,
+        ``target="unseen"``, ``feature_domain`` given, or a domain without a bounded side); ``report.radius``
+        says which ran (None: region-only).
     min_radius, max_radius : float
         Range of the radius search.
     outer : float, default 0.5
@@ -235,6 +247,7 @@ def run_forget(model: nn.Module, points, *, labels=None, head: str | None = None
     """:func:`forget` with its options gathered in ``options``, without the warning (for callers that
     report failures themselves, such as ``forget_class``)."""
     t_start = time.perf_counter()
+    options = options.resolved()  # "auto" → the radius this run uses, or None (region-only)
     options.validate()
     if options.radius is not None:
         if reference is not None or options.target == "unseen":

@@ -33,19 +33,57 @@ from ..core.regions import pack_patterns, unpack_patterns
 from ..errors import InputValidationError
 
 __all__ = ["check_radius", "check_neighbourhood_options", "search_radii", "assign_targets", "solve_rows",
-           "forced_region_targets", "DEFAULT_OUTER", "RADIUS_SEARCH"]
+           "forced_region_targets", "resolve_radius", "DEFAULT_OUTER", "RADIUS_SEARCH", "DEFAULT_RADIUS",
+           "DEFAULT_RADIUS_SHARE"]
 
 RADIUS_SEARCH = "search"
+# forget's default radius (docs/design.md, "The default mode"): a certified ball of DEFAULT_RADIUS_SHARE of the
+# input domain's narrowest side (12/255 on images in [0, 1]: the smallest radius that met the issue-11 residual
+# recall targets on MNIST and Fashion-MNIST), and region-only where a ball does not apply.
+DEFAULT_RADIUS = "auto"
+DEFAULT_RADIUS_SHARE = 12 / 255
 # Outer gate width as a multiple of the radius: the support is 0 beyond ℓ∞ distance (1 + DEFAULT_OUTER)·r.
 DEFAULT_OUTER = 0.5
 _U32 = 2.0**-24
 
 
+def resolve_radius(radius, domain, *, strategy: str = "per-point", target: str = "random",
+                   feature_domain=None) -> float | str | None:
+    """The radius ``forget`` runs with: ``radius`` itself, unless it is :data:`DEFAULT_RADIUS` (``"auto"``).
+
+    ``"auto"`` is ``DEFAULT_RADIUS_SHARE`` × the narrowest positive side of the domain box (12/255 for images in
+    [0, 1]; for other data the same share of each input's range, so the ball means the same thing whatever the
+    units), and ``None`` (region-only, the paper's Theorem 1) where a certified ball does not apply: the cluster
+    strategy (Algorithm 1 patches regions), ``target="unseen"`` (reference-model bands), a head behind a feature
+    extractor (``feature_domain`` given: an input ball reaches the head only through a loose interval bound), or
+    a domain that is unknown, unbounded or has no side of positive width. The report's ``radius`` says which.
+    """
+    if not (isinstance(radius, str) and radius == DEFAULT_RADIUS):
+        return radius
+    if strategy != "per-point" or target == "unseen" or feature_domain is not None or domain is None:
+        return None
+    try:
+        lo = torch.as_tensor(domain[0], dtype=torch.float64)
+        hi = torch.as_tensor(domain[1], dtype=torch.float64)
+        sides = torch.broadcast_tensors(lo, hi)
+        width = (sides[1] - sides[0]).flatten()
+    except (TypeError, ValueError, IndexError, RuntimeError):
+        return None
+    width = width[torch.isfinite(width) & (width > 0)]
+    if not bool(torch.isfinite(lo).all() and torch.isfinite(hi).all()) or width.numel() == 0:
+        return None
+    return DEFAULT_RADIUS_SHARE * float(width.min())
+
+
 def check_radius(radius, caller: str, width: float | None, name: str = "radius") -> float | str:
-    """A radius must be a finite float in (0, width of the domain], or "search"; the domain must be known."""
+    """A radius must be a finite float in (0, width of the domain], or "search" ("auto" for ``radius`` only: it is
+    resolved by :func:`resolve_radius` and needs no known domain); the domain must be known."""
+    if isinstance(radius, str) and radius == DEFAULT_RADIUS and name == "radius":
+        return radius
     if isinstance(radius, str):
         if radius != RADIUS_SEARCH:
-            raise param_error(name, caller, f"a float in (0, domain width] or {RADIUS_SEARCH!r}", radius)
+            raise param_error(name, caller, f"a float in (0, domain width], {RADIUS_SEARCH!r}"
+                              + (f", {DEFAULT_RADIUS!r}" if name == "radius" else ""), radius)
         value = radius
     else:
         ok = isinstance(radius, (int, float, np.floating)) and not isinstance(radius, bool)

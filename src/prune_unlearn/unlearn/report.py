@@ -206,6 +206,12 @@ class Report:
         return replace(self, retrain_seconds=float(retrain_seconds),
                        unlearn_retrain_ratio=self.unlearn_seconds / retrain_seconds if retrain_seconds > 0 else None)
 
+    @property
+    def mode(self) -> str:
+        """``"neighbourhood"`` (certified balls around the points, ``radius``) or ``"region"`` (the paper's linear
+        regions: ``radius`` None, as ``forget(radius=None)`` asks and ``"auto"`` falls back to)."""
+        return "region" if self.radius is None else "neighbourhood"
+
     def _radii(self) -> str:
         if self.radius_min is None:
             return "n/a"
@@ -217,8 +223,10 @@ class Report:
         def pct(v):
             return "   n/a" if v is None else f"{100 * v:6.2f}"
 
+        mode = ("region-only (linear regions)" if self.radius is None else
+                f"certified neighbourhoods (radius {self.radius if isinstance(self.radius, str) else f'{self.radius:.6g}'})")
         lines = [
-            f"forgot {self.n_forgotten}/{self.n_forget} points ({self.strategy}, bound={self.bound}): "
+            f"forgot {self.n_forgotten}/{self.n_forget} points ({self.strategy}, bound={self.bound}, {mode}): "
             + (f"{self.n_certified_neighbourhood} certified on a neighbourhood (radius {self._radii()}), "
                if self.n_certified_neighbourhood else "")
             + f"{self.n_certified_region} certified on their linear region, {self.n_certified_point} at the point, "

@@ -173,6 +173,7 @@ def _patch_class(model, head, x, problem: ClassProblem, strategy: WholeClass, se
     if strategy.delta >= 1.0 and len(stragglers):
         point_result = run_forget(patched, x[stragglers], labels=torch.full((len(stragglers),), label),
                                   options=ForgetOptions(bound=strategy.bound, epsilon=strategy.epsilon, seed=seed,
+                                                        radius=None,  # stragglers: region patches (Algorithm 2)
                                                         domain=domain, feature_domain=feature_domain))
         patched = point_result.model
     timings = {"rounds": time.perf_counter() - t_rounds}

@@ -100,7 +100,7 @@ def _prune(target: str) -> Unlearner:
 
         return prune_forget(model, data.X[forget], labels=data.y[forget], target=target,
                             strategy=params["strategy"], bound=params["bound"], epsilon=params["epsilon"],
-                            seed=data.recipe.seed, domain=data.domain).model
+                            seed=data.recipe.seed, domain=data.domain, radius=None).model  # region-only
 
     return Unlearner(f"prune-{target}", unlearn, params=params, group="prune", code=_PRUNE_CODE,
                      description=f"PRUNE, per-point patches, box bound, target={target!r} (the paper's rule)")
