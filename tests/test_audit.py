@@ -13,7 +13,7 @@ from prune_unlearn.errors import CertificateError
 def forgotten(digits, digits_small_model):
     idx = torch.randperm(len(digits.y_train), generator=torch.Generator().manual_seed(11))[:12]
     X, y = digits.X_train[idx], digits.y_train[idx]
-    res = forget(digits_small_model, X, labels=y, bound="dual", seed=2)
+    res = forget(digits_small_model, X, labels=y, bound="dual", seed=2, radius=None)
     return res, X, y
 
 

@@ -61,7 +61,7 @@ def _failed(result, name):
 @pytest.mark.parametrize("bound", ["box", "dual", "lp"])
 def test_honest_certificates_pass(deep, bound):
     depth, model, x, y = deep
-    res = forget(model, x, labels=y, bound=bound, seed=depth)
+    res = forget(model, x, labels=y, bound=bound, seed=depth, radius=None)
     assert res.report.n_certified_region > 0
     result = audit(res.model, res.certificate, points=x, labels=y, exhaustive=True, locality_samples=500)
     assert result.passed, result.summary()
@@ -96,7 +96,7 @@ def test_probes_are_finite_and_cross_despite_constant_neurons(deep):
 
 def test_every_tampering_is_caught(deep):
     depth, model, x, y = deep
-    res = forget(model, x, labels=y, bound="dual", seed=depth)
+    res = forget(model, x, labels=y, bound="dual", seed=depth, radius=None)
     patched, cert = res.model, res.certificate
     r = next(c["region"] for c in cert.claims if c["proved"] == "region")
 
@@ -130,7 +130,7 @@ def test_every_tampering_is_caught(deep):
 def test_exact_check_has_no_rounding_slack(deep):
     """A margin one float64 step above the exact re-derived one fails; the float just below passes."""
     depth, model, x, y = deep
-    res = forget(model, x, labels=y, bound="dual", seed=depth)
+    res = forget(model, x, labels=y, bound="dual", seed=depth, radius=None)
     cert = res.certificate
     r = next(c["region"] for c in cert.claims if c["proved"] == "region")
     # Find the exact margin by bisection on the claimed value: the audit's verdict flips at it.

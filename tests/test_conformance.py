@@ -326,7 +326,7 @@ class _ProcessMeanwhile(SerialEngine):
 
 def _point_patched(base, data, head=None, start=0):
     pts = data.X_train[start: start + 6]
-    res = forget(base, pts, labels=data.y_train[start: start + 6], bound="dual", head=head, seed=0)
+    res = forget(base, pts, labels=data.y_train[start: start + 6], bound="dual", head=head, seed=0, radius=None)
     return res, pts, data.y_train[start: start + 6]
 
 
@@ -373,7 +373,7 @@ class TestPointAndClassPatched(ModelKindSuite):
         data = _data(base, self.shape)
         patched = _class_patched(base, data)[0].model
         others = (data.y_train != 0).nonzero().flatten()[:6]
-        res = forget(patched, data.X_train[others], labels=data.y_train[others], bound="dual", seed=0)
+        res = forget(patched, data.X_train[others], labels=data.y_train[others], bound="dual", seed=0, radius=None)
         assert _has_class_rows(res.model) and len(res.model.patches)
         return SimpleNamespace(model=res.model, base=base, data=data, certificate=res.certificate,
                                points=data.X_train[others], labels=data.y_train[others])

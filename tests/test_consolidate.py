@@ -202,7 +202,7 @@ def test_rows_no_request_owns_are_refused_and_nothing_is_written(tmp_path, digit
     from prune_unlearn import forget
 
     world = recorded_world(tmp_path, digits)
-    patched = forget(load(world.path), digits.X_train[50:52], labels=digits.y_train[50:52], seed=0).model
+    patched = forget(load(world.path), digits.X_train[50:52], labels=digits.y_train[50:52], seed=0, radius=None).model
     save(patched, world.path, info=load_info(world.path)["info"])  # patched outside the ledger: same record
     with Ledger(world.ledger) as ledger:
         ledger.add("a", indices=[1], data="digits")

@@ -197,7 +197,7 @@ def test_trained_tiny_vgg_forgets_in_feature_space_with_exact_locality(data, tmp
     before_test, before_rest = model(xt).argmax(1), model(x[keep]).argmax(1)
     for fdom, source in ((None, "interval propagation"), (data_feature_box(model, x, margin=0.1), "given")):
         res = forget(model, x[idx], labels=y[idx], bound="dual", feature_domain=fdom, test_data=(xt, yt),
-                     remaining_data=(x[keep], y[keep]))
+                     remaining_data=(x[keep], y[keep]), radius=None)
         r = res.report
         assert r.A_u_after == 0 and r.n_certified_region == 20 and res.certificate.domain["source"].startswith(source)
         patched = res.model

@@ -53,7 +53,7 @@ RTOL = 1e-4
 def tiny(one_thread):
     model = tiny_mlp((4, 8, 8, 3))
     pts = torch.rand(6, 4, generator=torch.Generator().manual_seed(0))
-    res = forget(model, pts, labels=model(pts).argmax(1), seed=0)
+    res = forget(model, pts, labels=model(pts).argmax(1), seed=0, radius=None)
     return model, res, pts
 
 
@@ -70,7 +70,7 @@ def digits_mlp(digits, one_thread):
 @pytest.fixture(scope="module")
 def digits_patched(digits, digits_mlp):
     idx = torch.randperm(len(digits.y_train), generator=torch.Generator().manual_seed(0))[:12]
-    res = forget(digits_mlp, digits.X_train[idx], labels=digits.y_train[idx], seed=0)
+    res = forget(digits_mlp, digits.X_train[idx], labels=digits.y_train[idx], seed=0, radius=None)
     return res, digits.X_train[idx]
 
 
@@ -78,7 +78,7 @@ def digits_patched(digits, digits_mlp):
 def digits_cluster(digits, digits_mlp):
     """Cluster strategy: point-claim rows, and many rows sharing one patch value d."""
     idx = torch.randperm(len(digits.y_train), generator=torch.Generator().manual_seed(1))[:32]
-    res = forget(digits_mlp, digits.X_train[idx], labels=digits.y_train[idx], strategy="cluster", seed=0)
+    res = forget(digits_mlp, digits.X_train[idx], labels=digits.y_train[idx], strategy="cluster", seed=0, radius=None)
     ps = res.model.patches
     assert (ps.bound_code == BOUND_CODES["point"]).any()
     assert len(torch.unique(ps.values, dim=0)) < len(ps)
@@ -365,7 +365,7 @@ def test_vnnlib_refusals(digits_cluster, digits_patched, tmp_path):
 def test_head_only_for_a_conv_prefix(tmp_path, one_thread):
     model = TinyConvNet().eval()
     x = torch.rand(5, 1, 8, 8, generator=torch.Generator().manual_seed(0))
-    res = forget(model, x, labels=model(x).argmax(1), head="classifier", seed=0)
+    res = forget(model, x, labels=model(x).argmax(1), head="classifier", seed=0, radius=None)
     with pytest.raises(UnsupportedModelError, match="head_only=True"):
         export_onnx(res.model, tmp_path / "c.onnx")
     info = export_onnx(res.model, tmp_path / "c.onnx", head_only=True)
@@ -548,7 +548,7 @@ def test_marabou_proves_a_region_claim(tiny, tmp_path):
 def test_head_without_hidden_layers(tmp_path, one_thread):
     model = tiny_mlp((4, 3))
     pts = torch.rand(3, 4, generator=torch.Generator().manual_seed(0))
-    res = forget(model, pts, labels=model(pts).argmax(1), seed=0)
+    res = forget(model, pts, labels=model(pts).argmax(1), seed=0, radius=None)
     info = export_onnx(res.model, tmp_path / "l.onnx", with_region_constraints=0)
     assert set(info.op_types) <= ALLOWED_OPS and info.output_dim == 3
     x = torch.rand(100, 4, generator=torch.Generator().manual_seed(1))

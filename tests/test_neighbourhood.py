@@ -156,7 +156,7 @@ def test_region_mode_next_to_a_ball_takes_its_target(digits_small_model, digits)
     x = digits.X_train[7:8]
     first = forget(digits_small_model, x, labels=digits.y_train[7:8], radius=R, seed=0)
     t0 = int(first.model.neighbourhoods.targets[0])
-    second = forget(first.model, x, labels=digits.y_train[7:8], seed=5)  # region-only on the same point
+    second = forget(first.model, x, labels=digits.y_train[7:8], seed=5, radius=None)  # region-only on the same point
     assert int(second.model.patches.targets[0]) == t0
 
 

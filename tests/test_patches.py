@@ -77,7 +77,7 @@ def test_unsupported_inputs_keep_base_logits_bit_for_bit(seed, scale):
     model = tiny_mlp((4, 8, 8, 3), seed=3)
     gen = torch.Generator().manual_seed(seed)
     pts = torch.rand(5, 4, generator=gen)
-    patched = forget(model, pts, labels=model(pts).argmax(1), seed=seed).model
+    patched = forget(model, pts, labels=model(pts).argmax(1), seed=seed, radius=None).model
     # perturbations of the forgotten points at every scale, and uniform inputs (also off the box)
     x = torch.cat([pts.repeat(40, 1) + scale * torch.randn(200, 4, generator=gen),
                    torch.rand(200, 4, generator=gen) * 3 - 1])

@@ -28,7 +28,7 @@ def point_run(model):
     x = _points(6, 0)
     with warnings.catch_warnings():
         warnings.simplefilter("error", UncertifiedWarning)  # every point forgotten: no warning
-        res = forget(model, x, seed=0, test_data=(x[:0], torch.zeros(0, dtype=torch.int64)))
+        res = forget(model, x, seed=0, test_data=(x[:0], torch.zeros(0, dtype=torch.int64)), radius=None)
     assert res.report.n_failed == 0
     return res
 
@@ -96,7 +96,7 @@ def test_uncertified_warning_names_the_failures(digits, digits_small_model):
     idx = torch.randperm(len(digits.y_train), generator=torch.Generator().manual_seed(6))[:50]
     with pytest.warns(UncertifiedWarning, match=r"of 50 point\(s\) were not forgotten \(not reached") as caught:
         res = forget(digits_small_model, digits.X_train[idx], labels=digits.y_train[idx], strategy="cluster",
-                     delta=0.5, n_clusters=3, seed=0)
+                     delta=0.5, n_clusters=3, seed=0, radius=None)
     assert res.report.n_failed > 0 and len(res.certificate.failed) == res.report.n_failed
     assert f"{res.report.n_failed} of 50" in str(caught[0].message)
     assert caught[0].filename == __file__  # attributed to the caller's line, not to the library
@@ -132,7 +132,7 @@ def test_a_version_1_report_reads_with_the_new_counts_zero(point_run):
 def test_forgetting_a_point_again_is_reported_as_already_forgotten(model, point_run):
     """The second run used to report n_regions_new 1 and A_u_before 1.0 for points already forgotten."""
     x = _points(6, 0)
-    again = forget(point_run.model, x[:2], labels=model(x[:2]).argmax(1), seed=0)
+    again = forget(point_run.model, x[:2], labels=model(x[:2]).argmax(1), seed=0, radius=None)
     r = again.report
     assert r.n_already_forgotten == 2 and r.A_u_before == 0.0 and r.A_u_after == 0.0
     assert r.n_regions_new == 0 and r.n_patches_total == point_run.report.n_patches_total

@@ -10,7 +10,7 @@ from prune_unlearn.errors import FormatError
 
 
 def test_patched_model_roundtrip_is_bit_identical(tmp_path, digits, digits_model):
-    res = forget(digits_model, digits.X_train[:30], labels=digits.y_train[:30], strategy="cluster")
+    res = forget(digits_model, digits.X_train[:30], labels=digits.y_train[:30], strategy="cluster", radius=None)
     path = tmp_path / "patched.safetensors"
     save(res.model, path, info={"note": "x"})
     loaded = load(path)
@@ -26,7 +26,7 @@ def test_patched_model_roundtrip_is_bit_identical(tmp_path, digits, digits_model
 def test_custom_architecture_needs_base(tmp_path):
     model = TinyConvNet().eval()
     x = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(28))
-    res = forget(model, x, head="classifier")
+    res = forget(model, x, head="classifier", radius=None)
     path = tmp_path / "conv.safetensors"
     save(res.model, path)
     with pytest.raises(FormatError, match="custom architecture. HINT: pass base="):
@@ -37,7 +37,7 @@ def test_custom_architecture_needs_base(tmp_path):
 
 def test_tampered_or_foreign_files_fail_loudly(tmp_path):
     model = tiny_mlp((4, 8, 8, 3))
-    res = forget(model, torch.rand(4, 4, generator=torch.Generator().manual_seed(40)))
+    res = forget(model, torch.rand(4, 4, generator=torch.Generator().manual_seed(40)), radius=None)
     path = tmp_path / "m.safetensors"
     save(res.model, path)
     raw = bytearray(path.read_bytes())
@@ -101,9 +101,9 @@ def test_one_naming_and_one_hash_for_every_kind_of_patched_model(tmp_path, digit
     from prune_unlearn.core.patches import model_state_sha256
 
     X, y = digits.X_train[:40], digits.y_train[:40]
-    point = forget(digits_small_model, X[:5], labels=y[:5]).model
+    point = forget(digits_small_model, X[:5], labels=y[:5], radius=None).model
     cls = forget_class(digits_small_model, 3, digits.X_train[digits.y_train == 3], seed=0).model
-    both = forget(cls, X[y != 3][:5], labels=y[y != 3][:5]).model
+    both = forget(cls, X[y != 3][:5], labels=y[y != 3][:5], radius=None).model
     for name, model in {"plain": digits_small_model, "point": point, "class": cls, "both": both}.items():
         path = tmp_path / f"{name}.safetensors"
         save(model, path)

@@ -30,7 +30,7 @@ def test_retrain_trains_a_fresh_model_of_the_same_architecture(one_thread):
         assert torch.equal(a, b)
     assert not torch.equal(result.model[-1].weight, model[-1].weight)
     # a patched model is retrained from its base's architecture
-    patched = forget(model.eval(), X[:3], labels=y[:3]).model
+    patched = forget(model.eval(), X[:3], labels=y[:3], radius=None).model
     again = retrain(patched, X[keep], y[keep], recipe)
     assert type(again.model) is type(reference.model)
     assert torch.equal(again.model(X), reference.model(X))

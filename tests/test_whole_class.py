@@ -53,7 +53,7 @@ def test_relaxed_support_covers_the_certified_ball(digits, digits_small_model):
 def test_point_patches_on_top_of_class_patches_stay_certified(digits, digits_small_model, forgotten_class):
     label, cls, res = forgotten_class
     others = (~cls).nonzero().flatten()[:8]
-    more = forget(res.model, digits.X_train[others], labels=digits.y_train[others], bound="dual")
+    more = forget(res.model, digits.X_train[others], labels=digits.y_train[others], bound="dual", radius=None)
     assert (more.model(digits.X_train[others]).argmax(1) != digits.y_train[others]).all()
     assert (more.model(digits.X_train[cls]).argmax(1) != label).all()   # the class stays forgotten
     result = audit(more.model, more.certificate, points=digits.X_train[others], labels=digits.y_train[others],

@@ -250,9 +250,10 @@ def run_forget(model: nn.Module, points, *, labels=None, head: str | None = None
     options = options.resolved()  # "auto" → the radius this run uses, or None (region-only)
     options.validate()
     if options.radius is not None:
-        if reference is not None or options.target == "unseen":
+        if options.target == "unseen":
             raise InputValidationError("target='unseen' is not available with a radius (certified neighbourhoods "
                                        "make the points mispredicted). HINT: use radius=None for target='unseen'.")
+        _references(options, reference)  # a reference without target='unseen' is refused as in region mode
         return run_neighbourhood_forget(model, points, labels=labels, head=head, options=options,
                                         test_data=test_data, remaining_data=remaining_data, t_start=t_start)
     refs = _references(options, reference)
