@@ -194,7 +194,7 @@ def _repatch(model: nn.Module, rows: list[RequestRow], datasets: DataSets, optio
         chunk = rows[k:k + size]
         X, y, spans, ds_domain = gather(chunk, datasets, model)
         try:
-            # the neighbourhood options the requests were processed with; none recorded: region-only
+            # the call's neighbourhood options (forget's default "auto", as process); none given: region-only
             result = forget(model, X, labels=y, bound=options["bound"], epsilon=options["epsilon"],
                             seed=options["seed"], domain=domain if domain is not None else ds_domain,
                             **options.get("neighbourhood", {"radius": None}))

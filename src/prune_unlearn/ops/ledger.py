@@ -184,7 +184,9 @@ class Ledger:
         request's data set, loaded by name); ``domain`` defaults to that data set's box, else [0, 1].
         ``bound``, ``epsilon`` and ``seed`` are passed to ``forget``; ``base`` to :func:`prune_unlearn.load`.
         ``neighbourhood``: keyword arguments of ``forget``'s certified neighbourhoods (``radius``, ``min_radius``,
-        ``max_radius``, ``outer``, ``within_region``); neighbourhood rows are keyed by their support box's hash.
+        ``max_radius``, ``outer``, ``within_region``); default: forget's (``radius="auto"``, a certified ball of
+        12/255 of the domain's narrowest side), ``{"radius": None}`` for region-only. Neighbourhood rows are keyed
+        by their support box's hash.
         """
         batch_size = check_positive_int("batch_size", "Ledger.process", batch_size)
         return process_pending(self._store, Path(model_path), data=data, data_dir=data_dir, batch_size=batch_size,
@@ -202,7 +204,8 @@ class Ledger:
     def consolidate(self, model_path: str | os.PathLike, *, engine: str = "auto", workers: int | None = None,
                     ray_address: str | None = None, record=None, data=None, data_dir=None, batch_size: int = 1000,
                     bound: str = "box", epsilon: float = 0.05, seed: int = 0, domain=None,
-                    base: nn.Module | None = None, progress: bool = False) -> ConsolidateResult:
+                    base: nn.Module | None = None, progress: bool = False,
+                    neighbourhood: dict | None = None) -> ConsolidateResult:
         """Retrain without every processed request's points, replace the model, and retire their patches.
 
         The model must come from recorded training (:func:`prune_unlearn.experiments.recorded.train_recorded`;
@@ -213,7 +216,7 @@ class Ledger:
         ``ray_address``; ``local``: local processes; ``auto``: Ray if installed; or an engine object from
         :mod:`prune_unlearn.ops.engine`). The ledger stays usable while
         the model retrains; requests processed meanwhile are patched again on the new model (``batch_size``,
-        ``bound``, ``epsilon``, ``seed`` and ``domain`` as in :meth:`process`). One ``consolidate`` event records
+        ``bound``, ``epsilon``, ``seed``, ``domain`` and ``neighbourhood`` as in :meth:`process`). One ``consolidate`` event records
         the old and new model and training record, the new data manifest's hash, the requests, the engine and
         the time taken. A killed consolidation leaves model and ledger as they were; running it again resumes
         the retraining where it stopped. With nothing processed it changes nothing.
@@ -225,7 +228,8 @@ class Ledger:
             make = lambda: make_engine(engine, workers=workers, address=ray_address)  # noqa: E731
         else:  # an engine object (anything with map(fn, calls, progress=, desc=) and describe()); caller closes it
             make = lambda: contextlib.nullcontext(engine)  # noqa: E731
-        options = {"bound": bound, "epsilon": epsilon, "seed": seed, "batch_size": batch_size}
+        options = {"bound": bound, "epsilon": epsilon, "seed": seed, "batch_size": batch_size,
+                   "neighbourhood": neighbourhood or {"radius": "auto"}}
         return consolidate(self._store, Path(model_path), engine_factory=make, record_root=record, data=data,
                            data_dir=data_dir, options=options, domain=domain, base=base, progress=progress)
 
