@@ -152,7 +152,7 @@ def _markdown(result: dict) -> str:
     head = ["method", *[k[len("recall_"):] for k in keys], "radius min/med/max (·/255)", "changed test / remaining",
             "unlearn s"]
     lines = [f"Residual recall (share of perturbed copies still predicted with the original label, %), "
-             f"{result['dataset']}, |D_U| = {result['n']}, seed {result['seed']}, 10 draws per point",
+             f"{result['dataset']}, |D_U| = {result['n']}, seed {result['seed']}, 10 draws per point"
              f"; baselines (Retrain, SISA, Amnesiac, FU) trained {result.get('baseline_epochs')} epoch(s)"
              + (f" (the base model: {result['base_epochs']})" if result.get("base_epochs") else " (the base model: given)"),
              "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
