@@ -38,6 +38,8 @@ CONFIGS = (
     ("r=12/255", {"radius": 12 / 255}),
     ("search", {"radius": "search", "max_radius": 16 / 255}),
 )
+# the coarse-region network: region-only, two radii and forget's default (radius="auto": 12/255 on [0, 1])
+COARSE_CONFIGS = (CONFIGS[0], CONFIGS[1], CONFIGS[3], ("default (auto)", {}))
 
 
 def median_time(fn, repeats: int = 15) -> float:
@@ -87,6 +89,21 @@ def run_configs(model, ds, idx, configs, *, seed: int, log, recall: bool = True)
     return rows, keep
 
 
+def _main_runs(model, ds, idx, args, result, log) -> None:
+    """Every configuration on the trained network, and its test-set inference with the r = 2/255 balls."""
+    result["runs"], patched = run_configs(model, ds, idx, CONFIGS, seed=args.seed, log=log)
+    for r in result["runs"]:
+        if "retrain_seconds" in result:
+            r["unlearn_vs_retrain"] = r["unlearn_seconds"] / result["retrain_seconds"]
+    with torch.no_grad():
+        tb = median_time(lambda: model(ds.X_test))
+        tp = median_time(lambda: patched(ds.X_test))
+    result["inference"] = {"rows": len(patched.neighbourhoods), "base_seconds": tb, "patched_seconds": tp,
+                           "ratio": tp / tb, "stored_numbers": patched.neighbourhoods.stored_numbers()}
+    log(f"inference on the test set: base {1000 * tb:.1f} ms, with {len(patched.neighbourhoods)} balls "
+        f"{1000 * tp:.1f} ms ({tp / tb:.2f}x)", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="mnist")
@@ -98,6 +115,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--skip-coarse", action="store_true")
     ap.add_argument("--skip-retrain", action="store_true", help="do not time one retraining (no time ratio)")
+    ap.add_argument("--only-coarse", action="store_true", help="only the coarse-region network (needs no --model)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -108,7 +126,9 @@ def main() -> None:
     recipe = recipe_for(ds.name, seed=args.seed)
     result = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "torch_threads": args.threads,
               "load_average_start": os.getloadavg(), "dataset": ds.name, "n": args.n}
-    if args.model:
+    if args.only_coarse:
+        model, args.skip_retrain, args.skip_coarse = None, True, False
+    elif args.model:
         model = load(args.model)
     else:
         trained = train_from_spec(spec, ds.X_train, ds.y_train, recipe)
@@ -121,17 +141,8 @@ def main() -> None:
         train_from_spec(spec, *ds.remaining(idx), recipe)
         result["retrain_seconds"] = time.perf_counter() - t
         log(f"{ds.name}: retraining {result['retrain_seconds']:.1f} s", flush=True)
-    result["runs"], patched = run_configs(model, ds, idx, CONFIGS, seed=args.seed, log=log)
-    for r in result["runs"]:
-        if "retrain_seconds" in result:
-            r["unlearn_vs_retrain"] = r["unlearn_seconds"] / result["retrain_seconds"]
-    with torch.no_grad():
-        tb = median_time(lambda: model(ds.X_test))
-        tp = median_time(lambda: patched(ds.X_test))
-    result["inference"] = {"rows": len(patched.neighbourhoods), "base_seconds": tb, "patched_seconds": tp,
-                           "ratio": tp / tb, "stored_numbers": patched.neighbourhoods.stored_numbers()}
-    log(f"inference on the test set: base {1000 * tb:.1f} ms, with {len(patched.neighbourhoods)} balls "
-        f"{1000 * tp:.1f} ms ({tp / tb:.2f}x)", flush=True)
+    if model is not None:
+        _main_runs(model, ds, idx, args, result, log)
     if not args.skip_coarse:
         t = time.perf_counter()
         coarse, seconds = coarse_mlp(ds.X_train, ds.y_train, ds.num_classes, recipe, alive=24, seed=args.seed)
@@ -141,10 +152,10 @@ def main() -> None:
                             "distinct_patterns_train": distinct_patterns(coarse, ds.X_train)}
         log(f"coarse network: test accuracy {acc:.4f}, {result['coarse']['distinct_patterns_train']} distinct "
             f"patterns among {len(ds.y_train)} training images", flush=True)
-        result["coarse"]["runs"], _ = run_configs(coarse, ds, idx, CONFIGS[:2] + CONFIGS[3:4], seed=args.seed,
-                                                  log=log, recall=False)
+        result["coarse"]["runs"], _ = run_configs(coarse, ds, idx, COARSE_CONFIGS, seed=args.seed, log=log,
+                                                  recall=False)
     result["load_average_end"] = os.getloadavg()
-    path = out / f"neighbourhood-{ds.name}.json"
+    path = out / f"neighbourhood-{ds.name}{'-coarse' if args.only_coarse else ''}.json"
     path.write_text(json.dumps(result, indent=1))
     log(f"wrote {path}")
 
