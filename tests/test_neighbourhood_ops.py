@@ -63,10 +63,18 @@ def digits_model_file(tmp_path_factory):
     return path
 
 
-@pytest.mark.slow  # the audit's exact MILP sample over the balls: minutes on a busy machine
-def test_cli_forget_with_a_radius_audit_and_export(digits_model_file, tmp_path):
+@pytest.fixture(scope="module")
+def digits_small_model_file(digits_small_model, tmp_path_factory):
+    """The FC(32×32) digits model saved by prune: small enough for the audit's exact MILPs over the balls to finish
+    in seconds (on FC(256×256) each of them ran into its 10 s limit: 4.5 minutes for three balls)."""
+    path = tmp_path_factory.mktemp("nbhd-cli-small") / "digits-small.safetensors"
+    save(digits_small_model, path)
+    return path
+
+
+def test_cli_forget_with_a_radius_audit_and_export(digits_small_model_file, tmp_path):
     out = tmp_path / "out"
-    res = CliRunner().invoke(cli, ["forget", "--model", str(digits_model_file), "--data", "digits", "--count", "3",
+    res = CliRunner().invoke(cli, ["forget", "--model", str(digits_small_model_file), "--data", "digits", "--count", "3",
                                    "--radius", "1/64", "--out", str(out), "--json"])
     assert res.exit_code == 0, res.output
     report = json.loads(res.output)
@@ -77,7 +85,10 @@ def test_cli_forget_with_a_radius_audit_and_export(digits_model_file, tmp_path):
                                    str(out / "certificate.json"), "--data", "digits", "--indices",
                                    str(out / "forget_indices.txt"), "--json"])
     assert res.exit_code == 0, res.output
-    assert json.loads(res.output)["counts"]["ball-bounds"]["passed"] == 3
+    counts = json.loads(res.output)["counts"]
+    assert counts["ball-bounds"]["passed"] == 3
+    # the exact MILP over each of the three balls (and the float32 model at its maximisers) passed
+    assert counts["ball-milp"]["passed"] == 6 and counts["ball-milp"].get("failed", 0) == 0
     pytest.importorskip("onnx")
     vnn = tmp_path / "vnn"
     res = CliRunner().invoke(cli, ["export", "--model", str(out / "patched.safetensors"), "--certificate",
