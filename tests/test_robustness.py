@@ -2,7 +2,6 @@
 
 import json
 
-import torch
 
 from prune_unlearn.experiments.robustness import residual_recall, run_robustness
 from prune_unlearn.unlearn.metrics import predict
