@@ -41,7 +41,8 @@ def trained(tmp_path_factory):
 def forgotten(trained, tmp_path_factory):
     """8 points forgotten with dual bounds: a patched model, its certificate and the indices file."""
     out = tmp_path_factory.mktemp("forgot")
-    res = invoke("forget", "--model", trained[0], "--data", "digits", "--count", 8, "--bound", "dual", "--out", out)
+    res = invoke("forget", "--model", trained[0], "--data", "digits", "--count", 8, "--bound", "dual", "--radius", "none",
+                 "--out", out)
     assert res.exit_code == EXIT_OK, res.output
     return out
 

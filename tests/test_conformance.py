@@ -44,6 +44,8 @@ from prune_unlearn.experiments.training import Recipe
 from prune_unlearn.ops.engine import SerialEngine
 from prune_unlearn.verify.certificate import Certificate
 
+REGION = {"radius": None}  # region-only: these tests check linear-region patches (forget's default is a ball)
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -270,18 +272,18 @@ class ModelKindSuite:
         with Ledger(ledger_path) as ledger:
             ledger.add("alice", indices=idx[:2], data=s.data)
             ledger.add("bob", indices=idx[2:3], data=s.data)
-            ledger.process(path, data=s.data, base=base)
+            ledger.process(path, data=s.data, base=base, neighbourhood=REGION)
             ledger.add("carol", indices=idx[3:], data=s.data)  # processed while the model retrains
             if self.consolidate_refusal is not None:
                 error, message = self.consolidate_refusal
                 before, events = path.read_bytes(), ledger.events()
                 with pytest.raises(error, match=message):
-                    ledger.consolidate(path, engine="local", workers=1, data=s.data, base=base)
+                    ledger.consolidate(path, engine="local", workers=1, data=s.data, base=base, neighbourhood=REGION)
                 assert path.read_bytes() == before and ledger.events() == events  # nothing written
                 assert [r.status for r in ledger.requests()] == ["processed", "processed", "pending"]
                 assert ledger.verify(path).ok
                 return
-            result = ledger.consolidate(path, engine=_ProcessMeanwhile(ledger_path, s.data), data=s.data)
+            result = ledger.consolidate(path, engine=_ProcessMeanwhile(ledger_path, s.data), data=s.data, neighbourhood=REGION)
             assert result.requests == [1, 2] and result.repatched == [3]
             assert [r.status for r in ledger.requests()] == ["consolidated", "consolidated", "processed"]
             assert all(r.patterns == [] for r in ledger.requests(status="consolidated"))
@@ -318,7 +320,7 @@ class _ProcessMeanwhile(SerialEngine):
 
     def map(self, fn, calls, **kwargs):
         with Ledger(self.ledger_path) as other:
-            other.process(self.ledger_path.with_name("model.safetensors"), data=self.data)
+            other.process(self.ledger_path.with_name("model.safetensors"), data=self.data, neighbourhood=REGION)
         return super().map(fn, calls, **kwargs)
 
 

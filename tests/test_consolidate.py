@@ -25,6 +25,8 @@ from prune_unlearn.experiments.training import Recipe
 from prune_unlearn.ops.engine import SerialEngine, make_engine, ray_available
 from prune_unlearn.ops.ledger import CONSOLIDATE_CRASH_POINTS, CRASH_ENV, CRASH_POINTS
 
+REGION = {"radius": None}  # region-only: these tests check linear-region patches (forget's default is a ball)
+
 SRC = str(Path(prune_unlearn.__file__).resolve().parents[1])
 RECIPE = Recipe(lr=0.1, epochs=3, batch_size=64, seed=5)
 
@@ -113,7 +115,7 @@ class ProcessingWhileRetraining(SerialEngine):
     def map(self, fn, calls, **kwargs):
         with Ledger(self.world.ledger) as other:
             other.add_many([{"requester": "late", "indices": [i]} for i in self.indices], data="digits")
-            other.process(self.world.path)
+            other.process(self.world.path, neighbourhood=REGION)  # region patches, as the asserts below
             other.add("later", indices=[self.indices[-1] + 1], data="digits")  # stays pending
         return super().map(fn, calls, **kwargs)
 
@@ -123,8 +125,8 @@ def test_requests_processed_while_retraining_are_patched_again_and_certified(tmp
     first, late = [10, 20, 30, 40], [100, 200, 300]
     with Ledger(world.ledger) as ledger:
         ledger.add_many([{"requester": "early", "indices": [i]} for i in first], data="digits")
-        ledger.process(world.path)
-        result = ledger.consolidate(world.path, engine=ProcessingWhileRetraining(world, late))
+        ledger.process(world.path, neighbourhood=REGION)
+        result = ledger.consolidate(world.path, engine=ProcessingWhileRetraining(world, late), neighbourhood=REGION)
         assert result.requests == [1, 2, 3, 4] and result.repatched == [5, 6, 7]
         assert [r.status for r in ledger.requests()] == ["consolidated"] * 4 + ["processed"] * 3 + ["pending"]
         assert ledger.verify(world.path).ok

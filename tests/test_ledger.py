@@ -29,6 +29,8 @@ from prune_unlearn.cli.ledger import register
 from prune_unlearn.core.models import mlp
 from prune_unlearn.core.split import split_model
 
+REGION = {"radius": None}  # region-only: these tests check linear-region patches (forget's default is a ball)
+
 SRC = str(Path(prune_unlearn.__file__).resolve().parents[1])
 
 
@@ -174,7 +176,7 @@ def test_process_records_patches_without_duplicates_and_a_second_run_changes_not
     with Ledger(world.ledger) as ledger:
         for k in range(12):
             ledger.add(f"user{k % 3}", indices=list(range(3 * k, 3 * k + 1 + k % 3)), data=ds)
-        result = ledger.process(world.path, data=ds, batch_size=5)
+        result = ledger.process(world.path, data=ds, batch_size=5, neighbourhood=REGION)
         assert result.requests == list(range(1, 13)) and len(result.batches) == 3
         assert result.n_points == 24 and result.n_failed == 0 and result.n_forgotten == 24
         patched = load(world.path)
@@ -195,7 +197,7 @@ def test_process_records_patches_without_duplicates_and_a_second_run_changes_not
         assert verdict.ok, verdict.problems
     model_bytes, ledger_bytes = world.path.read_bytes(), world.ledger.read_bytes()
     with Ledger(world.ledger) as ledger:
-        again = ledger.process(world.path, data=ds, batch_size=5)
+        again = ledger.process(world.path, data=ds, batch_size=5, neighbourhood=REGION)
     assert again.requests == [] and again.summary() == "nothing to do: no pending requests"
     assert world.path.read_bytes() == model_bytes and world.ledger.read_bytes() == ledger_bytes
     assert not world.pending.exists()
@@ -206,9 +208,9 @@ def test_requests_arriving_over_time_and_labels_from_the_model(world):
     np.save(world.tmp / "later.npy", ds.X_train[50:53].numpy())
     with Ledger(world.ledger) as ledger:
         ledger.add("a", indices=[0, 1], data=ds)
-        ledger.process(world.path, data=ds)
+        ledger.process(world.path, data=ds, neighbourhood=REGION)
         ledger.add("b", points_file=world.tmp / "later.npy")  # labels: the base model's predictions
-        result = ledger.process(world.path)
+        result = ledger.process(world.path, neighbourhood=REGION)
         assert result.requests == [2] and result.n_failed == 0
         req = ledger.get(2)
         assert [c["label"] for c in req.claims] == ds.y_train[50:53].tolist()
@@ -217,14 +219,14 @@ def test_requests_arriving_over_time_and_labels_from_the_model(world):
         ledger.add("c", points_file=world.tmp / "later.npy")
         np.save(world.tmp / "later.npy", ds.X_train[61:62].numpy())  # the file of a pending request changes
         ledger.add("d", indices=[62], data=ds)
-        result = ledger.process(world.path, data=ds)  # request 3 is skipped (it stays pending), 4 is not blocked
+        result = ledger.process(world.path, data=ds, neighbourhood=REGION)  # request 3 is skipped (it stays pending), 4 is not blocked
         assert result.requests == [4] and [s["id"] for s in result.skipped] == [3] and result.rejected == []
         assert re.search("Request 3: the points file .*later.npy changed since the request was added .*HINT: put "
                          "back the original file", result.skipped[0]["reason"])
         assert "skipped request 3 (still pending): Request 3: the points file" in result.summary()
         assert [r.status for r in ledger.requests()] == ["processed", "processed", "pending", "processed"]
         np.save(world.tmp / "later.npy", ds.X_train[60:61].numpy())  # put back: processed by the next run
-        assert ledger.process(world.path).requests == [3]
+        assert ledger.process(world.path, neighbourhood=REGION).requests == [3]
         assert_consistent(ledger, world.path, ds)
 
 
@@ -232,13 +234,13 @@ def test_model_file_must_be_the_one_the_ledger_wrote(world):
     ds = world.ds
     with Ledger(world.ledger) as ledger:
         ledger.add("a", indices=[0, 1], data=ds)
-        ledger.process(world.path, data=ds)
+        ledger.process(world.path, data=ds, neighbourhood=REGION)
         ledger.add("b", indices=[2], data=ds)
         other = world.tmp / "base-copy.safetensors"
         save(world.model, other)  # the unpatched model
         with pytest.raises(LedgerError, match=r"the model file .*base-copy.safetensors does not match the ledger: "
                                               r"its tensors hash to .*HINT: pass the model file written by the last"):
-            ledger.process(other, data=ds)
+            ledger.process(other, data=ds, neighbourhood=REGION)
         verdict = ledger.verify(other)
         assert not verdict.ok and "does not match the ledger" in verdict.problems[0]
         same_tensors = world.tmp / "relabelled.safetensors"
@@ -262,7 +264,7 @@ def test_undo_restores_base_logits_bit_for_bit_unless_another_request_shares_the
         ledger.add("solo", indices=[solo], data=ds)
         ledger.add("shares", indices=[shared_a], data=ds)
         ledger.add("shares too", indices=[shared_b], data=ds)
-        ledger.process(world.path, data=ds)
+        ledger.process(world.path, data=ds, neighbourhood=REGION)
         x_solo = ds.X_train[[solo]]
         assert not torch.equal(load(world.path)(x_solo), base(x_solo))
 
@@ -292,7 +294,7 @@ def test_undo_errors(world):
         with pytest.raises(LedgerError, match="Request 1 is pending: only a processed request can be undone; it has "
                                               "no patches yet"):
             ledger.undo(1, world.path)
-        ledger.process(world.path, data=world.ds)
+        ledger.process(world.path, data=world.ds, neighbourhood=REGION)
         ledger.undo(1, world.path)
         with pytest.raises(LedgerError, match="Request 1 is undone: .* it was undone by event 3"):
             ledger.undo(1, world.path)
@@ -335,7 +337,7 @@ def test_verify_detects_edited_deleted_or_reordered_rows(world, tamper, first_ba
     with Ledger(world.ledger) as ledger:
         for k in range(4):
             ledger.add(f"user{k}", indices=[k], data=world.ds)
-        ledger.process(world.path, data=world.ds)
+        ledger.process(world.path, data=world.ds, neighbourhood=REGION)
         ledger.add("late", indices=[10], data=world.ds)
         assert ledger.verify(world.path).ok
     conn = sqlite3.connect(world.ledger)
@@ -348,7 +350,7 @@ def test_verify_detects_edited_deleted_or_reordered_rows(world, tamper, first_ba
         with pytest.raises(LedgerError, match="failed verification: " + re.escape(message.split(":")[0])):
             ledger.verify(strict=True)
         with pytest.raises(LedgerError, match="failed verification.*HINT: run `prune ledger verify`"):
-            ledger.process(world.path, data=world.ds)
+            ledger.process(world.path, data=world.ds, neighbourhood=REGION)
 
 
 # --- crash safety ------------------------------------------------------------------------------------
@@ -356,7 +358,7 @@ def test_verify_detects_edited_deleted_or_reordered_rows(world, tamper, first_ba
 
 def _process_in_subprocess(ledger_path, model_path, crash_at):
     code = ("import sys, torch; torch.set_num_threads(1); from prune_unlearn.ops.ledger import Ledger; "
-            "Ledger(sys.argv[1]).process(sys.argv[2])")
+            "Ledger(sys.argv[1]).process(sys.argv[2], neighbourhood={'radius': None})")
     env = {**os.environ, "PYTHONPATH": SRC, CRASH_ENV: crash_at}
     return subprocess.run([sys.executable, "-c", code, str(ledger_path), str(model_path)], env=env,
                           capture_output=True, text=True, timeout=300)
@@ -373,7 +375,7 @@ def test_kill_9_during_process_leaves_model_and_ledger_both_old_or_both_new(worl
     with Ledger(world.ledger) as ledger:
         for k in range(2):
             ledger.add(f"u{k}", points_file=world.tmp / f"r{k}.npy")
-        ledger.process(world.path)
+        ledger.process(world.path, neighbourhood=REGION)
         for k in range(2, 5):
             ledger.add(f"u{k}", points_file=world.tmp / f"r{k}.npy")
         n_events = len(ledger.events())
@@ -400,7 +402,7 @@ def test_kill_9_during_process_leaves_model_and_ledger_both_old_or_both_new(worl
         else:
             assert not world.pending.exists() and len(ledger.events()) == n_events + 1
             assert statuses == ["processed"] * 5
-        again = ledger.process(world.path)  # completes
+        again = ledger.process(world.path, neighbourhood=REGION)  # completes
         assert len(again.requests) == (3 if outcome == "old" else 0)
         assert_consistent(ledger, world.path)
         assert [r.status for r in ledger.requests()] == ["processed"] * 5 and not world.pending.exists()
@@ -410,7 +412,7 @@ def test_kill_9_during_undo_recovers(world):
     np.save(world.tmp / "r.npy", world.ds.X_train[:3].numpy())
     with Ledger(world.ledger) as ledger:
         ledger.add("a", points_file=world.tmp / "r.npy")
-        ledger.process(world.path)
+        ledger.process(world.path, neighbourhood=REGION)
     code = ("import sys; from prune_unlearn.ops.ledger import Ledger; Ledger(sys.argv[1]).undo(1, sys.argv[2])")
     env = {**os.environ, "PYTHONPATH": SRC, CRASH_ENV: "after_ledger_commit"}
     proc = subprocess.run([sys.executable, "-c", code, str(world.ledger), str(world.path)], env=env,
@@ -430,7 +432,7 @@ def test_ten_thousand_one_point_requests_in_batches_of_a_thousand(world):
     with Ledger(world.ledger) as ledger:
         ledger.add_many([{"requester": f"user{i % 97}", "indices": [i]} for i in range(10_000)], data=ds)
         t_add = time.perf_counter() - t0
-        result = ledger.process(world.path, data=ds, batch_size=1000)
+        result = ledger.process(world.path, data=ds, batch_size=1000, neighbourhood=REGION)
         t_process = time.perf_counter() - t0 - t_add
         assert len(result.batches) == 10 and result.n_points == 10_000 and result.n_failed == 0
         patched = load(world.path)
@@ -573,7 +575,7 @@ def test_process_and_undo_on_a_class_patched_model_keep_the_class_forgotten(clas
     with Ledger(w.ledger) as ledger:
         ledger.add("alice", indices=others[:2], data=w.ds)
         ledger.add("bob", indices=others[2:], data=w.ds)
-        result = ledger.process(w.path, data=w.ds)
+        result = ledger.process(w.path, data=w.ds, neighbourhood=REGION)
         processed = load(w.path)
         assert result.model_sha256 == processed.sha256() == load_info(w.path)["tensors_sha256"]
         assert processed.has_class_patches

@@ -18,6 +18,8 @@ from prune_unlearn.errors import LedgerError
 from prune_unlearn.ops import migrate
 from prune_unlearn.ops.store import LEDGER_FORMAT_VERSION
 
+REGION = {"radius": None}  # region-only: these tests check linear-region patches (forget's default is a ball)
+
 FIXTURE = Path(__file__).parent / "data" / "ledger_v1"
 
 
@@ -154,7 +156,7 @@ def test_an_earlier_ledger_takes_new_events_on_its_chain(old):
         ledger.add("frank", indices=[200, 201], data="digits")
         added = ledger.events()[-1]
         assert (added["id"], added["prev_hash"]) == (9, head)
-        result = ledger.process(model_path, data="digits")
+        result = ledger.process(model_path, data="digits", neighbourhood=REGION)
         assert result.requests == [5, 6] and result.n_points == 3
         ledger.undo(2, model_path)
         assert ledger.verify(model_path).ok

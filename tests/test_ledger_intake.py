@@ -21,6 +21,8 @@ from prune_unlearn.errors import InputValidationError, LedgerError
 from prune_unlearn.ops.ledger import Ledger
 from test_ledger import SRC, assert_consistent, synthetic, tiny_model, world  # noqa: F401 - world is a fixture
 
+REGION = {"radius": None}  # region-only: these tests check linear-region patches (forget's default is a ball)
+
 
 def invoke(*args):
     return CliRunner().invoke(cli, [str(a) for a in args])
@@ -113,14 +115,14 @@ def test_process_rejects_requests_it_can_never_forget_and_processes_the_others(w
         ledger.add("bad", indices=labels_2, data=ds)  # label 2: fine for the 3-class data set ...
         ledger.add("good", indices=ok, data=ds)
         _smaller_model(world.path)  # ... but the model they are processed on has 2 classes
-        result = ledger.process(world.path, data=ds)
+        result = ledger.process(world.path, data=ds, neighbourhood=REGION)
         assert result.requests == [2] and [r["id"] for r in result.rejected] == [1]
         assert "labels must be in [0, 1] (the model has 2 classes); got [2, 2]" in result.rejected[0]["reason"]
         assert "rejected request 1: Request 1: labels must be in [0, 1]" in result.summary()
         bad = ledger.get(1)
         assert bad.status == "rejected" and bad.rejection["by"] == "process" and bad.patterns == []
         assert ledger.events()[-1]["kind"] == "reject" and ledger.verify(world.path).ok
-        assert ledger.process(world.path, data=ds).summary() == "nothing to do: no pending requests"
+        assert ledger.process(world.path, data=ds, neighbourhood=REGION).summary() == "nothing to do: no pending requests"
 
 
 def test_a_request_forget_refuses_is_isolated_and_rejected_while_the_rest_of_its_batch_is_committed(world,
@@ -139,7 +141,7 @@ def test_a_request_forget_refuses_is_isolated_and_rejected_while_the_rest_of_its
     monkeypatch.setattr(forget_module, "forget", picky_forget)
     with Ledger(world.ledger) as ledger:
         ledger.add_many([{"requester": f"u{i}", "indices": [i]} for i in range(4, 10)], data=world.ds)
-        result = ledger.process(world.path, data=world.ds, batch_size=6)
+        result = ledger.process(world.path, data=world.ds, batch_size=6, neighbourhood=REGION)
         assert result.requests == [1, 2, 3, 5, 6] and [r["id"] for r in result.rejected] == [4]
         assert result.rejected[0]["reason"].startswith("forget refused its points: The 'points' parameter")
         assert len(result.batches) == 1 and len(result.batches[0]["events"]) >= 2  # halves committed
@@ -156,7 +158,7 @@ def test_an_operator_rejects_a_pending_request_with_a_recorded_reason(world):
         req = ledger.reject(1, "withdrawn by the requester")
         assert req.status == "rejected" and req.rejection == {"reason": "withdrawn by the requester",
                                                               "by": "operator", "event": 3}
-        assert ledger.process(world.path, data=ds).requests == [2]
+        assert ledger.process(world.path, data=ds, neighbourhood=REGION).requests == [2]
         for rid, status in ((1, "rejected"), (2, "processed")):
             with pytest.raises(LedgerError, match=f"Request {rid} is {status}: only a pending request can be "
                                                   "rejected"):
@@ -194,11 +196,11 @@ def test_no_lock_file_is_left_and_a_stale_one_is_taken_over(world):
     lock = world.tmp / "ledger.sqlite.lock"
     with Ledger(world.ledger) as ledger:
         ledger.add("a", points_file=_points(world, 0))
-        ledger.process(world.path)
+        ledger.process(world.path, neighbourhood=REGION)
         assert not lock.exists()
         ledger.add("b", points_file=_points(world, 1))
         lock.write_text("")  # what a writer killed by SIGKILL leaves: a file, but no lock on it
-        ledger.process(world.path)
+        ledger.process(world.path, neighbourhood=REGION)
         ledger.undo(1, world.path)
         assert not lock.exists()
 
@@ -224,7 +226,7 @@ def test_kill_9_at_arbitrary_moments_of_process_and_undo_leaves_old_or_new(world
         for k in range(6):
             ledger.add(f"u{k}", points_file=_points(world, k))
     code_process = ("import sys, torch; torch.set_num_threads(1); from prune_unlearn.ops.ledger import Ledger; "
-                    "Ledger(sys.argv[1]).process(sys.argv[2], batch_size=2)")
+                    "Ledger(sys.argv[1]).process(sys.argv[2], batch_size=2, neighbourhood={'radius': None})")
     code_undo = ("import sys, torch; torch.set_num_threads(1); from prune_unlearn.ops.ledger import Ledger; "
                  "Ledger(sys.argv[1]).undo(int(sys.argv[3]), sys.argv[2])")
     killed = 0
@@ -235,7 +237,7 @@ def test_kill_9_at_arbitrary_moments_of_process_and_undo_leaves_old_or_new(world
                 assert_consistent(ledger, world.path)
             assert ledger.verify().ok
     with Ledger(world.ledger) as ledger:
-        ledger.process(world.path, batch_size=2)
+        ledger.process(world.path, batch_size=2, neighbourhood=REGION)
         assert [r.status for r in ledger.requests()] == ["processed"] * 6
     for delay, rid in ((0.5, 1), (1.5, 2), (3.0, 3)):
         killed += _kill_after(delay, code_undo, world.ledger, world.path, rid) == -signal.SIGKILL
