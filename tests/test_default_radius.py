@@ -88,3 +88,12 @@ def digits_model_file(tmp_path_factory):
     res = CliRunner().invoke(cli, ["train", "--data", "digits", "--epochs", "4", "--out", str(path), "--json"])
     assert res.exit_code == 0, res.output
     return path
+
+
+def test_default_keeps_region_mode_on_a_model_with_region_patches_only(digits_small_model, digits):
+    first = forget(digits_small_model, digits.X_train[:4], labels=digits.y_train[:4], radius=None)
+    again = forget(first.model, digits.X_train[4:8], labels=digits.y_train[4:8])
+    assert again.report.mode == "region" and not again.model.has_neighbourhoods and again.report.n_failed == 0
+    balls = forget(digits_small_model, digits.X_train[:4], labels=digits.y_train[:4])
+    more = forget(balls.model, digits.X_train[4:8], labels=digits.y_train[4:8])
+    assert more.report.mode == "neighbourhood" and len(more.model.neighbourhoods) == 8

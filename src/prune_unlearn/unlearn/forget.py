@@ -83,10 +83,12 @@ class ForgetOptions:
     within_region: bool = False
     intermediate: str = "ibp"
 
-    def resolved(self) -> "ForgetOptions":
-        """These options with ``radius="auto"`` replaced by what it means here (see :func:`resolve_radius`)."""
+    def resolved(self, model=None) -> "ForgetOptions":
+        """These options with ``radius="auto"`` replaced by what it means for ``model`` (:func:`resolve_radius`)."""
+        region_rows_only = (isinstance(model, PatchedModel) and len(model.patches) > 0
+                            and not model.has_neighbourhoods)
         radius = resolve_radius(self.radius, self.domain, strategy=self.strategy, target=self.target,
-                                feature_domain=self.feature_domain)
+                                feature_domain=self.feature_domain, region_rows_only=region_rows_only)
         return self if radius == self.radius else replace(self, radius=radius)
 
     def validate(self, caller: str = "forget") -> None:
@@ -247,7 +249,7 @@ def run_forget(model: nn.Module, points, *, labels=None, head: str | None = None
     """:func:`forget` with its options gathered in ``options``, without the warning (for callers that
     report failures themselves, such as ``forget_class``)."""
     t_start = time.perf_counter()
-    options = options.resolved()  # "auto" → the radius this run uses, or None (region-only)
+    options = options.resolved(model)  # "auto" → the radius this run uses, or None (region-only)
     options.validate()
     if options.radius is not None:
         if options.target == "unseen":
