@@ -120,7 +120,7 @@ class ModelKindSuite:
     export_refusal: tuple[type, str] | None = None
     export_head_only = False
     consolidate_refusal: tuple[type, str] | None = (LedgerError, "was not trained in recorded mode")
-    ledger_neighbourhood: dict | None = None  # forget's neighbourhood options for the ledger's process
+    ledger_neighbourhood: dict | None = REGION  # forget's neighbourhood options for the ledger's process
 
     def build(self) -> SimpleNamespace:
         """``model`` (what the library handed out), ``base`` (for load), ``data`` (a Dataset), and where
