@@ -55,9 +55,9 @@ from prune_unlearn import forget, load
 model = load({str(model_path)!r})
 pts = load_file({str(points_path)!r})
 X, y = pts["X"], pts["y"]
-forget(model, X[:2], labels=y[:2], bound={bound!r})  # imports and lazy initialisation
+forget(model, X[:2], labels=y[:2], bound={bound!r}, radius=None)  # imports and lazy initialisation
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-res = forget(model, X, labels=y, bound={bound!r})
+res = forget(model, X, labels=y, bound={bound!r}, radius=None)
 after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(json.dumps({{"rss_before_forget_mb": before / 1024, "peak_rss_mb": after / 1024,
                   "n_certified_region": res.report.n_certified_region}}))
@@ -199,7 +199,7 @@ def main() -> None:
             configs.append(("per-point", "lp"))
         for strategy, bound in configs:
             res = forget(model, ds.X_train[idx], labels=ds.y_train[idx], strategy=strategy, bound=bound,
-                         seed=args.seed, test_data=(ds.X_test, ds.y_test), remaining_data=(X_rem, y_rem))
+                         seed=args.seed, test_data=(ds.X_test, ds.y_test), remaining_data=(X_rem, y_rem), radius=None)
             rep = res.report.with_retraining(retrain_seconds)
             row = {"n": n, **{k: v for k, v in rep.to_dict().items() if k not in ("failed",)}}
             results["runs"].append(row)
@@ -220,7 +220,7 @@ def main() -> None:
 
         def one(bound=bound):
             i = next(points)
-            forget(model, ds.X_train[i: i + 1], labels=ds.y_train[i: i + 1], bound=bound)
+            forget(model, ds.X_train[i: i + 1], labels=ds.y_train[i: i + 1], bound=bound, radius=None)
 
         latency[bound] = median_time(one, reps, warmup=1 if bound == "lp" else 3)
         print(f"single point, {bound}: {1000 * latency[bound]:.1f} ms", flush=True)
@@ -231,7 +231,7 @@ def main() -> None:
         idx = torch.randperm(len(ds.y_train), generator=torch.Generator().manual_seed(123))[:20]
         sizes_by_bound = {}
         for bound in ("box", "dual", "lp"):
-            r = forget(model, ds.X_train[idx], labels=ds.y_train[idx], bound=bound, seed=1)
+            r = forget(model, ds.X_train[idx], labels=ds.y_train[idx], bound=bound, seed=1, radius=None)
             sizes_by_bound[bound] = r.model.patches.values.abs().max(dim=1).values.double()
             if bound == "lp":
                 results["float32_at_lp_vertices"] = float32_vertex_check(model, r.model, ds.X_train[idx], 20)
@@ -264,7 +264,7 @@ def main() -> None:
     from prune_unlearn import load as load_model
 
     idx = torch.randperm(len(ds.y_train), generator=torch.Generator().manual_seed(args.seed))[:max(sizes)]
-    res = forget(model, ds.X_train[idx], labels=ds.y_train[idx], bound="dual", seed=args.seed)
+    res = forget(model, ds.X_train[idx], labels=ds.y_train[idx], bound="dual", seed=args.seed, radius=None)
     res.certificate.to_json(out_dir / "audit-certificate.json")
     save(res.model, out_dir / "audit-patched.safetensors")
     t = time.perf_counter()

@@ -102,17 +102,17 @@ def section_threads(out: dict) -> None:
             for torch_threads, intra_op, workers in configs:
                 torch.set_num_threads(torch_threads)
                 set_threads(workers, intra_op=intra_op)
-                forget(model, pts[:5], labels=lab[:5], bound="dual")  # warm-up
+                forget(model, pts[:5], labels=lab[:5], bound="dual", radius=None)  # warm-up
                 row = {"load": load_name, "load1": load1(), "torch_threads_set_by_caller": torch_threads,
                        "intra_op_threads": intra_op, "PRUNE_THREADS": workers}
                 for bound in ("box", "dual"):
-                    sec, res = timed(lambda: forget(model, pts, labels=lab, bound=bound))
+                    sec, res = timed(lambda: forget(model, pts, labels=lab, bound=bound, radius=None))
                     row[f"{bound}_500_s"] = sec
                     row[f"{bound}_500_cpu_s"] = CPU_SECONDS[-1]
                     row[f"{bound}_certified"] = res.report.n_certified_region
                     row[f"{bound}_patch_linf_mean"] = res.report.patch_linf_mean
                 if workers == 1 and torch_threads == intra_op:
-                    row["lp_10_s"], _ = timed(lambda: forget(model, pts[:10], labels=lab[:10], bound="lp"))
+                    row["lp_10_s"], _ = timed(lambda: forget(model, pts[:10], labels=lab[:10], bound="lp", radius=None))
                     row["lp_10_cpu_s"] = CPU_SECONDS[-1]
                     row["crown_radius_200_s"], _ = timed(lambda: certified_radius(
                         head, pts[:200].double(), lab[:200], torch.zeros(600), torch.ones(600), iterations=8))
@@ -156,7 +156,7 @@ def section_audit6(out: dict, out_dir: Path) -> None:
     acc = float((model(ds.X_test).argmax(1) == ds.y_test).float().mean())
     idx = torch.randperm(len(ds.y_train), generator=torch.Generator().manual_seed(0))[:500]
     X, y = ds.X_train[idx], ds.y_train[idx]
-    forget_s, res = timed(lambda: forget(model, X, labels=y, bound="dual"))
+    forget_s, res = timed(lambda: forget(model, X, labels=y, bound="dual", radius=None))
     forget_cpu = CPU_SECONDS[-1]
     load_before = load1()
     audit_s, result = timed(lambda: audit(res.model, res.certificate, points=X, labels=y,
@@ -214,10 +214,10 @@ ds = load_dataset("mnist", os.environ.get("PRUNE_DATA_DIR"))
 model = load({str(model_path)!r})
 pts = load_file({str(pts_path)!r})
 X, y = pts["X"], pts["y"]
-forget(model, X[:2], labels=y[:2], bound={bound!r})
+forget(model, X[:2], labels=y[:2], bound={bound!r}, radius=None)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t, c = time.perf_counter(), time.process_time()
-res = forget(model, X, labels=y, bound={bound!r})
+res = forget(model, X, labels=y, bound={bound!r}, radius=None)
 sec, cpu = time.perf_counter() - t, time.process_time() - c
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 idx = torch.randperm(len(ds.y_train), generator=torch.Generator().manual_seed(0))[:10_000]
@@ -258,7 +258,7 @@ def section_export(out: dict, out_dir: Path) -> None:
         raise SystemExit("run the mnist10k section first (it trains the model this section uses)")
     base = load(model_path)
     idx = torch.randperm(len(ds.y_train), generator=torch.Generator().manual_seed(1))[:500]
-    res = forget(base, ds.X_train[idx], labels=ds.y_train[idx], bound="dual")
+    res = forget(base, ds.X_train[idx], labels=ds.y_train[idx], bound="dual", radius=None)
     rows = {}
     for compress in (False, True):
         folder = out_dir / f"export-500{'-gz' if compress else ''}"
