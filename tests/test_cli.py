@@ -146,7 +146,9 @@ def test_demo_json(tmp_path):
     assert res.exit_code == EXIT_OK, res.output
     assert res.stderr == ""  # the status lines are notes, off under --json
     report = json.loads(res.stdout)
-    assert report["A_u_after"] == 0 and report["n_certified_region"] == 30
+    # the default mode: every point certified on its 12/255 ball
+    assert report["A_u_after"] == 0 and report["n_certified_neighbourhood"] == 30
+    assert report["radius"] == pytest.approx(12 / 255)
     assert report["changed_tes"] == 0 and report["changed_res"] == 0
     assert report["retrain_seconds"] > 0
     for name in ("patched.safetensors", "report.json", "certificate.json", "model.safetensors"):
