@@ -221,3 +221,19 @@ def test_cli_width_is_checked():
     assert res.exit_code == 2 and "Invalid value for '--width': 0.0 is not in the range x>0" in res.output
     res = CliRunner().invoke(cli, ["train", "--data", "digits", "--width", "0.5", "--out", "x.safetensors"])
     assert res.exit_code == 1 and "width multiplier applies to the VGG16 of cifar10 only" in res.output
+
+
+def test_default_forget_on_a_conv_net_is_region_only(data, tmp_path):
+    """An input ball reaches a head behind conv layers only through a loose interval box, whose support would
+    reach most other inputs: forget's default ("auto") keeps region patches there and says so."""
+    from prune_unlearn.unlearn.neighbourhood import resolve_radius
+
+    (x, y), (xt, yt) = data
+    model = cached_training("tiny", _tiny_spec(), _recipe(), x, y, folder=tmp_path, log=lambda m: None).model
+    assert resolve_radius("auto", (0.0, 1.0), feature_extractor=True) is None
+    res = forget(model, x[:8], labels=y[:8], test_data=(xt, yt))
+    assert res.report.radius is None and res.report.n_certified_neighbourhood == 0
+    assert res.report.n_certified_region + res.report.n_certified_point == 8
+    assert not res.model.has_neighbourhoods
+    again = forget(res.model, x[8:12], labels=y[8:12])  # a patched conv model keeps the mode as well
+    assert again.report.radius is None and not again.model.has_neighbourhoods

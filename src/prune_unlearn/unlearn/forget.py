@@ -35,6 +35,7 @@ from .._validation import (
     check_seed,
 )
 from ..core.confusion import BOUND_METHODS
+from ..core.domain import is_reshape_only
 from ..core.patches import BOUND_CODES, PatchedModel
 from ..core.regions import HeadNetwork, point_regions
 from ..core.split import split_model
@@ -83,12 +84,13 @@ class ForgetOptions:
     within_region: bool = False
     intermediate: str = "ibp"
 
-    def resolved(self, model=None) -> "ForgetOptions":
+    def resolved(self, model=None, head: str | None = None) -> "ForgetOptions":
         """These options with ``radius="auto"`` replaced by what it means for ``model`` (:func:`resolve_radius`)."""
         region_rows_only = (isinstance(model, PatchedModel) and len(model.patches) > 0
                             and not model.has_neighbourhoods)
         radius = resolve_radius(self.radius, self.domain, strategy=self.strategy, target=self.target,
-                                feature_domain=self.feature_domain, region_rows_only=region_rows_only)
+                                feature_domain=self.feature_domain, region_rows_only=region_rows_only,
+                                feature_extractor=_behind_feature_extractor(model, head))
         return self if radius == self.radius else replace(self, radius=radius)
 
     def validate(self, caller: str = "forget") -> None:
@@ -244,12 +246,23 @@ def _outside_the_package() -> int:
     return level
 
 
+def _behind_feature_extractor(model, head: str | None) -> bool:
+    """Whether the patched head sits behind layers that are not a mere reshape (e.g. VGG16's conv layers)."""
+    if model is None:
+        return False
+    try:
+        split = model.split if isinstance(model, PatchedModel) else split_model(model, head)
+    except Exception:  # noqa: BLE001 - an unsplittable model is refused with its own error by the run itself
+        return False
+    return not is_reshape_only(split.prefix)
+
+
 def run_forget(model: nn.Module, points, *, labels=None, head: str | None = None, options: ForgetOptions,
                test_data=None, remaining_data=None, progress: bool = False, reference=None) -> ForgetResult:
     """:func:`forget` with its options gathered in ``options``, without the warning (for callers that
     report failures themselves, such as ``forget_class``)."""
     t_start = time.perf_counter()
-    options = options.resolved(model)  # "auto" → the radius this run uses, or None (region-only)
+    options = options.resolved(model, head)  # "auto" → the radius this run uses, or None (region-only)
     options.validate()
     if options.radius is not None:
         if options.target == "unseen":

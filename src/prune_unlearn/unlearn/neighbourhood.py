@@ -48,14 +48,18 @@ _U32 = 2.0**-24
 
 
 def resolve_radius(radius, domain, *, strategy: str = "per-point", target: str = "random",
-                   feature_domain=None, region_rows_only: bool = False) -> float | str | None:
+                   feature_domain=None, region_rows_only: bool = False,
+                   feature_extractor: bool = False) -> float | str | None:
     """The radius ``forget`` runs with: ``radius`` itself, unless it is :data:`DEFAULT_RADIUS` (``"auto"``).
 
     ``"auto"`` is ``DEFAULT_RADIUS_SHARE`` × the narrowest positive side of the domain box (12/255 for images in
     [0, 1]; for other data the same share of each input's range, so the ball means the same thing whatever the
     units), and ``None`` (region-only, the paper's Theorem 1) where a certified ball does not apply: the cluster
     strategy (Algorithm 1 patches regions), ``target="unseen"`` (reference-model bands), a head behind a feature
-    extractor (``feature_domain`` given: an input ball reaches the head only through a loose interval bound), or
+    extractor (``feature_domain`` given, or ``feature_extractor``: layers before the head that are not a reshape,
+    e.g. VGG16's conv layers — an input ball reaches the head only through a loose interval bound, and on the
+    CIFAR-10 net of docs/benchmarks.md the feature box of a 2/255 ball was so wide that the ball's support changed
+    most test predictions), or
     a domain that is unknown, unbounded or has no side of positive width; and a model that already carries
     region patches and no ball (``region_rows_only``: it keeps its mode — a ball that may reach a patched region
     with another target cannot be certified, so on a ledger processed region-only the balls failed).
@@ -63,8 +67,8 @@ def resolve_radius(radius, domain, *, strategy: str = "per-point", target: str =
     """
     if not (isinstance(radius, str) and radius == DEFAULT_RADIUS):
         return radius
-    if (strategy != "per-point" or target == "unseen" or feature_domain is not None or domain is None
-            or region_rows_only):
+    if (strategy != "per-point" or target == "unseen" or feature_domain is not None or feature_extractor
+            or domain is None or region_rows_only):
         return None
     try:
         lo = torch.as_tensor(domain[0], dtype=torch.float64)
