@@ -156,6 +156,7 @@ def main() -> None:
     ap.add_argument("--forget", type=int, default=500)
     ap.add_argument("--bounds", default="box,dual")
     ap.add_argument("--methods", default="prune,retrain,sisa,amnesiac,fu")
+    ap.add_argument("--sizes", default="100,200,300,500", help="Table III's |D_U| (comma-separated)")
     ap.add_argument("--merge", action="store_true", help="keep other methods' rows of an earlier table3 run")
     ap.add_argument("--fu-hessian-samples", type=int, default=500)
     ap.add_argument("--fu-cg-iterations", type=int, default=20)
@@ -194,6 +195,7 @@ def main() -> None:
         args.retrain = False  # trained afresh just now: the next steps reuse it
     if "table3" in steps:
         cfg = ExperimentConfig(dataset="cifar10", data_dir=args.data_dir, width=args.width, epochs=args.epochs,
+                               sizes=tuple(int(n) for n in args.sizes.split(",") if n),
                                baseline_epochs=args.baseline_epochs, methods=tuple(args.methods.split(",")),
                                fu_hessian_samples=args.fu_hessian_samples, fu_cg_iterations=args.fu_cg_iterations,
                                prune_feature_domain=args.feature_domain, cache_dir=args.cache_dir,
