@@ -173,3 +173,33 @@ def test_dyadic_is_exact():
     assert [Fraction(v) for v in vals] == list(d.fractions())
     with pytest.raises(ValueError):
         dyadic([1.0, float("nan")])
+
+
+def test_support_formula_equals_the_dense_formula_bit_for_bit(deep):
+    """The audit's screened formula gives the literal B × R × N formula's values exactly, including the gate
+    band (fractional supports), zero and NaN pre-activations, and a region with a non-positive λ."""
+    from prune_unlearn.verify.probes import support_formula
+
+    depth, model, x, y = deep
+    res = forget(model, x, labels=y, bound="dual", seed=depth)
+    ps = res.model.patches
+    gen = torch.Generator().manual_seed(depth)
+    h = torch.cat([x, torch.rand(300, x.shape[1], generator=gen)])
+    with torch.no_grad():
+        pre, _ = res.model.split.head_forward(h)
+    z = torch.cat(pre, dim=1)
+    own = z[: len(x)]
+    lam = ps.gate_lambda[ps.match(own > 0).clamp(min=0)].unsqueeze(1)
+    band = own.clone()  # the last slack at half the gate width 1/λ: fractional supports
+    band[:, -1] = torch.sign(own[:, -1]) * 0.5 / lam[:, 0]
+    zero = own.clone()
+    zero[:, -1] = 0.0
+    nan = own[:2].clone()
+    nan[0, 0] = float("nan")
+    z = torch.cat([z, band, zero, nan])
+    ps.gate_lambda[0] = 0.0  # a region with λ = 0: its column is evaluated literally
+    dense = ps.support_dense(z)
+    got = support_formula(ps, z, chunk=37)
+    assert torch.equal(torch.isnan(got), torch.isnan(dense))
+    assert torch.equal(torch.nan_to_num(got, nan=-1.0), torch.nan_to_num(dense, nan=-1.0))
+    assert (dense == 1).any() and ((dense > 0) & (dense < 1)).any()

@@ -47,8 +47,8 @@ from .band import check_bands, unseen_point_problems
 from .certificate import Certificate, box_from_description, certified_patches_sha256
 from .exact import BACKEND as EXACT_BACKEND
 from .exact import ExactHead, exact_leads
-from .lp import lp_min_leads, region_maps
-from .probes import boundary_probes
+from .lp import lp_min_leads_layered
+from .probes import boundary_probes, support_formula
 from .properties import class_offsets
 from ..errors import CertificateError, InputValidationError
 from ..core.patches import PatchedModel
@@ -290,13 +290,10 @@ def _check_lp_sample(model: PatchedModel, cert: Certificate, rows: _Rows, todo: 
     ws64, bs64 = _weights(model, np.float64)
 
     def solve(item):
-        r, entry = item
-        active = rows.active(r)
-        A, c, W, w = region_maps(ws64, bs64, active)
-        # the halfspaces the proof leans on (positive multipliers) bind at the optimum: start with them
-        start = (cert.multipliers[r] > 0).any(dim=0).numpy() if entry["bound"] != "box" else None
-        return lp_min_leads(A, c, W, w, rows.values[r], np.where(active, 1.0, -1.0), rows.theta[r],
-                            int(rows.targets[r]), rows.lo, rows.hi, start_rows=start)
+        r, _ = item
+        # from the box alone (the proof's multipliers are positive on most halfspaces: no useful start)
+        return lp_min_leads_layered(ws64, bs64, rows.active(r), rows.values[r], rows.theta[r],
+                                    int(rows.targets[r]), rows.lo, rows.hi)
 
     for (r, entry), (solved, _) in zip(todo, parallel_map(solve, todo)):
         _record_lp(model, entry, solved, int(rows.targets[r]), result)
@@ -432,7 +429,7 @@ def _check_locality(model: PatchedModel, cert: Certificate, result: AuditResult,
         if cps is not None and len(cps):  # whole-class supports change outputs by design; skip what they cover
             patched = cps.apply(z, patched, base_logits=logits)
             outside &= (cps.group_support(z, logits) == 0).all(dim=1)
-        dense = torch.cat([ps.support_dense(z[i: i + 256]) for i in range(0, len(z), 256)]) if len(ps) else None
+        dense = support_formula(ps, z) if len(ps) else None
     same = torch.equal(patched[outside], logits[outside])
     result.add("locality", f"{int(outside.sum())} unsupported inputs", same,
                "" if same else "some unsupported input's logits differ from the base model's")
