@@ -69,8 +69,8 @@ def dyadic(values) -> Dyadic:
     e = e + tz
     base = int(e[nz].min())
     shift = np.where(nz, e - base, 0)
-    ints = [int(v) << int(s) for v, s in zip(m.ravel().tolist(), shift.ravel().tolist())]
-    return Dyadic(np.array(ints, dtype=object).reshape(a.shape), base)
+    ints = np.left_shift(m.astype(object), shift.astype(object))  # Python ints: no overflow
+    return Dyadic(ints.reshape(a.shape), base)
 
 
 def _add(a: Dyadic, b: Dyadic) -> Dyadic:
@@ -109,8 +109,8 @@ class ExactHead:
     def backward(self, coeff: Dyadic, masks: np.ndarray, mu_signed: Dyadic | None, per: int):
         """Lagrangian gradient ``r`` and constant for coefficient rows on the logits.
 
-        ``coeff`` (K·C, C): one row per (region, label); ``masks`` (K, N) 0/1; ``mu_signed`` (K·C, N)
-        the multipliers times the signs ``s_i`` (``None``: box bound); ``per`` = C rows per region.
+        ``coeff`` (K·P, C): P rows per region (one per label it bounds); ``masks`` (K, N) 0/1; ``mu_signed``
+        (K·P, N) the multipliers times the signs ``s_i`` (``None``: box bound); ``per`` = P.
         Returns ``(r (K·C, d), const (K·C,))`` with ``const = Σ_j G_j·b_j`` (the offsets, before −μθ).
         """
         last = len(self.weights) - 1
@@ -151,15 +151,19 @@ def exact_leads(head: ExactHead, masks, signs, mu, theta, targets, values, class
         sl = slice(s0, min(k_all, s0 + batch))
         k = sl.stop - sl.start
         tg = np.asarray(targets[sl], dtype=int)
+        if c < 2:  # one class: no other label to bound
+            out.extend([[None] for _ in range(k)])
+            continue
+        # one row per (region, label l ≠ t): e_l − e_t (the l = t row would be zero work)
+        reg, lab_of = np.nonzero(np.arange(c)[None, :] != tg[:, None])
         eye = np.eye(c, dtype=np.int64)
-        coeff = (eye[None, :, :] - eye[tg][:, None, :]).reshape(k * c, c)        # rows e_l − e_t
-        coeff = Dyadic(np.array(coeff.tolist(), dtype=object), 0)
+        coeff = Dyadic(np.array((eye[lab_of] - eye[tg[reg]]).tolist(), dtype=object), 0)
         mu_b = np.asarray(mu[sl], dtype=np.float64)
         if np.any(mu_b < 0):
             raise ValueError("multipliers must be ≥ 0")
-        signed = mu_b * np.asarray(signs[sl], dtype=np.float64)[:, None, :]
-        mu_signed = dyadic(signed.reshape(k * c, -1)) if np.any(signed) else None
-        r, const = head.backward(coeff, np.asarray(masks[sl], dtype=np.int64), mu_signed, c)
+        signed = (mu_b * np.asarray(signs[sl], dtype=np.float64)[:, None, :])[reg, lab_of]
+        mu_signed = dyadic(signed) if np.any(signed) else None
+        r, const = head.backward(coeff, np.asarray(masks[sl], dtype=np.int64), mu_signed, c - 1)
         # max over the box: Σ_j r_j⁺ hi_j + r_j⁻ lo_j
         pos = np.where(r.ints > 0, r.ints, 0)
         neg = np.where(r.ints < 0, r.ints, 0)
@@ -167,7 +171,7 @@ def exact_leads(head: ExactHead, masks, signs, mu, theta, targets, values, class
         total = _add(const, box).fractions()
         mu_sum = None
         if mu_signed is not None:
-            m_exact = dyadic(mu_b.reshape(k * c, -1))
+            m_exact = dyadic(mu_b[reg, lab_of])
             mu_sum = Dyadic(m_exact.ints.sum(axis=1), m_exact.exp).fractions()
         th = dyadic(np.asarray(theta[sl], dtype=np.float64)).fractions()
         vals = dyadic(np.asarray(values[sl], dtype=np.float64)).fractions()
@@ -183,9 +187,10 @@ def exact_leads(head: ExactHead, masks, signs, mu, theta, targets, values, class
                 if lab == t:
                     row.append(None)
                     continue
-                u = total[i * c + lab]
+                q = i * (c - 1) + (lab if lab < t else lab - 1)  # this (region, label)'s row
+                u = total[q]
                 if mu_sum is not None:
-                    u -= mu_sum[i * c + lab] * th[i]
+                    u -= mu_sum[q] * th[i]
                 lead = vals[i, t] - vals[i, lab] - u
                 if offs is not None:
                     lead -= offs[t, lab]
