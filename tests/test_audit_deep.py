@@ -181,7 +181,7 @@ def test_support_formula_equals_the_dense_formula_bit_for_bit(deep):
     from prune_unlearn.verify.probes import support_formula
 
     depth, model, x, y = deep
-    res = forget(model, x, labels=y, bound="dual", seed=depth)
+    res = forget(model, x, labels=y, bound="dual", seed=depth, radius=None)
     ps = res.model.patches
     gen = torch.Generator().manual_seed(depth)
     h = torch.cat([x, torch.rand(300, x.shape[1], generator=gen)])
