@@ -205,4 +205,8 @@ def test_bench_privacy_cli_errors_are_one_line_and_write_nothing(tmp_path):
     res = CliRunner().invoke(cli, ["bench", "privacy", "--data", "digits", "--out", str(tmp_path)])
     # digits has 360 test points: too few for the default 1,000 unseen candidates
     assert res.exit_code == 1 and "'n_unseen' parameter of run_privacy must be at most the 360" in res.output
+    # too few shadow models for the likelihood-ratio attacks: a clear error naming the minimum
+    res = CliRunner().invoke(cli, ["bench", "privacy", "--data", "digits", "--shadows", "3", "--calibration", "0",
+                                   "--out", str(tmp_path)])
+    assert res.exit_code == 1 and "Error: The 'n_shadows' parameter of run_privacy must be an integer ≥ 6" in res.output
     assert list(tmp_path.iterdir()) == []

@@ -43,7 +43,7 @@ def _privacy(o: dict, dest: Path, log) -> None:
 
     run_privacy(PrivacyConfig(dataset=o["data_name"], data_dir=str(o["data_dir"]) if o["data_dir"] else None,
                               methods=tuple(o["methods"]), epochs=o["epochs"], n_shadows=o["shadows"],
-                              n_calibration=o["calibration"]), dest, log=log)
+                              n_calibration=o["calibration"], workers=o["workers"]), dest, log=log)
 
 
 def _robustness(o: dict, dest: Path, log) -> None:
@@ -94,6 +94,8 @@ EXPERIMENTS = {
               help="privacy: shadow worlds for (U-)LiRA (at least 6; each candidate is IN about a third of them).")
 @click.option("--calibration", type=click.IntRange(min=0), default=2000, show_default=True,
               help="privacy: unseen test points held out (never attacked) to calibrate prune-unseen-cal's references.")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
+              help="privacy: worker processes, one world each at a time (1 torch thread each).")
 @relaxed_support_options
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("results"), show_default=True,
               help="Results folder (a subfolder per data set).")
