@@ -130,6 +130,10 @@ def test_cli_target_unseen_writes_a_passing_certificate_and_refuses_overlap(digi
     res = CliRunner().invoke(cli, base + ["--indices", str(tmp_path / "bad.txt"), "--out", str(tmp_path / "bad")])
     assert res.exit_code == 1 and "Error: The reference set overlaps the forgotten points" in res.output
     assert not (tmp_path / "bad").exists()
+    nope = [a if a != "unseen" else "as-if-unseen" for a in base]  # a target name that does not exist
+    res = CliRunner().invoke(cli, nope + ["--indices", str(tmp_path / "forget.txt"), "--out", str(tmp_path / "bad")])
+    assert res.exit_code == 2 and "'as-if-unseen' is not one of 'random', 'runner-up', 'unseen'" in res.output
+    assert not (tmp_path / "bad").exists()
     res = CliRunner().invoke(cli, base + ["--indices", str(tmp_path / "forget.txt"), "--out", str(tmp_path / "ok")])
     assert res.exit_code == 0, res.output
     res = CliRunner().invoke(cli, ["audit", "--model", str(tmp_path / "ok" / "patched.safetensors"), "--certificate",
