@@ -163,6 +163,7 @@ def test_calibrated_reference_answers_with_scaled_logits_certified_and_audited(d
     cal = ref.calibrated(f, digits.X_test[:200], digits.y_test[:200])
     assert cal.calibration is not None and cal.scale != 1.0 and ref.calibration is None
     assert cal.calibration.mismatch_after <= cal.calibration.mismatch_before
+    assert cal.describe()["seen_sha256"] == ref.describe()["seen_sha256"] and cal.describe()["scale"] == cal.scale
     res = _forget(digits, f, cal, idx)
     x = digits.X_train[idx]
     with torch.no_grad():

@@ -14,7 +14,7 @@ then answers with the scaled logits ``s · g(x)``. A held-out set that contains 
 
 from __future__ import annotations
 
-import dataclasses
+import copy
 import hashlib
 from dataclasses import dataclass
 
@@ -52,7 +52,9 @@ class Reference:
         """This reference with a logit scale fitted so that its losses on ``held_out`` (inputs neither it nor
         ``base_model`` trained on, with their ``labels``) are distributed as ``base_model``'s
         (:mod:`.calibration`). Never calibrate on the points to be forgotten or on an evaluation's test points."""
-        return dataclasses.replace(self, calibration=calibrate(self, base_model, held_out, labels))
+        out = copy.copy(self)  # keeps the hashes of ``seen`` (dataclasses.replace would hash them again)
+        object.__setattr__(out, "calibration", calibrate(self, base_model, held_out, labels))
+        return out
 
     @property
     def scale(self) -> float:
