@@ -29,7 +29,7 @@ from .._hashing import model_sha256, points_sha256
 from .._validation import param_error
 from ..errors import InputValidationError
 
-__all__ = ["Calibration", "log_losses", "fit_scale", "QUANTILES", "MIN_HELD_OUT", "SCALE_RANGE"]
+__all__ = ["Calibration", "calibrate", "log_losses", "fit_scale", "QUANTILES", "MIN_HELD_OUT", "SCALE_RANGE"]
 
 QUANTILES = tuple(np.round(np.arange(0.05, 0.951, 0.05), 2))
 MIN_HELD_OUT = 50          # fewer points make the 5% … 95% quantiles meaningless
