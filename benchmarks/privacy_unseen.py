@@ -1,15 +1,18 @@
 """target="unseen" against Retrain on one data set: population attacks, A_u-a, changed predictions, time, audit.
 
     flock /tmp/prune-heavy.lock nice -n 10 python benchmarks/privacy_unseen.py --data mnist \
-        --data-dir /work/shared/data/mnist --count 500 --folds 2 --out results/mnist
+        --data-dir /work/shared/data/mnist --count 500 --folds 2 --calibration 2000 --out results/mnist
 
 Trains (and caches under <out>/unseen-cache/, not in git) the base model f, Retrain (f's recipe on the
 remaining data) and ``--folds`` reference models, fold k trained on every training point outside fold k
 (a K-fold split drawn before any request: each forgotten point then has a reference that never saw it).
 Forgets ``--count`` random training points with target="unseen" and with the paper's target="random",
 audits both, and attacks every model with the loss / confidence / margin population attacks
-(forgotten vs every test point). U-LiRA needs the shadow worlds of ``prune bench privacy``.
-Writes <out>/privacy-unseen-<data>.json and .md.
+(forgotten vs unseen test points). With ``--calibration N`` (default 2000), N random test points are
+held out to calibrate each reference's logit scale (``Reference.calibrated``) and are *not* attacked:
+the population attacks use the other test points for every method, and target="unseen" runs both raw
+and calibrated. U-LiRA needs the shadow worlds of ``prune bench privacy``.
+Writes <out>/privacy-unseen-<data>[-k<folds>].json and .md.
 """
 
 from __future__ import annotations
@@ -60,6 +63,8 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=500)
     ap.add_argument("--folds", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--calibration", type=int, default=2000,
+                    help="test points held out to calibrate the references (0: no calibration); never attacked")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="results/mnist")
     a = ap.parse_args()
@@ -87,36 +92,50 @@ def main() -> None:
                           lambda: train_from_spec(spec, ds.X_train[seen], ds.y_train[seen], recipe).model)
         refs.append(Reference(g, ds.X_train[seen], name=f"fold {k} of {a.folds} left out"))
     Xf, yf = ds.X_train[idx], ds.y_train[idx]
+    held = torch.randperm(len(ds.y_test), generator=torch.Generator().manual_seed(a.seed + 2))
+    held, attacked = held[: a.calibration], held[a.calibration:]  # calibration points are never attacked
+    Xt, yt = ds.X_test[attacked], ds.y_test[attacked]
     rows = {"retrain": {"model": r, "unlearn_seconds": r_sec}}
-    for target, kw in (("unseen", {"reference": refs}), ("random", {"radius": None})):  # the paper's region patches
+    runs = [("unseen", "prune-unseen", {"reference": refs}, 0.0)]
+    if a.calibration:
+        t = time.perf_counter()
+        cal = [g.calibrated(f, ds.X_test[held], ds.y_test[held]) for g in refs]
+        runs.append(("unseen", "prune-unseen-calibrated", {"reference": cal}, time.perf_counter() - t))
+        print("scales", [round(g.scale, 4) for g in cal], f"calibration {runs[-1][3]:.2f} s", flush=True)
+    runs.append(("random", "prune-random", {"radius": None}, 0.0))  # the paper's region patches
+    for target, name, kw, extra in runs:
         t = time.perf_counter()
         res = forget(f, Xf, labels=yf, target=target, domain=(ds.domain_lower, ds.domain_upper),
-                     test_data=(ds.X_test, ds.y_test), remaining_data=ds.remaining(idx), **kw)
+                     test_data=(Xt, yt), remaining_data=ds.remaining(idx), **kw)
         wall = time.perf_counter() - t
         t = time.perf_counter()
         aud = audit(res.model, res.certificate, points=Xf, labels=yf, locality_inputs=ds.X_test)
         rep = res.report
         bands = [c["band"]["half_width"] for c in res.certificate.claims if "band" in c]
-        rows[f"prune-{target}"] = {
-            "model": res.model, "unlearn_seconds": rep.unlearn_seconds, "wall_seconds": wall,
+        rows[name] = {
+            "model": res.model, "unlearn_seconds": rep.unlearn_seconds + extra, "wall_seconds": wall,
+            "calibration_seconds": extra, "scales": [g.scale for g in kw.get("reference", [])],
             "changed_test": rep.changed_tes, "changed_remaining": rep.changed_res,
             "certified": len(res.certificate.claims), "failed": rep.n_failed, "audit_passed": aud.passed,
             "audit_seconds": time.perf_counter() - t,
             "band_half_width_median": float(torch.tensor(bands).median()) if bands else None,
             "band_half_width_max": max(bands) if bands else None}
-    result = {"data": ds.name, "count": a.count, "folds": a.folds, "recipe": recipe.to_dict(),
+    result = {"data": ds.name, "count": a.count, "folds": a.folds, "calibration_points": a.calibration,
+              "attacked_test_points": len(yt), "recipe": recipe.to_dict(),
               "threads": 1, "load_at_end": os.getloadavg(), "base_train_seconds": f_sec, "methods": {}}
     result["A_tes_base"] = accuracy(predict(f, ds.X_test), ds.y_test)
     for name, row in rows.items():
         m = row.pop("model")
         row["A_u"] = accuracy(predict(m, Xf), yf)
-        row["A_tes"] = accuracy(predict(m, ds.X_test), ds.y_test)
-        row["attacks"] = attacks(m, Xf, yf, ds.X_test, ds.y_test)
+        row["A_tes"] = accuracy(predict(m, Xt), yt)
+        row["attacks"] = attacks(m, Xf, yf, Xt, yt)
         row["vs_retrain_time"] = row["unlearn_seconds"] / r_sec
         result["methods"][name] = row
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"privacy-unseen-{ds.name}.json").write_text(json.dumps(result, indent=1))
-    lines = [f"## target='unseen' vs Retrain — {ds.name}, |D_U| = {a.count}, {a.folds}-fold references", "",
+    stem = f"privacy-unseen-{ds.name}" + ("" if a.folds == 2 else f"-k{a.folds}")
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=1))
+    lines = [f"## target='unseen' vs Retrain — {ds.name}, |D_U| = {a.count}, {a.folds}-fold references, "
+             f"{a.calibration} test points held out for calibration, {len(yt)} attacked", "",
              "| method | A_u-a | A_tes | loss AUC | loss TPR@1% | conf AUC | margin AUC | margin TPR@1% "
              "| changed test/rem | time ÷ retrain | audit |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, row in result["methods"].items():
@@ -126,7 +145,7 @@ def main() -> None:
                      f"{100 * at['margin']['tpr@1%']:.1f}% | {row.get('changed_test', '–')}/"
                      f"{row.get('changed_remaining', '–')} | {100 * row['vs_retrain_time']:.2f}% | "
                      f"{row.get('audit_passed', '–')} |")
-    (out / f"privacy-unseen-{ds.name}.md").write_text("\n".join(lines) + "\n")
+    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print(json.dumps({k: {kk: vv for kk, vv in v.items() if kk != "attacks"} for k, v in result["methods"].items()},
                      indent=1))

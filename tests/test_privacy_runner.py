@@ -43,16 +43,17 @@ def calls():
 
 def _cfg(**kw):
     base = dict(dataset="digits", methods=("retrain", "prune-random", "no-op"), n_forget=20, n_unseen=40,
-                n_shadows=6, epochs=2, workers=1, threads=1)
+                n_shadows=6, n_calibration=0, epochs=2, workers=1, threads=1)
     return PrivacyConfig(**{**base, **kw})
 
 
 def test_method_names_groups_and_registration(calls):
-    assert unlearner_names()[:7] == ["prune-random", "prune-runner-up", "prune-unseen", "retrain", "sisa", "amnesiac",
-                                     "fu"]
-    assert [u.name for u in resolve_unlearners("retrain,prune,retrain")] == ["retrain", "prune-random",
-                                                                             "prune-runner-up", "prune-unseen"]
-    known = r"Known methods: prune-random, .*groups: prune \(= prune-random, prune-runner-up, prune-unseen\)"
+    assert unlearner_names()[:8] == ["prune-random", "prune-runner-up", "prune-unseen", "prune-unseen-cal", "retrain",
+                                     "sisa", "amnesiac", "fu"]
+    assert [u.name for u in resolve_unlearners("retrain,prune,retrain")] == [
+        "retrain", "prune-random", "prune-runner-up", "prune-unseen", "prune-unseen-cal"]
+    known = (r"Known methods: prune-random, .*groups: prune \(= prune-random, prune-runner-up, prune-unseen, "
+             r"prune-unseen-cal\)")
     with pytest.raises(InputValidationError, match=r"Unknown unlearning method 'prune-nope'\. " + known):
         resolve_unlearners(["prune-nope"])
     with pytest.raises(InputValidationError, match="already registered"):
@@ -90,6 +91,25 @@ def test_prune_unseen_trains_the_plain_model_and_references_that_left_each_fold_
     after = u.unlearn(trained, data.requests, data)
     with torch.no_grad():
         assert not torch.equal(after(digits.X_train[data.requests]), plain(digits.X_train[data.requests]))
+
+
+def test_calibrated_unseen_target_holds_out_test_points_and_shares_the_references(tmp_path, monkeypatch):
+    """prune-unseen and prune-unseen-cal train one set of references per world; the calibration points are
+    neither attacked nor candidates, and both variants change no prediction outside the forgotten points."""
+    from prune_unlearn.experiments.privacy import methods
+
+    trained = []
+    real = methods.train_from_spec
+    monkeypatch.setattr(methods, "train_from_spec", lambda *a, **k: trained.append(1) or real(*a, **k))
+    result = run_privacy(_cfg(methods=("prune-unseen", "prune-unseen-cal"), n_calibration=100, n_shadows=6),
+                         tmp_path, log=lambda m: None)
+    assert len(trained) == 7 * 3  # each world: the plain model and 2 references, once for both methods
+    des = result["design"]
+    assert des["n_calibration"] == 100 and des["n_unseen_population"] == 260
+    rows = {r["method"]: r for r in result["rows"]}
+    for row in rows.values():
+        assert row["changed_tes"] == 0 and row["changed_res"] == 0
+    assert rows["prune-unseen"]["population"]["loss"] != rows["prune-unseen-cal"]["population"]["loss"]
 
 
 def test_run_privacy_on_digits_writes_the_table_and_reuses_its_shadows(tmp_path, calls):
@@ -166,6 +186,8 @@ def test_a_failing_method_stops_the_run_with_its_error(tmp_path):
     ({"n_forget": 1437, "n_shadows": 100}, r"'n_forget' parameter of run_privacy must be smaller than the 1437 "),
     ({"variance": "pooled"}, "'variance' parameter of run_privacy must be one of"),
     ({"workers": 0}, "'workers' parameter of run_privacy must be an integer ≥ 1"),
+    ({"methods": ("prune-unseen-cal",)}, "'n_calibration' parameter of run_privacy must be at least 50"),
+    ({"n_calibration": 330}, r"'n_unseen' parameter of run_privacy must be at most the 360 .* less the 330 held out"),
 ])
 def test_bad_input_is_refused_before_anything_is_written(tmp_path, change, message):
     out = tmp_path / "out"
@@ -183,4 +205,8 @@ def test_bench_privacy_cli_errors_are_one_line_and_write_nothing(tmp_path):
     res = CliRunner().invoke(cli, ["bench", "privacy", "--data", "digits", "--out", str(tmp_path)])
     # digits has 360 test points: too few for the default 1,000 unseen candidates
     assert res.exit_code == 1 and "'n_unseen' parameter of run_privacy must be at most the 360" in res.output
+    # too few shadow models for the likelihood-ratio attacks: a clear error naming the minimum
+    res = CliRunner().invoke(cli, ["bench", "privacy", "--data", "digits", "--shadows", "3", "--calibration", "0",
+                                   "--out", str(tmp_path)])
+    assert res.exit_code == 1 and "Error: The 'n_shadows' parameter of run_privacy must be an integer ≥ 6" in res.output
     assert list(tmp_path.iterdir()) == []

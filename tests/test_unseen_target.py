@@ -130,9 +130,94 @@ def test_cli_target_unseen_writes_a_passing_certificate_and_refuses_overlap(digi
     res = CliRunner().invoke(cli, base + ["--indices", str(tmp_path / "bad.txt"), "--out", str(tmp_path / "bad")])
     assert res.exit_code == 1 and "Error: The reference set overlaps the forgotten points" in res.output
     assert not (tmp_path / "bad").exists()
+    nope = [a if a != "unseen" else "as-if-unseen" for a in base]  # a target name that does not exist
+    res = CliRunner().invoke(cli, nope + ["--indices", str(tmp_path / "forget.txt"), "--out", str(tmp_path / "bad")])
+    assert res.exit_code == 2 and "'as-if-unseen' is not one of 'random', 'runner-up', 'unseen'" in res.output
+    assert not (tmp_path / "bad").exists()
     res = CliRunner().invoke(cli, base + ["--indices", str(tmp_path / "forget.txt"), "--out", str(tmp_path / "ok")])
     assert res.exit_code == 0, res.output
     res = CliRunner().invoke(cli, ["audit", "--model", str(tmp_path / "ok" / "patched.safetensors"), "--certificate",
                                    str(tmp_path / "ok" / "certificate.json"), "--data", "digits", "--indices",
                                    str(tmp_path / "forget.txt")])
     assert res.exit_code == 0, res.output
+
+
+# --- calibration: a temperature fitted on held-out data neither model trained on -------------------------------
+
+def test_fit_scale_recovers_a_known_temperature():
+    """A reference whose logits are the base model's divided by 1.7 (same ranking, less confident) is scaled
+    back by 1.7; one that already matches gets 1."""
+    from prune_unlearn.unlearn.calibration import fit_scale
+
+    gen = torch.Generator().manual_seed(0)
+    base = 4.0 * torch.randn(2000, 10, generator=gen, dtype=torch.float64)
+    labels = torch.randint(0, 10, (2000,), generator=gen)
+    base[torch.arange(2000), labels] += 6.0  # mostly right, some confidently wrong
+    scale, before, after = fit_scale(base / 1.7, base, labels)
+    assert scale == pytest.approx(1.7, rel=1e-3) and after < 1e-8 < before
+    assert fit_scale(base, base, labels)[0] == pytest.approx(1.0, rel=1e-3)
+
+
+def test_calibrated_reference_answers_with_scaled_logits_certified_and_audited(digits, setup):
+    f, ref, idx, _ = setup
+    cal = ref.calibrated(f, digits.X_test[:200], digits.y_test[:200])
+    assert cal.calibration is not None and cal.scale != 1.0 and ref.calibration is None
+    assert cal.calibration.mismatch_after <= cal.calibration.mismatch_before
+    assert cal.describe()["seen_sha256"] == ref.describe()["seen_sha256"] and cal.describe()["scale"] == cal.scale
+    res = _forget(digits, f, cal, idx)
+    x = digits.X_train[idx]
+    with torch.no_grad():
+        got, want = res.model(x).double(), cal.scale * ref.model(x).double()
+    assert torch.allclose(got, want, atol=1e-4, rtol=1e-5)
+    assert res.report.changed_tes == 0 and res.report.changed_res == 0 and res.report.n_failed == 0
+    claim = res.certificate.claims[0]
+    assert claim["reference"]["scale"] == cal.scale
+    assert claim["reference"]["calibration"]["held_out_count"] == 200
+    assert len(claim["reference"]["calibration"]["held_out_sha256"]) == 64
+    result = audit(res.model, res.certificate, points=x, labels=digits.y_train[idx], locality_inputs=digits.X_test)
+    assert result.passed, result.summary()
+    bad = copy.deepcopy(res.certificate.to_dict())  # a scale that does not produce the recorded logits
+    bad["claims"][0]["reference"]["scale"] = cal.scale * 1.1
+    result = audit(res.model, Certificate.from_dict(bad))
+    assert any(c.name == "band" and not c.passed and "× its scale" in c.detail for c in result.checks)
+
+
+def test_calibration_refuses_overlapping_or_too_small_held_out_sets(digits, setup):
+    f, ref, idx, seen = setup
+    trained_on = seen.nonzero().flatten()[:5]
+    held = torch.cat([digits.X_test[:100], digits.X_train[trained_on]])
+    with pytest.raises(InputValidationError, match="overlaps the reference's training data: 5 of 105"):
+        ref.calibrated(f, held, torch.cat([digits.y_test[:100], digits.y_train[trained_on]]))
+    with pytest.raises(InputValidationError, match="at least 50 held-out points"):
+        ref.calibrated(f, digits.X_test[:10], digits.y_test[:10])
+    # a held-out set that contains points being forgotten: refused by forget, the model left as it was
+    cal = ref.calibrated(f, torch.cat([digits.X_test[:100], digits.X_train[idx[:2]]]),
+                         torch.cat([digits.y_test[:100], digits.y_train[idx[:2]]]))
+    before = {k: v.clone() for k, v in f.state_dict().items()}
+    with pytest.raises(InputValidationError, match="calibration held-out set .* contains 2 of the 40"):
+        _forget(digits, f, cal, idx)
+    assert all(torch.equal(before[k], v) for k, v in f.state_dict().items())
+
+
+def test_cli_calibrate_on_scales_the_reference_and_audits(digits, setup, tmp_path):
+    f, ref, idx, seen = setup
+    save(f, tmp_path / "f.safetensors")
+    save(ref.model, tmp_path / "g.safetensors")
+    (tmp_path / "seen.txt").write_text("\n".join(map(str, seen.nonzero().flatten().tolist())))
+    (tmp_path / "forget.txt").write_text("\n".join(map(str, idx[:8].tolist())))
+    (tmp_path / "held.txt").write_text("\n".join(map(str, range(150))))
+    base = ["forget", "--model", str(tmp_path / "f.safetensors"), "--data", "digits", "--target", "unseen",
+            "--reference", str(tmp_path / "g.safetensors"), "--reference-indices", str(tmp_path / "seen.txt"),
+            "--indices", str(tmp_path / "forget.txt")]
+    res = CliRunner().invoke(cli, base + ["--calibrate-on", str(tmp_path / "held.txt"), "--out", str(tmp_path / "ok")])
+    assert res.exit_code == 0, res.output
+    cert = Certificate.from_json(tmp_path / "ok" / "certificate.json")
+    assert cert.claims[0]["reference"]["calibration"]["held_out_count"] == 150
+    res = CliRunner().invoke(cli, ["audit", "--model", str(tmp_path / "ok" / "patched.safetensors"), "--certificate",
+                                   str(tmp_path / "ok" / "certificate.json"), "--data", "digits", "--indices",
+                                   str(tmp_path / "forget.txt")])
+    assert res.exit_code == 0, res.output
+    (tmp_path / "few.txt").write_text("1 2 3")
+    res = CliRunner().invoke(cli, base + ["--calibrate-on", str(tmp_path / "few.txt"), "--out", str(tmp_path / "bad")])
+    assert res.exit_code == 1 and "Error:" in res.output and "at least 50" in res.output
+    assert not (tmp_path / "bad").exists()

@@ -42,7 +42,8 @@ def _privacy(o: dict, dest: Path, log) -> None:
     from ..experiments.runner import PrivacyConfig, run_privacy
 
     run_privacy(PrivacyConfig(dataset=o["data_name"], data_dir=str(o["data_dir"]) if o["data_dir"] else None,
-                              methods=tuple(o["methods"]), epochs=o["epochs"]), dest, log=log)
+                              methods=tuple(o["methods"]), epochs=o["epochs"], n_shadows=o["shadows"],
+                              n_calibration=o["calibration"], workers=o["workers"]), dest, log=log)
 
 
 def _robustness(o: dict, dest: Path, log) -> None:
@@ -89,6 +90,12 @@ EXPERIMENTS = {
                    "not fit; default: the base model's.")
 @click.option("--base-model", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="robustness: a saved base model to unlearn from instead of training one.")
+@click.option("--shadows", type=click.IntRange(min=1), default=16, show_default=True,
+              help="privacy: shadow worlds for (U-)LiRA (at least 6; each candidate is IN about a third of them).")
+@click.option("--calibration", type=click.IntRange(min=0), default=2000, show_default=True,
+              help="privacy: unseen test points held out (never attacked) to calibrate prune-unseen-cal's references.")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
+              help="privacy: worker processes, one world each at a time (1 torch thread each).")
 @relaxed_support_options
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("results"), show_default=True,
               help="Results folder (a subfolder per data set).")

@@ -84,6 +84,11 @@ def write_outputs(folder: Path, out: Path, result: ForgetResult, idx: torch.Tens
 @click.option("--reference-indices", "reference_indices", multiple=True,
               type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="Training-set indices each --reference was trained on (same order as --reference).")
+@click.option("--calibrate-on", "calibrate_on", default=None,
+              type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="--target unseen: test-split indices of held-out points (neither --model nor any --reference "
+                   "trained on them); each reference gets a logit scale fitted there so its losses are distributed "
+                   "as --model's. Keep them apart from any test points an evaluation attacks.")
 @seed_option
 @click.option("--retrain", "with_retraining", is_flag=True,
               help="Also retrain on the remaining data (with the recipe recorded by `prune train`, else the data "
@@ -91,7 +96,7 @@ def write_outputs(folder: Path, out: Path, result: ForgetResult, idx: torch.Tens
 @out_folder_options(_OUT_HELP)
 @output_options
 def forget_cmd(model_path, layers, data_name, data_dir, indices, count, forget_kwargs, reference_paths,
-               reference_indices, seed, with_retraining, out, overwrite, output):
+               reference_indices, calibrate_on, seed, with_retraining, out, overwrite, output):
     """Forget training points of a saved model; write the patched model, report and certificate.
 
     \b
@@ -104,6 +109,8 @@ def forget_cmd(model_path, layers, data_name, data_dir, indices, count, forget_k
         raise click.UsageError("Use exactly one of --indices or --count.")
     if len(reference_paths) != len(reference_indices):
         raise click.UsageError("Give one --reference-indices file for every --reference.")
+    if calibrate_on is not None and not reference_paths:
+        raise click.UsageError("--calibrate-on calibrates --reference models; give at least one --reference.")
     with OutputFolder(out, overwrite=overwrite) as folder:  # --out checked before any work
         model = load_model(model_path, layers=layers)
         ds = load_dataset(data_name, data_dir)
@@ -112,6 +119,10 @@ def forget_cmd(model_path, layers, data_name, data_dir, indices, count, forget_k
             forget_kwargs = {**forget_kwargs, "reference": [
                 Reference(load_model(p).eval(), ds.X_train[read_indices(i, len(ds.y_train))], name=p.name)
                 for p, i in zip(reference_paths, reference_indices)]}
+            if calibrate_on is not None:
+                held = read_indices(calibrate_on, len(ds.y_test))
+                forget_kwargs["reference"] = [r.calibrated(model.eval(), ds.X_test[held], ds.y_test[held])
+                                              for r in forget_kwargs["reference"]]
         recipe = (recorded_recipe(model_path) or recipe_for(ds.name, seed=seed)) if with_retraining else None
         result = forget_on_dataset(model, ds, idx, forget_kwargs=forget_kwargs, seed=seed, progress=output.progress,
                                    retrain_recipe=recipe)

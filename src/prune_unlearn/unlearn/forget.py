@@ -274,7 +274,7 @@ def run_forget(model: nn.Module, points, *, labels=None, head: str | None = None
     refs = _references(options, reference)
     x, x_dev, problem, timings = _point_problem(model, points, labels, head, options, progress, t_start)
     if refs is not None:  # before any patching: refuse points every reference saw
-        ref_logits, which, described = reference_logits(refs, x, problem.head.num_classes)
+        ref_logits, which, described, raw_logits = reference_logits(refs, x, problem.head.num_classes)
     t0 = time.perf_counter()
     if refs is None:
         rows, n_resolved = _solve(problem, options)
@@ -293,7 +293,8 @@ def run_forget(model: nn.Module, points, *, labels=None, head: str | None = None
     if refs is None:
         claims, failed = point_claims(problem, rows, patched, x, after32, offset)
     else:
-        claims, failed = unseen_claims(problem, rows, bands, logits32, x, offset, ref_logits, which, described)
+        claims, failed = unseen_claims(problem, rows, bands, logits32, x, offset, ref_logits, which, described,
+                                       raw_logits)
     multipliers = None
     if rows.multipliers is not None:
         multipliers = torch.zeros(len(patched.patches), *rows.multipliers.shape[1:], dtype=torch.float32)

@@ -1,7 +1,8 @@
 """The ``"unseen"`` forgetting target: each forgotten point's region answers as a model that never saw it.
 
 For a forgotten point ``x`` in linear region ``R`` (pattern ``s``), a reference model ``g`` that never
-trained on ``x`` (:mod:`.reference`) gives logits ``g(x)``. The row's constant patch is
+trained on ``x`` (:mod:`.reference`) gives logits ``g(x)`` (times its calibrated scale ``s``, if it was
+calibrated: :mod:`.calibration`; below ``g`` means the scaled reference). The row's constant patch is
 ``d = g(x) − f(x)``: at ``x`` the patched logits are ``g(x)`` (up to float32 rounding, checked), and on
 the support of ``R`` they are ``f(h) + n(h)·d`` with ``f`` affine on ``R`` and ``n(h) ∈ [0, 1]``.
 
@@ -98,8 +99,10 @@ def unseen_rows(problem: PointProblem, unit_ids: list[int], ref_logits: torch.Te
 
 
 def unseen_claims(problem: PointProblem, rows: PatchRows, bands: dict, logits32: torch.Tensor, x: torch.Tensor,
-                  offset: int, ref_logits: torch.Tensor, which: torch.Tensor, references: list[dict]) -> tuple:
-    """One claim per point: its row, the reference's logits at it (and which reference), the float32 patched
+                  offset: int, ref_logits: torch.Tensor, which: torch.Tensor, references: list[dict],
+                  raw_logits: torch.Tensor | None = None) -> tuple:
+    """One claim per point: its row, the reference's (calibrated) logits at it, its raw logits and which
+    reference (with its scale), the float32 patched
     logits' distance from them, and the region's band; a ``failed`` entry where the float32 check fails."""
     from .._hashing import points_sha256
 
@@ -127,6 +130,7 @@ def unseen_claims(problem: PointProblem, rows: PatchRows, bands: dict, logits32:
             "proved": "point", "margin": float(rows.certified_margin[k]), "bound": "point",
             "reference": {**references[int(which[i])], "index": int(which[i])},
             "reference_logits": ref.tolist(), "max_abs_deviation": dev,
+            "reference_raw_logits": (raw_logits if raw_logits is not None else ref_logits)[i].tolist(),
             "band": {"bound": BAND_BOUND, "scope": "the region's support (open region ∩ domain box)",
                      "about": "lower[t][l] ≤ F_t − F_l ≤ upper[t][l] for the patched logits F",
                      "lower": lower.tolist(), "upper": upper.tolist(), "half_width": half}})

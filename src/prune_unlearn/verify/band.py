@@ -8,7 +8,8 @@
     region's affine logit map is recomputed by explicit float64 products (:func:`.lp.region_maps`), its
     extremes over the domain box taken in closed form, and the patch's contribution ``n·(d_t − d_l)``,
     ``n ∈ [0, 1]``, added at both ends; the claimed band must contain these bounds (with a relative
-    float64 allowance of 1e-8), and the reference's margins at the point must lie inside it.
+    float64 allowance of 1e-8), and the reference's margins at the point must lie inside it. For a
+    calibrated reference, the recorded logits must be its raw logits times its recorded scale.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def _band_problems(claim: dict, W, w, d, lo, hi) -> list[str]:
     if lower.shape != (c, c) or upper.shape != (c, c):
         return ["the band is not a (C, C) pair of matrices"]
     ref = np.asarray(claim["reference_logits"], np.float64)
-    problems = []
+    problems = _scale_problems(claim, ref)
     for t in range(c):
         for l in range(c):
             if t == l:
@@ -90,3 +91,15 @@ def _band_problems(claim: dict, W, w, d, lo, hi) -> list[str]:
     if abs(half - float(band.get("half_width", np.nan))) > 1e-6 * (1 + abs(half)):
         problems.append(f"half_width {band.get('half_width')} ≠ {half:.6g} from the band")
     return problems
+
+
+def _scale_problems(claim: dict, ref: np.ndarray) -> list[str]:
+    """The recorded logits are the raw reference logits times the recorded scale (1 without calibration)."""
+    raw = claim.get("reference_raw_logits")
+    if raw is None:
+        return []
+    scale = float((claim.get("reference") or {}).get("scale", 1.0))
+    want = np.asarray(raw, np.float64) * scale
+    if want.shape != ref.shape or not np.allclose(ref, want, rtol=1e-12, atol=1e-12):
+        return [f"the reference logits are not its raw logits × its scale {scale:.6g}"]
+    return []

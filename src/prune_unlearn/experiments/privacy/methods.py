@@ -9,6 +9,8 @@ An :class:`Unlearner` is one function, plus an optional training phase::
   architecture ``spec``, the training ``recipe`` (its ``seed`` is the world's seed), the input
   ``domain`` and ``requests``, the rows that will be withdrawn (for methods that plan for them at
   training time, like Amnesiac's recorded updates).
+  ``held_out`` (optional) holds points no world trains on and no attack evaluates (``n_calibration`` test
+  points), for methods that calibrate on data neither model saw.
 * ``forget`` is a LongTensor of rows of ``data.X`` to withdraw.
 * ``trained`` is what ``train`` returned. Without ``train`` it is the plain model
   ``train_from_spec(spec, X, y, recipe).model``, which the runner trains once per world, caches and
@@ -57,6 +59,7 @@ class TrainingSet:
     recipe: Recipe
     domain: tuple
     requests: torch.Tensor
+    held_out: tuple | None = None  # (X, y): points no world trains on and no attack uses (calibration)
 
 
 @dataclass(frozen=True)
@@ -117,12 +120,31 @@ class _WithReferences:
     references: list
 
 
+_REFERENCE_MEMO: dict = {}  # the last world's references: the raw and calibrated methods share one training
+
+
+def _training_key(data: TrainingSet) -> str:
+    import hashlib
+
+    from ..._hashing import tensor_bytes
+
+    h = hashlib.sha256(repr((data.spec, data.recipe.to_dict(), UNSEEN_FOLDS)).encode())
+    h.update(tensor_bytes(data.X))
+    h.update(tensor_bytes(data.y))
+    return h.hexdigest()
+
+
 def _unseen_train(data: TrainingSet) -> _WithReferences:
     """Plain training, then ``UNSEEN_FOLDS`` references on a K-fold split drawn from the world's seed alone (the
-    requests play no part: each forgotten row has a reference whose training left its fold out)."""
+    requests play no part: each forgotten row has a reference whose training left its fold out). The same
+    training set in the same process (the raw and the calibrated method of one world) trains them once."""
     from ...unlearn.reference import Reference
     from ..baselines.base import derive_seed
 
+    key = _training_key(data)
+    if _REFERENCE_MEMO.get("key") == key:
+        return _REFERENCE_MEMO["value"]
+    _REFERENCE_MEMO.clear()
     plain = train_from_spec(data.spec, data.X, data.y, data.recipe).model.eval()
     gen = torch.Generator().manual_seed(derive_seed(data.recipe.seed, 0x0F01D))
     fold = torch.randperm(len(data.y), generator=gen) % UNSEEN_FOLDS
@@ -131,14 +153,25 @@ def _unseen_train(data: TrainingSet) -> _WithReferences:
         seen = fold != k
         g = train_from_spec(data.spec, data.X[seen], data.y[seen], data.recipe).model.eval()
         refs.append(Reference(g, data.X[seen], name=f"fold {k} of {UNSEEN_FOLDS} left out"))
-    return _WithReferences(plain, refs)
+    _REFERENCE_MEMO.update(key=key, value=_WithReferences(plain, refs))
+    return _REFERENCE_MEMO["value"]
 
 
-def _unseen_unlearn(trained: _WithReferences, forget, data):
+def _unseen_unlearn(trained: _WithReferences, forget, data, calibrate: bool = False):
     from ...unlearn.forget import forget as prune_forget
 
+    refs = trained.references
+    if calibrate:
+        if data.held_out is None:
+            raise InputValidationError("prune-unseen-cal calibrates on held-out points; this world has none. HINT: "
+                                       "run_privacy with n_calibration > 0.")
+        refs = [r.calibrated(trained.model_, *data.held_out) for r in refs]
     return prune_forget(copy.deepcopy(trained.model_), data.X[forget], labels=data.y[forget], target="unseen",
-                        reference=trained.references, seed=data.recipe.seed, domain=data.domain).model
+                        reference=refs, seed=data.recipe.seed, domain=data.domain).model
+
+
+def _unseen_cal_unlearn(trained: _WithReferences, forget, data):
+    return _unseen_unlearn(trained, forget, data, calibrate=True)
 
 
 def _retrain(model, forget, data):
@@ -184,7 +217,12 @@ _BUILTIN = [
     Unlearner("prune-unseen", _unseen_unlearn, train=_unseen_train, params={"target": "unseen", "folds": UNSEEN_FOLDS},
               group="prune", code=_PRUNE_CODE + _BASELINE_CODE, plain_from_train=True,
               description=f"PRUNE, target='unseen': answers as {UNSEEN_FOLDS}-fold reference models trained before "
-                          "the requests (the fold that left each point out)"),
+                          "the requests (the fold that left each point out), raw logits"),
+    Unlearner("prune-unseen-cal", _unseen_cal_unlearn, train=_unseen_train,
+              params={"target": "unseen", "folds": UNSEEN_FOLDS, "calibration": "temperature, log-loss quantiles"},
+              group="prune", code=_PRUNE_CODE + _BASELINE_CODE, plain_from_train=True,
+              description=f"PRUNE, target='unseen', {UNSEEN_FOLDS}-fold references calibrated (one temperature each) to "
+                          "the base model's losses on held-out test points no attack uses"),
     Unlearner("retrain", _retrain, code=_BASELINE_CODE, description="retraining on the remaining data, same seed"),
     Unlearner("sisa", _estimator_unlearn, train=_sisa_train, params={"shards": 5, "slices": 5}, code=_BASELINE_CODE,
               description="SISA, 5 shards × 5 slices, majority vote (scored by its mean softmax)"),

@@ -55,7 +55,8 @@ def _header(result: dict) -> list[str]:
     des, machine = result["design"], result["machine"]
     return [f"## Privacy — {result['dataset']}: attacks after withdrawing {des['n_forget']} random training points",
             "", f"FC model, full training set ({des['n_train']} points), seed {result['config']['seed']}, "
-            f"{des['n_shadows']} shadow worlds (each candidate IN in {des['in_per_candidate']} of them). Retrain is "
+            f"{des['n_shadows']} shadow worlds (each candidate IN in {des['in_per_candidate']} of them), "
+            f"{des.get('n_calibration', 0)} unseen test points held out for calibration (never attacked). Retrain is "
             f"the reference: a method is as private as retraining when its numbers match Retrain's column. Wall time "
             f"{result['seconds'] / 60:.1f} min, {machine.get('workers')} workers × {machine['torch_threads']} torch "
             f"thread(s), load average {machine['load_average_start'][0]:.1f} → {machine['load_average_end'][0]:.1f}."]

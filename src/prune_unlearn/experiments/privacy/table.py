@@ -45,7 +45,9 @@ class PrivacyConfig:
 
     ``methods`` are names from :func:`~.methods.unlearner_names` or groups (``"prune"`` = every PRUNE
     target); ``n_unseen`` unseen test points join the forgotten ones as (U-)LiRA candidates (≥ 1,000 for
-    a TPR at 0.1% FPR); the population attacks use every unseen test point.
+    a TPR at 0.1% FPR); the population attacks use every unseen test point except the ``n_calibration``
+    drawn first and held out: no world trains on them and no attack uses them (``prune-unseen-cal``
+    calibrates its references there).
     """
 
     dataset: str
@@ -54,6 +56,7 @@ class PrivacyConfig:
     n_forget: int = 500
     n_unseen: int = 1000
     n_shadows: int = 16
+    n_calibration: int = 2000
     seed: int = 0
     epochs: int | None = None
     variance: str = "global"
@@ -76,6 +79,10 @@ def _validate(cfg: PrivacyConfig) -> list:
     n_forget = _check_int("n_forget", cfg.n_forget, 1)
     n_unseen = _check_int("n_unseen", cfg.n_unseen, 1)
     check_shadow_count(cfg.n_shadows, n_forget + n_unseen, n_forget, "run_privacy")
+    n_cal = _check_int("n_calibration", cfg.n_calibration, 0)
+    if n_cal == 0 and any(m.name == "prune-unseen-cal" for m in methods):
+        raise param_error("n_calibration", "run_privacy", "at least 50 for method 'prune-unseen-cal' (it calibrates "
+                          "on held-out test points)", n_cal, hint="set n_calibration or leave prune-unseen-cal out")
     check_choice("variance", "run_privacy", cfg.variance, VARIANCE_MODES)
     _check_int("seed", cfg.seed, 0)
     _check_int("workers", cfg.workers, 1)
@@ -90,11 +97,12 @@ def _validate(cfg: PrivacyConfig) -> list:
 class _Design:
     forgotten: np.ndarray       # training rows withdrawn from the target
     remaining: np.ndarray       # the other training rows
-    unseen: np.ndarray          # pool rows of test points equal to no training point
+    unseen: np.ndarray          # pool rows of test points equal to no training point (calibration ones excluded)
     candidates: np.ndarray      # pool rows: forgotten, then n_unseen of the unseen
     is_forgotten: np.ndarray    # over candidates
     shadow_in: np.ndarray       # (n_shadows, n_candidates)
     test_duplicates: int        # test points dropped because a training point equals them
+    held_out: np.ndarray | None  # pool rows held out for calibration: never trained on, never attacked
 
 
 def _design(ds, cfg: PrivacyConfig) -> _Design:
@@ -103,9 +111,16 @@ def _design(ds, cfg: PrivacyConfig) -> _Design:
         raise param_error("n_forget", "run_privacy", f"smaller than the {n_train} training points", cfg.n_forget)
     train_hashes = set(points_sha256(ds.X_train))
     unseen_test = np.array([i for i, h in enumerate(points_sha256(ds.X_test)) if h not in train_hashes])
-    if cfg.n_unseen > len(unseen_test):
+    if cfg.n_unseen + cfg.n_calibration > len(unseen_test):
         raise param_error("n_unseen", "run_privacy", f"at most the {len(unseen_test)} test points that equal no "
-                          f"training point", cfg.n_unseen)
+                          f"training point" + (f", less the {cfg.n_calibration} held out for calibration"
+                                                if cfg.n_calibration else ""), cfg.n_unseen)
+    held_out = None
+    if cfg.n_calibration:  # drawn from their own stream, so that the requests do not depend on n_calibration
+        cal = np.random.default_rng(derive_seed(cfg.seed, 14)).choice(len(unseen_test), cfg.n_calibration,
+                                                                       replace=False)
+        held_out = n_train + np.sort(unseen_test[cal])
+        unseen_test = np.delete(unseen_test, cal)
     # Not torch.randperm(n) seeded with `seed`: SISA draws its shards from exactly that stream, so the first
     # n_forget points of it all sit in SISA's first slice of its first shard (a lucky, unrepresentative request).
     rng = np.random.default_rng(derive_seed(cfg.seed, 11))
@@ -117,21 +132,22 @@ def _design(ds, cfg: PrivacyConfig) -> _Design:
     shadow_in = assign_shadow_sets(len(candidates), cfg.n_forget, cfg.n_shadows, derive_seed(cfg.seed, 12))
     return _Design(forgotten, np.flatnonzero(keep), n_train + unseen_test, candidates,
                    np.r_[np.ones(cfg.n_forget, bool), np.zeros(cfg.n_unseen, bool)], shadow_in,
-                   n_test - len(unseen_test))
+                   n_test - len(unseen_test) - cfg.n_calibration, held_out)
 
 
 def _worlds(design: _Design, ds, cfg: PrivacyConfig) -> list[World]:
     n_train = len(ds.y_train)
     recipe = recipe_for(ds.name, seed=cfg.seed, epochs=cfg.epochs)
     target = World("target", np.arange(n_train), design.forgotten, recipe,
-                   {"candidates": design.candidates, "unseen": design.unseen, "remaining": design.remaining})
+                   {"candidates": design.candidates, "unseen": design.unseen, "remaining": design.remaining},
+                   design.held_out)
     worlds = [target]
     k = cfg.n_forget
     for s in range(cfg.n_shadows):
         rows = np.r_[design.remaining, design.candidates[design.shadow_in[s]]]
         recipe = recipe_for(ds.name, seed=derive_seed(cfg.seed, 13, s), epochs=cfg.epochs)
         worlds.append(World(f"shadow-{s:02d}", rows, np.arange(len(design.remaining), len(design.remaining) + k),
-                            recipe, {"candidates": design.candidates}))
+                            recipe, {"candidates": design.candidates}, design.held_out))
     return worlds
 
 
@@ -228,7 +244,7 @@ def run_privacy(cfg: PrivacyConfig, out_dir: str | Path, *, log=print) -> dict:
     result = {"dataset": ds.name, "config": asdict(cfg), "methods": {m.name: m.description for m in methods},
               "design": {"n_train": len(ds.y_train), "n_forget": cfg.n_forget, "n_unseen_candidates": cfg.n_unseen,
                          "n_unseen_population": len(design.unseen), "n_remaining": len(design.remaining),
-                         "n_shadows": cfg.n_shadows, "in_per_candidate": sorted(set(design.shadow_in.sum(0).tolist())),
+                         "n_shadows": cfg.n_shadows, "n_calibration": cfg.n_calibration, "in_per_candidate": sorted(set(design.shadow_in.sum(0).tolist())),
                          "test_duplicates_dropped": design.test_duplicates, "cache_dir": str(cache_dir)},
               "seconds": time.perf_counter() - start, "machine": machine, "rows": rows,
               "world_seconds": _world_seconds(outcomes, methods)}

@@ -75,13 +75,15 @@ class Pool:
 
 @dataclass
 class World:
-    """``rows``: pool indices, in training order; ``forget``: positions in ``rows``; ``probes``: name → pool rows."""
+    """``rows``: pool indices, in training order; ``forget``: positions in ``rows``; ``probes``: name → pool rows;
+    ``held_out``: pool rows no world trains on and no attack uses (a method may calibrate on them), or None."""
 
     name: str
     rows: np.ndarray
     forget: np.ndarray
     recipe: Recipe
     probes: dict
+    held_out: np.ndarray | None = None
 
 
 def _canonical(key: dict) -> dict:
@@ -193,8 +195,12 @@ def run_world(world: World, methods: list[Unlearner], pool: Pool, *, cache_dir: 
     cache = _Cache(cache_dir, log, refresh)
     rows = torch.as_tensor(world.rows)
     forget = torch.as_tensor(world.forget, dtype=torch.int64)
-    data = TrainingSet(pool.X[rows], pool.y[rows], pool.spec, world.recipe, pool.domain, forget)
+    held = None if world.held_out is None else torch.as_tensor(world.held_out)
+    data = TrainingSet(pool.X[rows], pool.y[rows], pool.spec, world.recipe, pool.domain, forget,
+                       None if held is None else (pool.X[held], pool.y[held]))
     base_key = _world_key(pool, world)
+    if world.held_out is not None:  # a method's outputs may depend on it; the plain model's do not
+        base_key = {**base_key, "held_out_sha256": array_sha256(world.held_out)}
     probes_key = {name: array_sha256(r) for name, r in world.probes.items()}
     plain = _Plain(pool, world, data, cache, log)
     results = {}
