@@ -6,11 +6,17 @@ export does with it.
 Every operation that touches a saved model runs on each kind: save/load (bit-identical logits, one
 hash), the certificate (it names exactly this model), the audit (passes; fails after one tampered
 weight or patch value), the ledger (process then undo: class rows survive, every hash agrees with the
-file), and export (or its clear refusal). Hashes are recomputed here from the documented naming
-(``base.<name>``, ``patches.<field>``, ``class_patches.<field>``) rather than taken from the library.
+file, and undoing every request gives back the subject's tensors byte for byte), and export (or its clear
+refusal). The ledger round trip runs twice per kind: with ``process``'s default (``radius="auto"``: ball rows
+where a certified ball applies — ``default_balls`` — region rows elsewhere) and with the kind's explicit options
+(region-only, or a fixed radius on a model that already has ball rows). Hashes are recomputed here from the
+documented naming (``base.<name>``, ``patches.<field>``, ``class_patches.<field>``, ``neighbourhoods.<field>``)
+rather than taken from the library.
 
 Issue 10's two defects — the ledger hashed a class-patched model without its class rows, and ``undo``
-rebuilt the model without them — fail ``test_ledger_process_then_undo`` on both class kinds.
+rebuilt the model without them — fail ``test_ledger_process_then_undo`` on both class kinds. An undo that
+left an empty set of ball rows behind (``neighbourhoods.*`` tensors with no rows, where the subject had none)
+fails its default mode on the plain, recorded and recorded class-patched kinds.
 
 Consolidation (issue 13) runs on every kind too (``test_consolidate``): on a model from recorded training
 (:class:`TestRecordedMLP`) the ledger's processed requests are consolidated — their points leave the data
@@ -44,7 +50,7 @@ from prune_unlearn.experiments.training import Recipe
 from prune_unlearn.ops.engine import SerialEngine
 from prune_unlearn.verify.certificate import Certificate
 
-REGION = {"radius": None}  # region-only: these tests check linear-region patches (forget's default is a ball)
+REGION = {"radius": None}  # region-only (forget's default is a ball where one applies)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -120,7 +126,8 @@ class ModelKindSuite:
     export_refusal: tuple[type, str] | None = None
     export_head_only = False
     consolidate_refusal: tuple[type, str] | None = (LedgerError, "was not trained in recorded mode")
-    ledger_neighbourhood: dict | None = REGION  # forget's neighbourhood options for the ledger's process
+    ledger_neighbourhood: dict | None = REGION  # the ledger's explicit neighbourhood options (its "explicit" mode)
+    default_balls = False  # whether the ledger's default process (radius="auto") adds ball rows to this kind
 
     def build(self) -> SimpleNamespace:
         """``model`` (what the library handed out), ``base`` (for load), ``data`` (a Dataset), and where
@@ -203,8 +210,10 @@ class ModelKindSuite:
         assert any("patch-set hash" in c.detail for c in failures)
 
     # --- ledger -------------------------------------------------------------------------------------------
-    def test_ledger_process_then_undo(self, subject, tmp_path):
+    @pytest.mark.parametrize("mode", ["default", "explicit"])
+    def test_ledger_process_then_undo(self, subject, tmp_path, mode):
         s = subject
+        options = None if mode == "default" else self.ledger_neighbourhood
         path = tmp_path / "model.safetensors"
         save(s.model, path)
         base = None if getattr(s.base, "prune_architecture", None) else s.base
@@ -213,8 +222,10 @@ class ModelKindSuite:
         with Ledger(tmp_path / "ledger.sqlite") as ledger:
             ledger.add("alice", indices=idx[:2], data=s.data)
             ledger.add("bob", indices=idx[2:], data=s.data)
-            result = ledger.process(path, data=s.data, base=base, neighbourhood=self.ledger_neighbourhood)
+            result = ledger.process(path, data=s.data, base=base, neighbourhood=options)
             processed = self._load(s, path)
+            if mode == "default":  # where the default is a ball, the round trip below is a ball round trip
+                assert processed.has_neighbourhoods == self.default_balls
             assert result.model_sha256 == load_info(path)["tensors_sha256"] == state_sha256(_file_state(processed))
             assert _equal_states(_class_rows(processed), _class_rows(s.model))  # class rows survive process
             assert _patterns(s.model) <= _patterns(processed)
@@ -233,8 +244,9 @@ class ModelKindSuite:
             assert torch.equal(after(x), s.model(x))  # every request undone: the subject's outputs, bit for bit
             if s.certificate is not None:
                 assert (after(s.points).argmax(1) != s.labels).all()
-        if isinstance(s.model, PatchedModel):  # and the subject's file, byte for byte in its tensors
-            assert state_sha256(_file_state(after)) == state_sha256(_file_state(s.model))
+        # and the subject's file, byte for byte in its tensors (a plain subject: as a patched model without rows);
+        # an undo that left empty ``neighbourhoods.*`` tensors behind failed here in the default mode
+        assert _equal_states(_file_state(after), _file_state(_as_patched(s.model, self.head)))
 
     # --- export -------------------------------------------------------------------------------------------
     def test_export_or_its_clear_refusal(self, subject, tmp_path):
@@ -339,6 +351,7 @@ def _class_patched(base, data):
 
 
 class TestPlainMLP(ModelKindSuite):
+    default_balls = True
     export_refusal = (InputValidationError, "Export needs a PatchedModel")
 
     def build(self):
@@ -384,6 +397,7 @@ class TestPointAndClassPatched(ModelKindSuite):
 class TestNeighbourhoodPatched(ModelKindSuite):
     """Certified neighbourhoods (issue 11): ball rows only; the ledger adds more ball rows next to them (a region
     row may be refused there: its linear region can reach balls with different targets on so small a net)."""
+    default_balls = True
 
     export_refusal = (InputValidationError, "neighbourhood rows")
     ledger_neighbourhood = {"radius": 0.02}
@@ -422,6 +436,7 @@ def _recorded(kind) -> tuple:
 
 class TestRecordedMLP(ModelKindSuite):
     """A model from recorded training: the kind consolidation applies to."""
+    default_balls = True
     export_refusal = (InputValidationError, "Export needs a PatchedModel")
     consolidate_refusal = None
 
@@ -432,6 +447,7 @@ class TestRecordedMLP(ModelKindSuite):
 
 class TestRecordedClassPatched(ModelKindSuite):
     """A recorded model whose class rows no ledger request owns: consolidation refuses to drop them."""
+    default_balls = True
     consolidate_refusal = (LedgerError, "whole-class patch row")
 
     def build(self):

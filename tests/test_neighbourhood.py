@@ -251,3 +251,18 @@ def test_outward_box_contains_the_float64_box():
     hi = lo + 1e-3 * math.pi
     lo32, hi32 = outward_box(lo, hi)
     assert (lo32.double() <= lo).all() and (hi32.double() >= hi).all()
+
+
+def test_removing_every_ball_row_gives_back_the_state_without_neighbourhoods(small):
+    """What the ledger's undo relies on: dropping the last ball row removes the kind (no empty ``neighbourhoods.*``
+    tensors stay behind), so the model's state is byte for byte the one before any ball was added; a model
+    without balls that gets no rows stays without."""
+    base, _, res = small
+    before = PatchedModel.wrap(base)
+    n = len(res.model.neighbourhoods)
+    emptied = res.model.select_neighbourhood_rows(torch.zeros(n, dtype=torch.bool))
+    assert emptied.neighbourhoods is None
+    assert emptied.state_dict().keys() == before.state_dict().keys() and emptied.sha256() == before.sha256()
+    assert len(res.model.select_neighbourhood_rows(torch.ones(n, dtype=torch.bool)).neighbourhoods) == n
+    none_added = before.add_neighbourhood_rows(res.model.neighbourhoods.select(torch.zeros(n, dtype=torch.bool)))
+    assert none_added.neighbourhoods is None and none_added.sha256() == before.sha256()

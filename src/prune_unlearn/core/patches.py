@@ -170,17 +170,24 @@ class PatchedModel(nn.Module):
         return self.with_patches(self.patches.select(keep))
 
     def add_neighbourhood_rows(self, rows: NeighbourhoodSet, *, replace: torch.Tensor | None = None) -> "PatchedModel":
-        """A new model whose neighbourhood rows are the current ones (minus the bool mask ``replace``) then ``rows``."""
+        """A new model whose neighbourhood rows are the current ones (minus the bool mask ``replace``) then ``rows``.
+        Adding no rows to a model without neighbourhoods leaves it without (no empty ``neighbourhoods.*`` tensors)."""
         if self.neighbourhoods is None:
-            return self.with_patches(neighbourhoods=rows)
+            return self.with_patches(neighbourhoods=rows if len(rows) else None)
         kept = self.neighbourhoods if replace is None else self.neighbourhoods.select(~replace.cpu())
         return self.with_patches(neighbourhoods=NeighbourhoodSet.concat([kept, rows]))
 
     def select_neighbourhood_rows(self, keep: torch.Tensor) -> "PatchedModel":
-        """A new model with only the neighbourhood rows ``keep``; every other kind of row is kept."""
+        """A new model with only the neighbourhood rows ``keep``; every other kind of row is kept.
+
+        A selection that removes the last row removes the kind (``neighbourhoods`` None, as before any row was
+        added): undoing every ball then restores the model's state byte for byte, without a trail of empty
+        ``neighbourhoods.*`` tensors. A set that was already empty stays as it is (its state is unchanged)."""
         if self.neighbourhoods is None:
             return self.with_patches()
-        return self.with_patches(neighbourhoods=self.neighbourhoods.select(keep))
+        kept = self.neighbourhoods.select(keep)
+        emptied = len(kept) == 0 and len(self.neighbourhoods) > 0
+        return self.with_patches(neighbourhoods=None if emptied else kept)
 
     # --- queries ----------------------------------------------------------------------------------
 

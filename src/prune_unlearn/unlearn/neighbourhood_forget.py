@@ -92,7 +92,11 @@ class NeighbourhoodRows:
         return len(self.rows)
 
     def add_to(self, model: PatchedModel) -> PatchedModel:
-        """A new model whose neighbourhood rows are the (re-solved) prior rows then these; other rows kept."""
+        """A new model whose neighbourhood rows are the (re-solved) prior rows then these; other rows kept. No
+        rows at all (every point failed or got a region row) on a model without neighbourhoods adds none: an
+        empty set would stay in the model's state after its other rows are undone."""
+        if len(self.rows) == 0 and model.neighbourhoods is None:
+            return model.with_patches()
         rows = self.rows if self.prior is None or len(self.prior) == 0 else NeighbourhoodSet.concat([self.prior,
                                                                                                     self.rows])
         return model.with_patches(neighbourhoods=rows)
