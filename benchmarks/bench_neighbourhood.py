@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -30,6 +29,9 @@ from prune_unlearn.experiments.coarse import coarse_mlp, distinct_patterns
 from prune_unlearn.experiments.robustness import residual_recall
 from prune_unlearn.experiments.training import recipe_for, train_from_spec
 
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_core import median_time  # noqa: E402  (benchmarks/ is not a package)
+
 CONFIGS = (
     ("region-only", {"radius": None}),
     ("r=2/255", {"radius": 2 / 255}),
@@ -40,16 +42,6 @@ CONFIGS = (
 )
 # the coarse-region network: region-only, two radii and forget's default (radius="auto": 12/255 on [0, 1])
 COARSE_CONFIGS = (CONFIGS[0], CONFIGS[1], CONFIGS[3], ("default (auto)", {}))
-
-
-def median_time(fn, repeats: int = 15) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def run_configs(model, ds, idx, configs, *, seed: int, log, recall: bool = True) -> list[dict]:
@@ -96,8 +88,8 @@ def _main_runs(model, ds, idx, args, result, log) -> None:
         if "retrain_seconds" in result:
             r["unlearn_vs_retrain"] = r["unlearn_seconds"] / result["retrain_seconds"]
     with torch.no_grad():
-        tb = median_time(lambda: model(ds.X_test))
-        tp = median_time(lambda: patched(ds.X_test))
+        tb = median_time(lambda: model(ds.X_test), 15, warmup=1)
+        tp = median_time(lambda: patched(ds.X_test), 15, warmup=1)
     result["inference"] = {"rows": len(patched.neighbourhoods), "base_seconds": tb, "patched_seconds": tp,
                            "ratio": tp / tb, "stored_numbers": patched.neighbourhoods.stored_numbers()}
     log(f"inference on the test set: base {1000 * tb:.1f} ms, with {len(patched.neighbourhoods)} balls "

@@ -128,11 +128,16 @@ def test_overlapping_balls_share_a_target_and_both_claims_hold(digits_small_mode
     rows = res.model.neighbourhoods
     assert len(rows) == 2 and int(rows.targets[0]) == int(rows.targets[1])
     assert int(rows.targets[0]) not in (int(y), int(y2))
-    gen = torch.Generator().manual_seed(3)
-    for k in range(2):
+    _assert_balls_predict_their_targets(res.model, rows, seed=3)
+
+
+def _assert_balls_predict_their_targets(model, rows, seed: int) -> None:
+    """300 samples of every ball (clipped to [0, 1]) are all predicted as the ball's target."""
+    gen = torch.Generator().manual_seed(seed)
+    for k in range(len(rows)):
         h = _ball_samples(rows.lower[k].clamp(min=0), rows.upper[k].clamp(max=1), 300, gen)
         with torch.no_grad():
-            assert (res.model(h).argmax(1) == rows.targets[k]).all()
+            assert (model(h).argmax(1) == rows.targets[k]).all()
 
 
 def test_forgetting_next_to_a_prior_ball_resolves_its_target(digits_small_model, digits):
@@ -145,11 +150,7 @@ def test_forgetting_next_to_a_prior_ball_resolves_its_target(digits_small_model,
     rows = second.model.neighbourhoods
     assert len(rows) == 2 and second.report.n_regions_resolved == 1
     assert int(rows.targets[0]) == int(rows.targets[1]) != t0
-    gen = torch.Generator().manual_seed(4)
-    for k in range(2):
-        h = _ball_samples(rows.lower[k].clamp(min=0), rows.upper[k].clamp(max=1), 300, gen)
-        with torch.no_grad():
-            assert (second.model(h).argmax(1) == rows.targets[k]).all()
+    _assert_balls_predict_their_targets(second.model, rows, seed=4)
 
 
 def test_region_mode_next_to_a_ball_takes_its_target(digits_small_model, digits):
