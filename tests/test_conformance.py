@@ -425,6 +425,25 @@ class TestConvPrefix(ModelKindSuite):
                                labels=labels)
 
 
+class TestConvFeatureBalls(ModelKindSuite):
+    """Balls around the features of a conv prefix (``ball_space="features"``); the ledger adds more of them, in its
+    default mode too (``radius="auto"`` keeps a feature-ball model's mode)."""
+    default_balls = True
+    shape = (1, 8, 8)
+    head = "classifier"
+    export_refusal = (InputValidationError, "neighbourhood rows")
+    ledger_neighbourhood = {"radius": 0.05, "ball_space": "features"}
+
+    def build(self):
+        base = TinyConvNet(seed=0).eval()
+        data = _data(base, self.shape, n=200)
+        pts, labels = data.X_train[:6], data.y_train[:6]
+        res = forget(base, pts, labels=labels, head=self.head, radius=0.05, ball_space="features", seed=0)
+        assert res.model.has_neighbourhoods and res.report.n_certified_neighbourhood == 6
+        return SimpleNamespace(model=res.model, base=base, data=data, certificate=res.certificate, points=pts,
+                               labels=labels)
+
+
 def _recorded(kind) -> tuple:
     """A recorded MLP (2 SISA shards × 2 slices) trained on points labelled by :func:`_mlp`, and its data."""
     data = _data(_mlp(), kind.shape, n=600)

@@ -77,7 +77,7 @@ def test_class_runs_have_typed_fields(class_run, tmp_path):
 
 def test_reading_checks_version_and_keys(point_run, class_run):
     data = point_run.report.to_dict()
-    with pytest.raises(FormatError, match=r"format_version 99 is not supported .* reads versions 1, 2"):
+    with pytest.raises(FormatError, match=r"format_version 99 is not supported .* reads versions 1, 2, 3"):
         Report.from_dict({**data, "format_version": 99})
     missing = {k: v for k, v in data.items() if k not in ("n_forget", "failed")}
     with pytest.raises(FormatError, match=r"does not have the key\(s\) 'n_forget', 'failed'"):
@@ -124,9 +124,15 @@ def test_a_version_1_report_reads_with_the_new_counts_zero(point_run):
     data = point_run.report.to_dict()
     old = {k: v for k, v in data.items() if k not in ("n_already_forgotten", "n_regions_resolved")}
     again = Report.from_dict({**old, "format_version": 1})
-    assert again.n_already_forgotten == 0 and again.n_regions_resolved == 0 and again.format_version == 2
+    assert again.n_already_forgotten == 0 and again.n_regions_resolved == 0 and again.format_version == REPORT_FORMAT_VERSION
     with pytest.raises(FormatError, match=r"does not have the key\(s\) 'n_already_forgotten'"):
         Report.from_dict({**old, "format_version": 2})
+
+
+def test_a_version_2_report_reads_back_without_a_ball_space(point_run):
+    data = {k: v for k, v in point_run.report.to_dict().items() if k != "ball_space"}
+    back = Report.from_dict({**data, "format_version": 2})
+    assert back.ball_space is None and back.format_version == REPORT_FORMAT_VERSION
 
 
 def test_forgetting_a_point_again_is_reported_as_already_forgotten(model, point_run):

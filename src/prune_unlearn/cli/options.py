@@ -179,12 +179,18 @@ def neighbourhood_options(f):
     """Certified neighbourhoods (issue 11), for ``forget`` and the ledger's ``process``: the command receives one
     dict, ``neighbourhood``, of :func:`prune_unlearn.forget`'s keywords."""
     @functools.wraps(f)
-    def wrapper(*args, radius, min_radius, max_radius, outer, within_region, **kwargs):
+    def wrapper(*args, radius, min_radius, max_radius, outer, within_region, ball_space, **kwargs):
         neighbourhood = {"radius": parse_radius(radius), "min_radius": parse_radius(min_radius, param="--min-radius"),
                          "max_radius": parse_radius(max_radius, param="--max-radius"), "outer": outer,
                          "within_region": within_region}
+        if ball_space != "input":  # only when asked: the ledger records these options in every event
+            neighbourhood["ball_space"] = ball_space
         return f(*args, neighbourhood=neighbourhood, **kwargs)
 
+    wrapper = click.option("--ball-space", type=click.Choice(["input", "features"]), default="input",
+                           show_default=True,
+                           help="Where the balls live: around each input, or around its features (the head's "
+                                "input; --radius then in feature units: for heads behind conv layers).")(wrapper)
     wrapper = click.option("--within-region", is_flag=True,
                            help="Confine each neighbourhood to the point's linear region too (region ∩ ball).")(wrapper)
     wrapper = click.option("--outer", type=float, default=0.5, show_default=True,

@@ -37,7 +37,8 @@ def _affine_abs(layer: nn.Module, radius: torch.Tensor) -> torch.Tensor:
 
 _AFFINE = (nn.Linear, nn.Conv2d, nn.Conv1d, nn.BatchNorm1d, nn.BatchNorm2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
            nn.AvgPool1d)
-_MONOTONE = (nn.ReLU, nn.MaxPool2d, nn.MaxPool1d, nn.AdaptiveMaxPool2d, nn.Flatten, nn.Identity, nn.Dropout,
+_MONOTONE = (nn.ReLU, nn.MaxPool2d, nn.MaxPool1d, nn.AdaptiveMaxPool2d, nn.Flatten, nn.Unflatten, nn.Identity,
+             nn.Dropout,
              nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.ELU, nn.Softplus, nn.ReLU6)
 
 

@@ -34,11 +34,15 @@ from torch import nn
 
 from .regions import unpack_patterns
 
-__all__ = ["NeighbourhoodSet", "tensor_sha256", "NEIGHBOURHOOD_BOUND_CODES", "outward_box", "box_overlaps"]
+__all__ = ["NeighbourhoodSet", "tensor_sha256", "NEIGHBOURHOOD_BOUND_CODES", "BALL_SPACES", "outward_box",
+           "box_overlaps"]
 
 # How each row's claim was proven (stored per row as a small integer).
 NEIGHBOURHOOD_BOUND_CODES = {"crown": 0, "crown-ibp": 1, "box": 2, "dual": 3, "lp": 4}
 _BOUND_NAMES = {v: k for k, v in NEIGHBOURHOOD_BOUND_CODES.items()}
+# Where a row's claimed ball lives (stored per row): around the input as the model takes it, or around its
+# features (the head's input) — for heads behind conv layers, whose input balls reach the head only loosely.
+BALL_SPACES = {"input": 0, "features": 1}
 # Coordinates compared by the prefilters (measured on MNIST, see docs/design.md: 32 coordinates leave 76 of the
 # 5M (test image, 12/255-ball) pairs for the exact formula, 16 leave 1,282).
 PREFILTER_COORDINATES = 32
@@ -122,10 +126,14 @@ class NeighbourhoodSet(nn.Module):
     bound_code : (R,) uint8 — how it was proven, see ``NEIGHBOURHOOD_BOUND_CODES``.
     patterns : (R, ceil(N/8)) uint8 — activation pattern of region ∩ ball rows (zeros otherwise).
     region_lambda : (R,) float32 — ``μ_k`` of region ∩ ball rows; 0 for plain ball rows.
+    ball_space : (R,) uint8 — where the claimed ball lives (:data:`BALL_SPACES`): 0, the model's input space
+        (``radius`` in input units); 1, the head's input space (``B∞(φ(x), r)``, φ the layers before the head,
+        ``radius`` in feature units). Saved only when some row is 1, so files of input-space rows are unchanged.
     """
 
     _BUFFERS = ("lower", "upper", "gate_lambda", "values", "targets", "excluded", "radius", "certified_margin",
-                "bound_code", "patterns", "region_lambda")
+                "bound_code", "patterns", "region_lambda", "ball_space")
+    _OPTIONAL = ("patterns", "region_lambda", "ball_space")  # zeros when a file predates them
     OUTER_SLACK = 1.0 + 2.0**-20
 
     def __init__(self, input_dim: int, num_hidden: int, num_classes: int, **tensors: torch.Tensor):
@@ -146,6 +154,7 @@ class NeighbourhoodSet(nn.Module):
             "bound_code": torch.zeros(0, dtype=torch.uint8),
             "patterns": torch.zeros(0, nbytes, dtype=torch.uint8),
             "region_lambda": torch.zeros(0, dtype=torch.float32),
+            "ball_space": torch.zeros(0, dtype=torch.uint8),
         }
         unknown = set(tensors) - set(defaults)
         if unknown:
@@ -153,7 +162,7 @@ class NeighbourhoodSet(nn.Module):
         r = None
         for name, default in defaults.items():
             value = tensors.get(name)
-            if value is None and r is not None and name in ("patterns", "region_lambda"):
+            if value is None and r is not None and name in self._OPTIONAL:
                 value = default.new_zeros((r, *default.shape[1:]))
             t = (default if value is None else value).to(default.dtype).contiguous()
             if t.shape[1:] != default.shape[1:]:
@@ -162,11 +171,14 @@ class NeighbourhoodSet(nn.Module):
             r = t.shape[0] if r is None else r
             if t.shape[0] != r:
                 raise ValueError(f"NeighbourhoodSet field {name} has {t.shape[0]} rows, expected {r}")
-            self.register_buffer(name, t)
+            # ball_space is saved only where some row uses it: files of input-space rows keep their bytes
+            self.register_buffer(name, t, persistent=name != "ball_space" or bool(t.any()))
         if r and not bool((self.lower <= self.upper).all()):
             raise ValueError("NeighbourhoodSet boxes need lower ≤ upper")
         if r and not bool((self.gate_lambda > 0).all() and torch.isfinite(self.gate_lambda).all()):
             raise ValueError("NeighbourhoodSet gate_lambda must be finite and > 0")
+        if r and not bool((self.ball_space <= max(BALL_SPACES.values())).all()):
+            raise ValueError(f"NeighbourhoodSet ball_space codes must be in {sorted(BALL_SPACES.values())}")
         self._index()
 
     @classmethod
@@ -176,15 +188,19 @@ class NeighbourhoodSet(nn.Module):
             raise ValueError("neighbourhood rows need their 'lower' field (the support boxes)")
         return cls(fields["lower"].shape[-1], num_hidden, num_classes, **fields)
 
-    def describe(self, *, domain: dict, space: str) -> list[dict]:
-        """One certificate entry per row: the set its claim covers (``space``, ``domain``, the support box's
-        hash, outer distance, gate) and how it was proven (target, excluded labels, ``H = ‖d‖∞``, margin, bound)."""
+    def describe(self, *, domain: dict, space: str, feature_domain: dict | None = None,
+                 feature_space: str | None = None) -> list[dict]:
+        """One certificate entry per row: the set its claim covers (``space`` and ``domain`` for input-space balls,
+        ``feature_space`` and ``feature_domain`` for feature-space ones; the support box's hash, outer distance,
+        gate) and how it was proven (target, excluded labels, ``H = ‖d‖∞``, margin, bound)."""
         names, outer = self.bound_names(), self.outer_distance()
         out = []
         for k in range(len(self)):
             has_region = bool(self.region_lambda[k] > 0)
+            in_features = int(self.ball_space[k]) == BALL_SPACES["features"]
             out.append({
-                "row": k, "radius": float(self.radius[k]), "space": space, "domain": domain,
+                "row": k, "radius": float(self.radius[k]), "space": feature_space if in_features else space,
+                "domain": feature_domain if in_features else domain,
                 "support_box_sha256": tensor_sha256(torch.cat([self.lower[k], self.upper[k]])),
                 "outer_distance": float(outer[k]), "lambda": float(self.gate_lambda[k]),
                 "target": int(self.targets[k]), "excluded": self.excluded[k].nonzero().flatten().tolist(),

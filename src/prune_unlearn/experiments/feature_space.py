@@ -29,7 +29,8 @@ def head_only(model: nn.Module) -> nn.Sequential:
 
 def patched_head(patched: PatchedModel) -> PatchedModel:
     """The patched model's head with all its patches, as a model of the base model's features."""
-    return PatchedModel(head_only(patched.base), patched.patches, class_patches=patched.class_patches).eval()
+    return PatchedModel(head_only(patched.base), patched.patches, class_patches=patched.class_patches,
+                        neighbourhoods=patched.neighbourhoods).eval()
 
 
 @torch.no_grad()

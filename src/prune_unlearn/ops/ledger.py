@@ -184,7 +184,7 @@ class Ledger:
         request's data set, loaded by name); ``domain`` defaults to that data set's box, else [0, 1].
         ``bound``, ``epsilon`` and ``seed`` are passed to ``forget``; ``base`` to :func:`prune_unlearn.load`.
         ``neighbourhood``: keyword arguments of ``forget``'s certified neighbourhoods (``radius``, ``min_radius``,
-        ``max_radius``, ``outer``, ``within_region``); default: forget's (``radius="auto"``, a certified ball of
+        ``max_radius``, ``outer``, ``within_region``, ``ball_space``); default: forget's (``radius="auto"``, a certified ball of
         12/255 of the domain's narrowest side), ``{"radius": None}`` for region-only. Neighbourhood rows are keyed
         by their support box's hash.
         """

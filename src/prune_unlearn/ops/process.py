@@ -48,6 +48,8 @@ def _check_neighbourhood(options: dict | None, width: float) -> None:
     is an error of the call and never reads as a request whose points ``forget`` refused."""
     from ..unlearn.neighbourhood import check_radius
 
+    if (options or {}).get("ball_space") == "features":
+        return  # radii in feature units: forget checks them against the head's domain box
     for name in ("radius", "min_radius", "max_radius"):
         value = (options or {}).get(name)
         if value is not None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -24,28 +23,17 @@ from torch import nn
 from .._hashing import points_sha256
 from .._progress import progress_bar
 from .._threads import with_kernel_threads
-from .._validation import (
-    as_float_tensor,
-    as_label_tensor,
-    check_choice,
-    check_fraction,
-    check_in_box,
-    check_positive_float,
-    check_positive_int,
-    check_seed,
-)
-from ..core.confusion import BOUND_METHODS
-from ..core.domain import is_reshape_only
+from .._validation import as_float_tensor, as_label_tensor, check_in_box
 from ..core.patches import BOUND_CODES, PatchedModel
 from ..core.regions import HeadNetwork, point_regions
 from ..core.split import split_model
 from ..errors import InputValidationError, UncertifiedWarning, UnsupportedModelError
 from ..verify.certificate import certificate_for
 from .metrics import unlearning_metrics
-from .neighbourhood import (DEFAULT_OUTER, DEFAULT_RADIUS, check_neighbourhood_options, forced_region_targets,
-                            resolve_radius)
+from .neighbourhood import DEFAULT_OUTER, DEFAULT_RADIUS, forced_region_targets
 from .neighbourhood_forget import neighbourhood_entries, run_neighbourhood_forget
-from .point_strategies import POINT_STRATEGIES, region_rows
+from .options import STRATEGIES, ForgetOptions
+from .point_strategies import region_rows
 from .problem import PointProblem, check_fits, domain_box, group_units, model_device
 from .region_patches import CERTIFIED_FACTOR, GATE_HEADROOM, class_patch_offsets
 from .report import ForgetResult, Report
@@ -57,63 +45,6 @@ from .unseen import unseen_claims, unseen_rows
 __all__ = ["forget", "ForgetOptions", "DEFAULT_RADIUS", "ForgetResult", "Report", "STRATEGIES", "TARGET_RULES", "FORGET_TARGETS",
            "CERTIFIED_FACTOR",
            "GATE_HEADROOM", "run_forget", "warn_if_failed"]
-
-STRATEGIES = tuple(POINT_STRATEGIES)
-
-
-@dataclass(frozen=True)
-class ForgetOptions:
-    """How ``forget`` patches (its keywords; see :func:`forget` for each). ``radius`` is the requested one
-    (``"auto"`` by default); :meth:`resolved` replaces ``"auto"`` by the radius the run uses (or None)."""
-
-    strategy: str = "per-point"
-    bound: str = "box"
-    epsilon: float = 0.05
-    target: str = "random"
-    seed: int = 0
-    domain: tuple[Any, Any] = (0.0, 1.0)
-    feature_domain: tuple[Any, Any] | None = None
-    delta: float = 1.0
-    n_clusters: int | None = None
-    max_rounds: int = 10
-    dual_steps: int = 60
-    radius: float | str | None = DEFAULT_RADIUS
-    min_radius: float = 2 / 255
-    max_radius: float = 16 / 255
-    outer: float = DEFAULT_OUTER
-    within_region: bool = False
-    intermediate: str = "ibp"
-
-    def resolved(self, model=None, head: str | None = None) -> "ForgetOptions":
-        """These options with ``radius="auto"`` replaced by what it means for ``model`` (:func:`resolve_radius`)."""
-        region_rows_only = (isinstance(model, PatchedModel) and len(model.patches) > 0
-                            and not model.has_neighbourhoods)
-        radius = resolve_radius(self.radius, self.domain, strategy=self.strategy, target=self.target,
-                                feature_domain=self.feature_domain, region_rows_only=region_rows_only,
-                                feature_extractor=_behind_feature_extractor(model, head))
-        return self if radius == self.radius else replace(self, radius=radius)
-
-    def validate(self, caller: str = "forget") -> None:
-        check_choice("strategy", caller, self.strategy, STRATEGIES)
-        check_choice("bound", caller, self.bound, BOUND_METHODS)
-        check_choice("target", caller, self.target, FORGET_TARGETS)
-        if self.target == "unseen" and self.strategy != "per-point":
-            raise InputValidationError("target='unseen' works with strategy='per-point' only (each region gets its "
-                                       f"own reference output); got strategy={self.strategy!r}.")
-        check_positive_float("epsilon", caller, self.epsilon)
-        check_seed(caller, self.seed)
-        check_fraction("delta", caller, self.delta)
-        check_positive_int("n_clusters", caller, self.n_clusters, allow_none=True)
-        check_positive_int("max_rounds", caller, self.max_rounds)
-        if self.radius is not None:
-            check_neighbourhood_options(self.radius, self.domain, min_radius=self.min_radius,
-                                        max_radius=self.max_radius, outer=self.outer,
-                                        within_region=self.within_region, intermediate=self.intermediate,
-                                        caller=caller)
-
-    def make_strategy(self):
-        return POINT_STRATEGIES[self.strategy].from_options(delta=self.delta, n_clusters=self.n_clusters,
-                                                            max_rounds=self.max_rounds)
 
 
 @with_kernel_threads  # the whole run with one torch thread per kernel (see prune_unlearn._threads)
@@ -144,6 +75,7 @@ def forget(
     outer: float = DEFAULT_OUTER,
     within_region: bool = False,
     intermediate: str = "ibp",
+    ball_space: str = "input",
 ) -> ForgetResult:
     """Patch ``model`` so that every point in ``points`` is mispredicted, with certificates.
 
@@ -203,6 +135,11 @@ def forget(
     intermediate : {"ibp", "crown"}
         Hidden-layer bounds of the proofs over the balls: CROWN-IBP (default; as tight as CROWN on small balls,
         ~10× faster) or full CROWN (smaller patches on large balls). The radius search always uses full CROWN.
+    ball_space : {"input", "features"}, default "input"
+        Where the balls live. ``"features"``: around each point's head input ``φ(x)`` (the output of the layers
+        before the head), ``B∞(φ(x), radius) ∩ feature box`` with ``radius`` a number in feature units; every
+        input whose features fall in the ball is covered. For heads behind conv layers, where an input ball
+        reaches the head only through a loose interval box (``"auto"`` is region-only there).
 
     Returns
     -------
@@ -217,7 +154,8 @@ def forget(
     options = ForgetOptions(strategy=strategy, bound=bound, epsilon=epsilon, target=target, seed=seed, domain=domain,
                             feature_domain=feature_domain, delta=delta, n_clusters=n_clusters, max_rounds=max_rounds,
                             dual_steps=dual_steps, radius=radius, min_radius=min_radius, max_radius=max_radius,
-                            outer=outer, within_region=within_region, intermediate=intermediate)
+                            outer=outer, within_region=within_region, intermediate=intermediate,
+                            ball_space=ball_space)
     result = run_forget(model, points, labels=labels, head=head, options=options, test_data=test_data,
                         remaining_data=remaining_data, progress=progress, reference=reference)
     warn_if_failed(result.report)
@@ -244,17 +182,6 @@ def _outside_the_package() -> int:
     while frame is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(package):
         frame, level = frame.f_back, level + 1
     return level
-
-
-def _behind_feature_extractor(model, head: str | None) -> bool:
-    """Whether the patched head sits behind layers that are not a mere reshape (e.g. VGG16's conv layers)."""
-    if model is None:
-        return False
-    try:
-        split = model.split if isinstance(model, PatchedModel) else split_model(model, head)
-    except Exception:  # noqa: BLE001 - an unsplittable model is refused with its own error by the run itself
-        return False
-    return not is_reshape_only(split.prefix)
 
 
 def run_forget(model: nn.Module, points, *, labels=None, head: str | None = None, options: ForgetOptions,
@@ -302,8 +229,9 @@ def run_forget(model: nn.Module, points, *, labels=None, head: str | None = None
     certificate = certificate_for(patched, lower=problem.box.lower, upper=problem.box.upper,
                                   domain_source=problem.box.source, epsilon=options.epsilon, claims=claims,
                                   failed=failed, multipliers=multipliers,
-                                  neighbourhoods=neighbourhood_entries(patched, options.domain,
-                                                                       problem.box.source != "input box"))
+                                  neighbourhoods=neighbourhood_entries(
+                                      patched, options.domain, problem.box.source != "input box",
+                                      feature_box=(problem.box.lower, problem.box.upper)))
     unlearn_seconds = time.perf_counter() - t_start  # everything but the optional evaluation below
     # "before" is the model as given (on a second run, already patched), so a point forgotten earlier counts as
     # already forgotten rather than as a point this run flipped

@@ -28,7 +28,7 @@ from .._validation import param_error
 from ..core.ball_bounds import ball_box, ball_margin_bounds, certified_set, float32_logit_error, stable_signs
 from ..core.bounds import certified_radius, interval_bounds
 from ..core.confusion import confusion_patch, margin_upper_bounds, patch_margins
-from ..core.neighbourhood import NEIGHBOURHOOD_BOUND_CODES, NeighbourhoodSet, box_overlaps, outward_box
+from ..core.neighbourhood import BALL_SPACES, NEIGHBOURHOOD_BOUND_CODES, NeighbourhoodSet, box_overlaps, outward_box
 from ..core.regions import pack_patterns, unpack_patterns
 from ..errors import InputValidationError
 
@@ -339,18 +339,21 @@ def solve_rows(head, box_lo, box_hi, lower, upper, targets, epsilon: float, *, i
 
 
 def row_tensors(lo32, hi32, lam, values, targets, excluded, radius, margin, code: str, patterns=None,
-                region_lambda=None) -> dict:
+                region_lambda=None, ball_space: str = "input") -> dict:
     """The fields of a :class:`NeighbourhoodSet` for these rows."""
     p = len(targets)
     return dict(lower=lo32, upper=hi32, gate_lambda=lam, values=values, targets=targets, excluded=excluded,
                 radius=radius.to(torch.float64), certified_margin=margin.to(torch.float64),
                 bound_code=torch.full((p,), NEIGHBOURHOOD_BOUND_CODES[code], dtype=torch.uint8),
-                patterns=patterns, region_lambda=region_lambda)
+                patterns=patterns, region_lambda=region_lambda,
+                ball_space=torch.full((p,), BALL_SPACES[ball_space], dtype=torch.uint8))
 
 
-def boxes_for(split, feats64, x_in, radius, lower, upper, in_lower, in_upper, feature_space: bool):
-    """Support boxes of the units' balls: in the input space, or the interval image of the input ball."""
-    if feature_space:
+def boxes_for(split, feats64, x_in, radius, lower, upper, in_lower, in_upper, feature_space: bool,
+              ball_space: str = "input"):
+    """Support boxes of the units' balls: the ball itself (an input ball of an MLP, or a ball around the features
+    with ``ball_space="features"``), or the interval image of the input ball behind a feature extractor."""
+    if feature_space and ball_space == "input":
         return _input_ball_features(split, x_in, radius, in_lower, in_upper, lower, upper)
     return ball_box(feats64, radius, lower, upper)
 
@@ -360,8 +363,9 @@ def pack_or_none(masks):
 
 
 def check_neighbourhood_options(radius, domain, *, min_radius, max_radius, outer, within_region, intermediate,
-                                caller: str = "forget"):
-    """Validate the neighbourhood options of ``caller`` before anything is computed (or written)."""
+                                caller: str = "forget", check_width: bool = True):
+    """Validate the neighbourhood options of ``caller`` before anything is computed (or written).
+    ``check_width=False``: the radius is not in the domain's units (feature-space balls, checked later)."""
     from .._validation import check_choice, check_positive_float
 
     width = None
@@ -372,7 +376,7 @@ def check_neighbourhood_options(radius, domain, *, min_radius, max_radius, outer
             width = float((hi - lo).max())
         except (TypeError, ValueError, IndexError, RuntimeError):
             width = None
-    value = check_radius(radius, caller, width)
+    value = check_radius(radius, caller, width) if check_width else radius
     if value == RADIUS_SEARCH:
         check_radius(min_radius, caller, width, "min_radius")
         check_radius(max_radius, caller, width, "max_radius")

@@ -17,13 +17,13 @@ import numpy as np
 import torch
 
 from .._hashing import points_sha256
-from .._validation import as_float_tensor, as_label_tensor
+from .._validation import as_float_tensor, as_label_tensor, param_error
 from ..core.domain import is_reshape_only
 from ..core.neighbourhood import NeighbourhoodSet
 from ..core.patches import PatchedModel
 from ..core.regions import HeadNetwork, point_regions
 from ..core.split import ModelSplit, split_model
-from ..errors import UnsupportedModelError
+from ..errors import InputValidationError, UnsupportedModelError
 from ..verify.certificate import certificate_for, describe_box
 from .metrics import predict, unlearning_metrics
 from .neighbourhood import RADIUS_SEARCH, assign_targets, boxes_for, pack_or_none, row_tensors, search_radii, solve_rows
@@ -33,6 +33,9 @@ from .report import ForgetResult, Report
 __all__ = ["NeighbourhoodProblem", "NeighbourhoodRows", "NeighbourhoodStrategy", "run_neighbourhood_forget",
            "neighbourhood_entries"]
 
+# The certificate's description of a feature-space ball (forget(..., ball_space="features")).
+FEATURE_BALL_SPACE = ("features: B∞(φ(x), r) ∩ domain, φ(x) the point's head input (the output of the layers before "
+                      "the head); every input whose features fall in it is covered")
 # Region ∩ ball rows use the region gates of region mode: μ = GATE_HEADROOM / (smallest slack at the point),
 # certified region slack ≥ 2/μ.
 _GATE_HEADROOM = 4.0
@@ -53,6 +56,7 @@ class NeighbourhoodProblem:
     in_lower: torch.Tensor       # input domain, shaped like one input
     in_upper: torch.Tensor
     feature_space: bool          # the head sits behind a feature extractor (or a feature_domain was given)
+    ball_space: str = "input"    # where the balls live: around the inputs, or around their features
 
     def units(self):
         """Distinct points (identical features share one row): representatives, unit of each point, excluded labels."""
@@ -122,12 +126,13 @@ class NeighbourhoodStrategy:
     seed: int
     region_bound: str
     dual_steps: int
+    ball_space: str = "input"
 
     @classmethod
     def from_options(cls, o) -> "NeighbourhoodStrategy":
         return cls(radius=o.radius, min_radius=o.min_radius, max_radius=o.max_radius, outer=o.outer,
                    within_region=o.within_region, intermediate=o.intermediate, epsilon=o.epsilon, target=o.target,
-                   seed=o.seed, region_bound=o.bound, dual_steps=o.dual_steps)
+                   seed=o.seed, region_bound=o.bound, dual_steps=o.dual_steps, ball_space=o.ball_space)
 
     @property
     def code(self) -> str:
@@ -148,7 +153,7 @@ class NeighbourhoodStrategy:
 
         t0 = time.perf_counter()
         lo32, hi32 = boxes_for(p.split, p.features[reps], p.x[reps], radius, p.box.lower, p.box.upper, p.in_lower,
-                               p.in_upper, p.feature_space)
+                               p.in_upper, p.feature_space, self.ball_space)
         half = ((hi32.to(torch.float64) - lo32.to(torch.float64)) / 2).amax(dim=1).clamp(min=1e-12)
         lam = (1.0 / (self.outer * half)).to(torch.float32)
         logits64 = head.forward(p.features[reps])[1]
@@ -175,7 +180,7 @@ class NeighbourhoodStrategy:
             robust &= solved["hidden_error"].max(dim=1).values < 1.0 / region_lambda.to(torch.float64)
         new_rows = NeighbourhoodSet(head.input_dim, head.num_hidden, head.num_classes, **row_tensors(
             lo32[ok], hi32[ok], lam[ok], solved["values"], targets[ok], excluded[ok], radius[ok], solved["margin"],
-            self.code, patterns, region_lambda))
+            self.code, patterns, region_lambda, self.ball_space))
         prior = self._resolve_prior(p, resolve)
         timings["patches"] = time.perf_counter() - t0
         row_of_unit = torch.full((len(reps),), -1, dtype=torch.int64)
@@ -235,6 +240,8 @@ def neighbourhood_problem(model, points, labels, head, options, caller: str = "f
     if split.num_classes < 2:
         raise UnsupportedModelError("A model with one output class cannot be made to mispredict.")
     y = base_pred if labels is None else as_label_tensor(labels, len(x), split.num_classes, "labels", caller)
+    if options.ball_space == "features":
+        _check_feature_radius(options.radius, box, caller)
     shape = tuple(x.shape[1:])
     in_lo = torch.as_tensor(options.domain[0], dtype=torch.float64)
     in_hi = torch.as_tensor(options.domain[1], dtype=torch.float64)
@@ -242,7 +249,20 @@ def neighbourhood_problem(model, points, labels, head, options, caller: str = "f
         model=patched, split=split, head=HeadNetwork.from_split(split), x=x.cpu(), features=feats, labels=y, box=box,
         in_lower=in_lo.expand(shape) if in_lo.dim() == 0 else in_lo.reshape(shape),
         in_upper=in_hi.expand(shape) if in_hi.dim() == 0 else in_hi.reshape(shape),
-        feature_space=not is_reshape_only(split.prefix) or options.feature_domain is not None)
+        feature_space=not is_reshape_only(split.prefix) or options.feature_domain is not None,
+        ball_space=options.ball_space)
+
+
+def _check_feature_radius(radius, box: DomainBox, caller: str) -> None:
+    """A feature-space radius must fit the head's (bounded) domain box, as an input radius fits the input domain."""
+    width = (box.upper.to(torch.float64) - box.lower.to(torch.float64)).flatten()
+    if not bool(torch.isfinite(width).all()):
+        raise InputValidationError(
+            f"ball_space='features' needs a bounded box of the head's inputs, but {box.source} is unbounded. "
+            "HINT: pass feature_domain=(lower, upper), e.g. the training features' range.")
+    if float(radius) > float(width.max()):
+        raise param_error("radius", caller, f"at most the feature box's widest side ({float(width.max()):.6g})",
+                          radius, "with ball_space='features' the radius is in feature units.")
 
 
 def run_neighbourhood_forget(model, points, *, labels=None, head=None, options, test_data=None, remaining_data=None,
@@ -258,7 +278,8 @@ def run_neighbourhood_forget(model, points, *, labels=None, head=None, options, 
     after32 = predict(patched, p.x.to(model_device(p.model.base)), batch_size=4096).cpu()
     timings["verify"] = time.perf_counter() - t0
     claims, failed = _claims(p, rows, patched, after32)
-    entries = neighbourhood_entries(patched, options.domain, p.feature_space, rows=rows, claims=claims)
+    entries = neighbourhood_entries(patched, options.domain, p.feature_space, rows=rows, claims=claims,
+                                    feature_box=(p.box.lower, p.box.upper))
     certificate = certificate_for(patched, lower=p.box.lower, upper=p.box.upper, domain_source=p.box.source,
                                   epsilon=options.epsilon, claims=claims, failed=failed, neighbourhoods=entries)
     unlearn_seconds = time.perf_counter() - t_start
@@ -292,10 +313,10 @@ def _claims(p: NeighbourhoodProblem, rows: NeighbourhoodRows, patched: PatchedMo
 
 
 def neighbourhood_entries(patched: PatchedModel, domain, feature_space: bool, *, rows: NeighbourhoodRows | None = None,
-                          claims: list = ()) -> list[dict]:
+                          claims: list = (), feature_box=None) -> list[dict]:
     """The certificate's ``neighbourhoods`` entries: per row the exact set its claim covers. ``rows``/``claims``
     of the run that added rows say which are proven for the float32 model and which point each is centred on
-    (None for rows of earlier runs)."""
+    (None for rows of earlier runs). ``feature_box``: the head's domain box, the domain of feature-space balls."""
     if not patched.has_neighbourhoods:
         return []
     space = ("input: B∞(x, r) ∩ domain, x the point as the model takes it (flattened)" if not feature_space
@@ -303,7 +324,9 @@ def neighbourhood_entries(patched: PatchedModel, domain, feature_space: bool, *,
                   "space (every input whose features fall in the box is covered too)")
     lo = torch.as_tensor(domain[0], dtype=torch.float64).flatten()
     hi = torch.as_tensor(domain[1], dtype=torch.float64).flatten()
-    entries = patched.neighbourhoods.describe(domain=describe_box(lo, hi), space=space)
+    entries = patched.neighbourhoods.describe(
+        domain=describe_box(lo, hi), space=space, feature_space=FEATURE_BALL_SPACE,
+        feature_domain=describe_box(*feature_box) if feature_box is not None else None)
     proved, centre = {}, {c["neighbourhood"]: c["point_sha256"] for c in claims}
     if rows is not None:
         for u in range(len(rows.row_of_unit)):
@@ -336,5 +359,5 @@ def _report(options, p: NeighbourhoodProblem, rows: NeighbourhoodRows, patched: 
         radius_median=float(r_ok.median()) if len(r_ok) else None,
         radius_max=float(r_ok.max()) if len(r_ok) else None,
         crown_radius_median=float(crown.median()) if crown is not None else None,
-        outer=float(options.outer), within_region=bool(options.within_region),
+        outer=float(options.outer), within_region=bool(options.within_region), ball_space=options.ball_space,
         n_regions_resolved=rows.n_resolved_prior, **metrics)

@@ -26,8 +26,9 @@ __all__ = ["Report", "ClassReport", "ForgetResult", "REPORT_FORMAT_VERSION"]
 #    ``n_already_forgotten`` and ``n_regions_resolved`` (prior rows solved again, for more points or a new
 #    target); ``n_regions_new`` counts new rows only and the "before" numbers are the given model's. A
 #    version-1 report reads back with the new fields at their defaults (a run without neighbourhoods).
-REPORT_FORMAT_VERSION = 2
-READABLE_REPORT_VERSIONS = (1, 2)
+# 3: ``ball_space`` (where the balls' radius lives: "input" or "features"; None without balls).
+REPORT_FORMAT_VERSION = 3
+READABLE_REPORT_VERSIONS = (1, 2, 3)
 
 
 def json_safe(value: Any) -> Any:
@@ -154,6 +155,7 @@ class Report:
     crown_radius_median: float | None = None
     outer: float | None = None
     within_region: bool | None = None
+    ball_space: str | None = None
     n_already_forgotten: int = 0
     n_regions_resolved: int = 0
     format_version: int = REPORT_FORMAT_VERSION
@@ -161,6 +163,7 @@ class Report:
     _ADDED_IN_2 = ("n_certified_neighbourhood", "radius", "radius_min", "radius_median", "radius_max",
                    "crown_radius_median", "outer", "within_region", "n_already_forgotten",
                    "n_regions_resolved")
+    _ADDED_IN_3 = ("ball_space",)
 
     # --- serialisation ------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -184,8 +187,9 @@ class Report:
                 f"Report format_version {data.get('format_version')!r} is not supported (this library reads "
                 f"versions {', '.join(map(str, READABLE_REPORT_VERSIONS))}). HINT: upgrade prune-unlearn to read "
                 "reports written by a newer version.")
-        if isinstance(data, dict) and data.get("format_version") == 1:
-            defaults = {f.name: f.default for f in fields(cls) if f.name in cls._ADDED_IN_2}
+        if isinstance(data, dict) and data.get("format_version") in (1, 2):
+            added = cls._ADDED_IN_3 + (cls._ADDED_IN_2 if data.get("format_version") == 1 else ())
+            defaults = {f.name: f.default for f in fields(cls) if f.name in added}
             data = {**defaults, **data, "format_version": REPORT_FORMAT_VERSION}
         _check_keys(cls, data, "The report")
         values = dict(data)

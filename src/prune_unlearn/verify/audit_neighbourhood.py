@@ -4,7 +4,8 @@ For every neighbourhood entry of a certificate:
 
 ``neighbourhoods``
     the row exists and matches (support-box hash, λ, target, ‖d‖∞); with the points, the claimed ball
-    ``B∞(x, r) ∩ domain`` lies inside the support box (exact float64 comparisons, input-space rows).
+    ``B∞(x, r) ∩ domain`` lies inside the support box (exact float64 comparisons, input-space rows; feature-space
+    rows: ``B∞(φ(x), r) ∩ domain`` around the audit's own features of the point, with a 1e-5 relative slack).
 ``ball-bounds``
     ``d_t − d_l − U_l ≥ ε`` (the certificate's margin) with ``U_l`` re-derived by the audit's own linear bound
     pass over the box ∩ domain: interval bounds for the hidden layers, refined by back-substitution (CROWN)
@@ -34,6 +35,9 @@ _REL_TOL = 1e-9
 # Seconds per MILP (one label of one row): large balls on wide heads can take hours to solve to optimality;
 # the dual bound at the limit is still an upper bound of the maximum.
 MILP_TIME_LIMIT = 10.0
+# Relative slack of the feature-space ball check: float32 features of the same point may differ by a few ulps
+# between batches (convolutions sum in a batch-dependent order); 1e-5 is ~80 float32 ulps.
+_FEATURE_SLACK = 1e-5
 
 
 def _layers(model):
@@ -285,7 +289,11 @@ def _check_milp(model, e, ws, bs, s_lo, s_hi, hidden, d, t, others, offset, resu
 
 
 def _check_balls_hold_points(model, cert, points, lower, upper, dom_lo, dom_hi, result) -> None:
-    """With the points: each claimed ball ∩ domain lies in its row's support box, and the support is 1 at the point."""
+    """With the points: each claimed ball ∩ domain lies in its row's support box, and the support is 1 at the point.
+
+    Input-space balls are compared exactly (float64) when the head reads the flattened input. Feature-space balls
+    (``B∞(φ(x), r)``) are compared around the features this audit computes, with a relative slack of
+    :data:`_FEATURE_SLACK`: layers before the head (convolutions) round differently with the batch they run in."""
     from .._hashing import points_sha256
 
     x = torch.as_tensor(points, dtype=torch.float32)
@@ -295,21 +303,30 @@ def _check_balls_hold_points(model, cert, points, lower, upper, dom_lo, dom_hi, 
     for c in cert.claims:
         if c.get("proved") == "neighbourhood":
             by_hash[c["point_sha256"]] = c
-    input_space = all(e["space"].startswith("input: B∞(x, r) ∩ domain, x the point") for e in cert.neighbourhoods)
+    spaces = {e["row"]: e["space"] for e in cert.neighbourhoods}
+    dev = next(model.parameters()).device
     with torch.no_grad():
-        supp = model.neighbourhood_support(x.to(next(model.parameters()).device)).cpu()
+        supp = model.neighbourhood_support(x.to(dev)).cpu()
+        feats = model.split.features(x.to(dev)).cpu().double().numpy()
     for i, h in enumerate(hashes):
         claim = by_hash.get(h)
         if claim is None:
             continue
         k, r = claim["neighbourhood"], claim["radius"]
+        space = spaces.get(k, "")
         problems = []
         if float(supp[i, k]) != 1.0:
             problems.append(f"support {float(supp[i, k])} is not exactly 1 at the point")
-        if input_space and flat.shape[1] == lower.shape[1]:
+        if space.startswith("input: B∞(x, r) ∩ domain, x the point") and flat.shape[1] == lower.shape[1]:
             inside = np.all(lower[k] <= np.maximum(flat[i] - r, dom_lo)) and np.all(upper[k] >= np.minimum(flat[i] + r, dom_hi))
             if not inside:
                 problems.append("the claimed ball is not inside the support box")
+        elif space.startswith("features:"):
+            slack = _FEATURE_SLACK * (np.abs(feats[i]) + r)
+            inside = (np.all(lower[k] <= np.maximum(feats[i] - r, dom_lo) + slack)
+                      and np.all(upper[k] >= np.minimum(feats[i] + r, dom_hi) - slack))
+            if not inside:
+                problems.append("the claimed feature-space ball is not inside the support box")
         result.add("neighbourhoods", f"point {i} ({h[:12]}…)", not problems, "; ".join(problems))
 
 
