@@ -66,7 +66,7 @@ def forget_step(args, ds, log) -> dict:
     b_recipe = recipe_for("cifar10", epochs=args.baseline_epochs or args.epochs)
     retrained, retrain_seconds = train_without(opts, ds, spec, b_recipe, keep, str(args.forget), out, log)
     t = time.perf_counter()
-    data_box = data_feature_box(model, ds.X_train, margin=0.1)
+    data_box = data_feature_box(model, ds.X_train, margin=0.1) if args.bounds else None  # for the region runs
     box_seconds = time.perf_counter() - t
     domains = {"ibp": (None, "interval propagation of [0,1]^3072 through the conv layers: claims hold for every "
                              "input"),
@@ -85,6 +85,7 @@ def forget_step(args, ds, log) -> dict:
                                       "unlearn_vs_retrain": r.unlearn_seconds / retrain_seconds}
             log(f"[{key}, {bound}] {r.summary()}")
     runs.update(neighbourhood_runs(args, ds, model, idx, keep, retrain_seconds, log))
+    runs.update(feature_ball_runs(args, ds, model, idx, keep, retrain_seconds, log))
     recall = residual_recall_rows(args, ds, model, retrained, idx, log)
     return {"width": args.width, "recipe": recipe.to_dict(), "train_seconds": train_seconds,
             "test_accuracy_base": accuracy(predict(model, ds.X_test, batch_size=1000), ds.y_test),
@@ -115,6 +116,44 @@ def neighbourhood_runs(args, ds, model, idx, keep, retrain_seconds, log) -> dict
         args.patched_models[f"prune {name}"] = res.model
         log(f"[ball {name}] {rep.summary()}")
     return runs
+
+
+def feature_ball_runs(args, ds, model, idx, keep, retrain_seconds, log) -> dict:
+    """Certified neighbourhoods around the forgotten images' *features* (``ball_space="features"``): the head is
+    patched on B∞(φ(x), r) ∩ the interval image of [0,1]^3072, r in feature units; the claim covers every input
+    whose features fall in the ball. Radii are given as shares of the median feature ℓ∞ norm of the points."""
+    runs = {}
+    if not (args.feature_radii or args.feature_region_radii):
+        return runs
+    with torch.no_grad():
+        phi = predict_features(model, ds.X_train[idx])
+    scale = float(phi.abs().amax(dim=1).median())
+    plans = [(r, False) for r in args.feature_radii] + [(r, True) for r in args.feature_region_radii]
+    for share, within_region in plans:
+        r = share * scale
+        res = forget(model, ds.X_train[idx], labels=ds.y_train[idx], radius=r, ball_space="features",
+                     within_region=within_region, test_data=(ds.X_test, ds.y_test),
+                     remaining_data=(ds.X_train[keep], ds.y_train[keep]))
+        rep = res.report
+        name = f"features r={share:g}·median‖φ‖∞" + (" ∩ region" if within_region else "")
+        claim = (f"every input whose head features lie within l-inf {r:.4g} (= {share:g} × the points' median "
+                 f"feature l-inf norm {scale:.4g}) of a forgotten image's features")
+        if within_region:
+            claim += " and in its (tightened) linear region"
+        runs[f"feature-ball/{name}"] = {
+            "radius": r, "radius_share": share, "feature_scale": scale, "within_region": within_region,
+            "claim_covers": claim,
+            **{k: getattr(rep, k, None) for k in REPORT_KEYS + ("n_certified_neighbourhood", "ball_space")},
+            "unlearn_vs_retrain": rep.unlearn_seconds / retrain_seconds}
+        args.patched_models[f"prune {name}"] = res.model
+        log(f"[{name}] {rep.summary()}")
+    return runs
+
+
+def predict_features(model, X, batch_size: int = 500) -> torch.Tensor:
+    from prune_unlearn.experiments.feature_space import features
+
+    return features(model, X, batch_size=batch_size)
 
 
 def residual_recall_rows(args, ds, model, retrained, idx, log) -> dict:
@@ -168,6 +207,10 @@ def main() -> None:
                     "(comma-separated, e.g. 2/255; empty: none)")
     ap.add_argument("--region-radii", default="2/255,8/255", help="radii of neighbourhoods confined to the "
                     "point's linear region too (forget(within_region=True))")
+    ap.add_argument("--feature-radii", default="", help="radii of balls around the points' features, as shares "
+                    "of the points' median feature l-inf norm (comma-separated, e.g. 0.02,0.05)")
+    ap.add_argument("--feature-region-radii", default="", help="the same, confined to the point's linear region too")
+    ap.add_argument("--suffix", default="", help="the forget step writes forget-<n><suffix>.json")
     ap.add_argument("--draws", type=int, default=10, help="noisy copies per point and sigma for residual recall")
     ap.add_argument("--progress", action="store_true")
     ap.add_argument("--device", default="cpu", help="where the base model and the retrainings train (e.g. cuda)")
@@ -175,6 +218,8 @@ def main() -> None:
     args.bounds = [b for b in args.bounds.split(",") if b]
     args.radii = [_fraction(r) for r in args.radii.split(",") if r]
     args.region_radii = [_fraction(r) for r in args.region_radii.split(",") if r]
+    args.feature_radii = [_fraction(r) for r in args.feature_radii.split(",") if r]
+    args.feature_region_radii = [_fraction(r) for r in args.feature_region_radii.split(",") if r]
     args.patched_models = {}
     torch.set_num_threads(args.threads)
     if args.width <= 0:
@@ -190,8 +235,9 @@ def main() -> None:
     env = {"machine": machine_description(), "torch_threads": args.threads, "load_average_start": os.getloadavg()}
     if "forget" in steps:
         result = {**forget_step(args, ds, log), **env, "load_average_end": os.getloadavg()}
-        (out / f"forget-{args.forget}.json").write_text(json.dumps(result, indent=1))
-        log(f"wrote {out / f'forget-{args.forget}.json'}")
+        path = out / f"forget-{args.forget}{args.suffix}.json"
+        path.write_text(json.dumps(result, indent=1))
+        log(f"wrote {path}")
         args.retrain = False  # trained afresh just now: the next steps reuse it
     if "table3" in steps:
         cfg = ExperimentConfig(dataset="cifar10", data_dir=args.data_dir, width=args.width, epochs=args.epochs,

@@ -52,7 +52,8 @@ class ForgetOptions:
         """These options with ``radius="auto"`` replaced by what it means for ``model`` (:func:`resolve_radius`)."""
         if self.ball_space == "features":  # feature units: no default radius ("auto" is refused by validate)
             return self
-        feature_balls = feature_ball_radius(model) if self.radius == DEFAULT_RADIUS else None
+        keeps_balls = self.radius == DEFAULT_RADIUS and self.strategy == "per-point" and self.target != "unseen"
+        feature_balls = feature_ball_radius(model) if keeps_balls else None
         if feature_balls is not None:  # a model patched on feature balls keeps its mode, as region-patched ones do
             return replace(self, radius=feature_balls, ball_space="features")
         region_rows_only = (isinstance(model, PatchedModel) and len(model.patches) > 0
