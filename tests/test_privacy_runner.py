@@ -75,19 +75,24 @@ def test_amnesiac_training_is_the_plain_training(digits):
     assert get_unlearner("amnesiac").plain_from_train
 
 
-def test_prune_unseen_trains_the_plain_model_and_references_that_left_each_fold_out(digits):
-    from prune_unlearn.experiments.privacy.methods import TrainingSet
+def test_prune_unseen_adds_k_fold_references_to_the_plain_model(digits):
+    """extends_plain: prune-unseen's training starts from the world's plain model and trains K references, each
+    without one fold; every forgotten row is answered by the one reference whose fold held it."""
+    from prune_unlearn._hashing import points_sha256
+    from prune_unlearn.experiments.privacy.methods import TrainingSet, with_reference_folds
 
     spec = default_architecture("digits", digits.input_dim, digits.num_classes)
     recipe = Recipe(lr=0.1, epochs=2, batch_size=32, seed=5)
     data = TrainingSet(digits.X_train, digits.y_train, spec, recipe, (0.0, 1.0), torch.arange(0, 300, 7))
-    u = get_unlearner("prune-unseen")
-    trained = u.train(data)
-    plain = train_from_spec(spec, digits.X_train, digits.y_train, recipe).model
-    for (name, a), b in zip(trained.model_.state_dict().items(), plain.state_dict().values()):
-        assert torch.equal(a, b), name
-    assert u.plain_from_train and len(trained.references) == 2
-    assert sum(len(r.seen) for r in trained.references) == len(digits.y_train)  # each row left out exactly once
+    plain = train_from_spec(spec, digits.X_train, digits.y_train, recipe).model.eval()
+    u = with_reference_folds([get_unlearner("prune-unseen")], 3)[0]
+    assert u.extends_plain and u.params["folds"] == 3 and get_unlearner("prune-unseen").params["folds"] == 5
+    trained = u.train(data, plain)
+    assert trained.model_ is plain and len(trained.references) == 3
+    n = len(digits.y_train)
+    assert sum(n - len(r.seen) for r in trained.references) == n  # each row left out by exactly one reference
+    for h in points_sha256(digits.X_train[data.requests]):
+        assert sum(not r.saw(h) for r in trained.references) == 1
     after = u.unlearn(trained, data.requests, data)
     with torch.no_grad():
         assert not torch.equal(after(digits.X_train[data.requests]), plain(digits.X_train[data.requests]))
@@ -101,9 +106,10 @@ def test_calibrated_unseen_target_holds_out_test_points_and_shares_the_reference
     trained = []
     real = methods.train_from_spec
     monkeypatch.setattr(methods, "train_from_spec", lambda *a, **k: trained.append(1) or real(*a, **k))
-    result = run_privacy(_cfg(methods=("prune-unseen", "prune-unseen-cal"), n_calibration=100, n_shadows=6),
-                         tmp_path, log=lambda m: None)
-    assert len(trained) == 7 * 3  # each world: the plain model and 2 references, once for both methods
+    result = run_privacy(_cfg(methods=("prune-unseen", "prune-unseen-cal"), n_calibration=100, n_shadows=6,
+                              folds=3), tmp_path, log=lambda m: None)
+    assert len(trained) == 7 * 3  # each world: its 3 references, once for both methods (the plain model: worlds)
+    assert result["config"]["folds"] == 3
     des = result["design"]
     assert des["n_calibration"] == 100 and des["n_unseen_population"] == 260
     rows = {r["method"]: r for r in result["rows"]}
@@ -187,6 +193,8 @@ def test_a_failing_method_stops_the_run_with_its_error(tmp_path):
     ({"variance": "pooled"}, "'variance' parameter of run_privacy must be one of"),
     ({"workers": 0}, "'workers' parameter of run_privacy must be an integer ≥ 1"),
     ({"methods": ("prune-unseen-cal",)}, "'n_calibration' parameter of run_privacy must be at least 50"),
+    ({"folds": 1}, "'folds' parameter of run_privacy must be an integer ≥ 2"),
+    ({"folds": 1438}, "'folds' parameter of run_privacy must be at most the 1437 training points"),
     ({"n_calibration": 330}, r"'n_unseen' parameter of run_privacy must be at most the 360 .* less the 330 held out"),
 ])
 def test_bad_input_is_refused_before_anything_is_written(tmp_path, change, message):
@@ -209,4 +217,6 @@ def test_bench_privacy_cli_errors_are_one_line_and_write_nothing(tmp_path):
     res = CliRunner().invoke(cli, ["bench", "privacy", "--data", "digits", "--shadows", "3", "--calibration", "0",
                                    "--out", str(tmp_path)])
     assert res.exit_code == 1 and "Error: The 'n_shadows' parameter of run_privacy must be an integer ≥ 6" in res.output
+    res = CliRunner().invoke(cli, ["bench", "privacy", "--data", "digits", "--folds", "1", "--out", str(tmp_path)])
+    assert res.exit_code == 2 and "--folds" in res.output and "1 is not in the range x>=2" in res.output
     assert list(tmp_path.iterdir()) == []

@@ -24,6 +24,7 @@ from .errors import (
     UnsupportedModelError,
 )
 from .unlearn.forget import forget
+from .unlearn.folds import fold_references
 from .unlearn.reference import Reference
 from .unlearn.report import ClassReport, ForgetResult, Report
 from .unlearn.whole_class import forget_class
@@ -38,6 +39,7 @@ __all__ = [
     "forget",
     "forget_class",
     "Reference",
+    "fold_references",
     "audit",
     "AuditResult",
     "ForgetResult",

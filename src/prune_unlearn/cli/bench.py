@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from ..experiments.privacy.methods import REFERENCE_FOLDS
 from ..experiments.runner import METHODS, ClassRunOptions, ExperimentConfig, run_convergence, run_table3, run_table5
 from .options import IntList, NameList, bound_option, data_options, relaxed_support_options
 from .output import json_option
@@ -43,7 +44,8 @@ def _privacy(o: dict, dest: Path, log) -> None:
 
     run_privacy(PrivacyConfig(dataset=o["data_name"], data_dir=str(o["data_dir"]) if o["data_dir"] else None,
                               methods=tuple(o["methods"]), epochs=o["epochs"], n_shadows=o["shadows"],
-                              n_calibration=o["calibration"], workers=o["workers"]), dest, log=log)
+                              n_calibration=o["calibration"], workers=o["workers"], folds=o["folds"]),
+                dest, log=log)
 
 
 def _robustness(o: dict, dest: Path, log) -> None:
@@ -96,6 +98,9 @@ EXPERIMENTS = {
               help="privacy: unseen test points held out (never attacked) to calibrate prune-unseen-cal's references.")
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
               help="privacy: worker processes, one world each at a time (1 torch thread each).")
+@click.option("--folds", type=click.IntRange(min=2), default=REFERENCE_FOLDS, show_default=True,
+              help="privacy: K of prune-unseen's references (each world trains K models, each without one fold of "
+                   "its data, before any request).")
 @relaxed_support_options
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("results"), show_default=True,
               help="Results folder (a subfolder per data set).")

@@ -7,8 +7,9 @@
 """
 
 from .forget import forget
+from .folds import fold_references
 from .reference import Reference
 from .report import ClassReport, ForgetResult, Report
 from .whole_class import forget_class
 
-__all__ = ["forget", "forget_class", "Reference", "ForgetResult", "Report", "ClassReport"]
+__all__ = ["forget", "forget_class", "Reference", "fold_references", "ForgetResult", "Report", "ClassReport"]

@@ -26,6 +26,9 @@ Adding a method is one registration, no change to the attacks::
 
 ``params`` (what the outputs depend on beyond data, recipe and seed) and the source of ``code``
 (modules) are part of the cache key, so a changed parameter or changed code never reuses stale shadows.
+``extends_plain=True`` declares a ``train(data, plain)`` that starts from the world's plain model (from the
+cache, or trained once for every method) and adds what it trains before any request (PRUNE ``unseen``'s K-fold
+references, :func:`unseen_unlearners`); its ``train`` time is that addition alone.
 ``plain_from_train=True`` declares that ``train`` runs exactly the plain training (same initialisation,
 batches and steps; Amnesiac only records the updates on the way), so that the runner uses its model as the
 plain model instead of training another one (tested: the two are bit-identical).
@@ -46,7 +49,7 @@ from ...errors import InputValidationError
 from ..training import Recipe, train_from_spec
 
 __all__ = ["TrainingSet", "Unlearner", "register_unlearner", "unlearner_names", "get_unlearner",
-           "resolve_unlearners", "model_before"]
+           "resolve_unlearners", "model_before", "unseen_unlearners", "with_reference_folds", "REFERENCE_FOLDS"]
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,7 @@ class Unlearner:
     code: tuple = ()
     description: str = ""
     plain_from_train: bool = False
+    extends_plain: bool = False
 
 
 def model_before(trained) -> nn.Module:
@@ -109,7 +113,7 @@ def _prune(target: str) -> Unlearner:
                      description=f"PRUNE, per-point patches, box bound, target={target!r} (the paper's rule)")
 
 
-UNSEEN_FOLDS = 2  # reference models per world: fold k's is trained on every training row outside fold k
+REFERENCE_FOLDS = 5  # K: reference k of a world is trained on every training row outside fold k (PrivacyConfig.folds)
 
 
 @dataclass
@@ -123,38 +127,34 @@ class _WithReferences:
 _REFERENCE_MEMO: dict = {}  # the last world's references: the raw and calibrated methods share one training
 
 
-def _training_key(data: TrainingSet) -> str:
+def _training_key(data: TrainingSet, folds: int) -> str:
     import hashlib
 
     from ..._hashing import tensor_bytes
 
-    h = hashlib.sha256(repr((data.spec, data.recipe.to_dict(), UNSEEN_FOLDS)).encode())
+    h = hashlib.sha256(repr((data.spec, data.recipe.to_dict(), folds)).encode())
     h.update(tensor_bytes(data.X))
     h.update(tensor_bytes(data.y))
     return h.hexdigest()
 
 
-def _unseen_train(data: TrainingSet) -> _WithReferences:
-    """Plain training, then ``UNSEEN_FOLDS`` references on a K-fold split drawn from the world's seed alone (the
-    requests play no part: each forgotten row has a reference whose training left its fold out). The same
-    training set in the same process (the raw and the calibrated method of one world) trains them once."""
-    from ...unlearn.reference import Reference
-    from ..baselines.base import derive_seed
+def _reference_trainer(folds: int):
+    def train(data: TrainingSet, plain: nn.Module) -> _WithReferences:
+        """``folds`` references next to the world's plain model (``fold_references``: a K-fold split drawn from
+        the world's seed alone, identical inputs in one fold; the requests play no part, so each forgotten row's
+        own fold's reference never saw it). The raw and the calibrated method of one world train them once."""
+        from ...unlearn.folds import fold_references
+        from ..baselines.base import derive_seed
 
-    key = _training_key(data)
-    if _REFERENCE_MEMO.get("key") == key:
-        return _REFERENCE_MEMO["value"]
-    _REFERENCE_MEMO.clear()
-    plain = train_from_spec(data.spec, data.X, data.y, data.recipe).model.eval()
-    gen = torch.Generator().manual_seed(derive_seed(data.recipe.seed, 0x0F01D))
-    fold = torch.randperm(len(data.y), generator=gen) % UNSEEN_FOLDS
-    refs = []
-    for k in range(UNSEEN_FOLDS):
-        seen = fold != k
-        g = train_from_spec(data.spec, data.X[seen], data.y[seen], data.recipe).model.eval()
-        refs.append(Reference(g, data.X[seen], name=f"fold {k} of {UNSEEN_FOLDS} left out"))
-    _REFERENCE_MEMO.update(key=key, value=_WithReferences(plain, refs))
-    return _REFERENCE_MEMO["value"]
+        key = _training_key(data, folds)
+        if _REFERENCE_MEMO.get("key") != key:
+            _REFERENCE_MEMO.clear()
+            refs = fold_references(data.X, data.y, lambda X, y: train_from_spec(data.spec, X, y, data.recipe).model,
+                                   folds, seed=derive_seed(data.recipe.seed, 0x0F01D))
+            _REFERENCE_MEMO.update(key=key, references=refs)
+        return _WithReferences(plain.eval(), _REFERENCE_MEMO["references"])
+
+    return train
 
 
 def _unseen_unlearn(trained: _WithReferences, forget, data, calibrate: bool = False):
@@ -172,6 +172,30 @@ def _unseen_unlearn(trained: _WithReferences, forget, data, calibrate: bool = Fa
 
 def _unseen_cal_unlearn(trained: _WithReferences, forget, data):
     return _unseen_unlearn(trained, forget, data, calibrate=True)
+
+
+def unseen_unlearners(folds: int = REFERENCE_FOLDS) -> list[Unlearner]:
+    """``prune-unseen`` and ``prune-unseen-cal`` with ``folds``-fold references (K ≥ 2; part of their cache key)."""
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
+        raise param_error("folds", "unseen_unlearners", "an integer ≥ 2", folds)
+    train = _reference_trainer(folds)
+    return [
+        Unlearner("prune-unseen", _unseen_unlearn, train=train, params={"target": "unseen", "folds": folds},
+                  group="prune", code=_PRUNE_CODE + _BASELINE_CODE, extends_plain=True,
+                  description=f"PRUNE, target='unseen': answers as {folds}-fold reference models trained before "
+                              "the requests (the fold that held each point left out), raw logits"),
+        Unlearner("prune-unseen-cal", _unseen_cal_unlearn, train=train,
+                  params={"target": "unseen", "folds": folds, "calibration": "temperature, log-loss quantiles"},
+                  group="prune", code=_PRUNE_CODE + _BASELINE_CODE, extends_plain=True,
+                  description=f"PRUNE, target='unseen', {folds}-fold references calibrated (one temperature each) "
+                              "to the base model's losses on held-out test points no attack uses"),
+    ]
+
+
+def with_reference_folds(methods: list[Unlearner], folds: int) -> list[Unlearner]:
+    """``methods`` with the built-in ``prune-unseen``/``prune-unseen-cal`` rebuilt for ``folds``-fold references."""
+    rebuilt = {u.name: u for u in unseen_unlearners(folds)}
+    return [rebuilt[m.name] if m.name in rebuilt and m is _REGISTRY.get(m.name) else m for m in methods]
 
 
 def _retrain(model, forget, data):
@@ -214,15 +238,7 @@ def _fu_unlearn(model, forget, data):
 _BUILTIN = [
     _prune("random"),
     _prune("runner-up"),
-    Unlearner("prune-unseen", _unseen_unlearn, train=_unseen_train, params={"target": "unseen", "folds": UNSEEN_FOLDS},
-              group="prune", code=_PRUNE_CODE + _BASELINE_CODE, plain_from_train=True,
-              description=f"PRUNE, target='unseen': answers as {UNSEEN_FOLDS}-fold reference models trained before "
-                          "the requests (the fold that left each point out), raw logits"),
-    Unlearner("prune-unseen-cal", _unseen_cal_unlearn, train=_unseen_train,
-              params={"target": "unseen", "folds": UNSEEN_FOLDS, "calibration": "temperature, log-loss quantiles"},
-              group="prune", code=_PRUNE_CODE + _BASELINE_CODE, plain_from_train=True,
-              description=f"PRUNE, target='unseen', {UNSEEN_FOLDS}-fold references calibrated (one temperature each) to "
-                          "the base model's losses on held-out test points no attack uses"),
+    *unseen_unlearners(REFERENCE_FOLDS),
     Unlearner("retrain", _retrain, code=_BASELINE_CODE, description="retraining on the remaining data, same seed"),
     Unlearner("sisa", _estimator_unlearn, train=_sisa_train, params={"shards": 5, "slices": 5}, code=_BASELINE_CODE,
               description="SISA, 5 shards × 5 slices, majority vote (scored by its mean softmax)"),

@@ -29,7 +29,7 @@ from ..datasets import load_dataset
 from ..training import recipe_for
 from .difference import difference_scores, difference_summary, learned_difference_attack
 from .lira import VARIANCE_MODES, assign_shadow_sets, check_shadow_count, likelihood_ratio_attack
-from .methods import resolve_unlearners
+from .methods import REFERENCE_FOLDS, resolve_unlearners, with_reference_folds
 from .population import SCORES, membership_scores, roc_summary
 from .report import write_privacy_report
 from .worlds import Pool, World, run_worlds
@@ -47,7 +47,8 @@ class PrivacyConfig:
     target); ``n_unseen`` unseen test points join the forgotten ones as (U-)LiRA candidates (≥ 1,000 for
     a TPR at 0.1% FPR); the population attacks use every unseen test point except the ``n_calibration``
     drawn first and held out: no world trains on them and no attack uses them (``prune-unseen-cal``
-    calibrates its references there).
+    calibrates its references there). ``folds``: every world builds ``prune-unseen``'s references the same way,
+    K models each trained without one fold of that world's training set, before any request.
     """
 
     dataset: str
@@ -57,6 +58,7 @@ class PrivacyConfig:
     n_unseen: int = 1000
     n_shadows: int = 16
     n_calibration: int = 2000
+    folds: int = REFERENCE_FOLDS     # K of prune-unseen's K-fold references (each on (K−1)/K of a world's data)
     seed: int = 0
     epochs: int | None = None
     variance: str = "global"
@@ -83,6 +85,7 @@ def _validate(cfg: PrivacyConfig) -> list:
     if n_cal == 0 and any(m.name == "prune-unseen-cal" for m in methods):
         raise param_error("n_calibration", "run_privacy", "at least 50 for method 'prune-unseen-cal' (it calibrates "
                           "on held-out test points)", n_cal, hint="set n_calibration or leave prune-unseen-cal out")
+    folds = _check_int("folds", cfg.folds, 2)
     check_choice("variance", "run_privacy", cfg.variance, VARIANCE_MODES)
     _check_int("seed", cfg.seed, 0)
     _check_int("workers", cfg.workers, 1)
@@ -90,7 +93,7 @@ def _validate(cfg: PrivacyConfig) -> list:
         _check_int("threads", cfg.threads, 1)
     if cfg.epochs is not None:
         _check_int("epochs", cfg.epochs, 1)
-    return methods
+    return with_reference_folds(methods, folds)
 
 
 @dataclass
@@ -109,6 +112,9 @@ def _design(ds, cfg: PrivacyConfig) -> _Design:
     n_train, n_test = len(ds.y_train), len(ds.y_test)
     if cfg.n_forget >= n_train:
         raise param_error("n_forget", "run_privacy", f"smaller than the {n_train} training points", cfg.n_forget)
+    if cfg.folds > n_train:
+        raise param_error("folds", "run_privacy", f"at most the {n_train} training points (every fold needs a point)",
+                          cfg.folds)
     train_hashes = set(points_sha256(ds.X_train))
     unseen_test = np.array([i for i, h in enumerate(points_sha256(ds.X_test)) if h not in train_hashes])
     if cfg.n_unseen + cfg.n_calibration > len(unseen_test):

@@ -217,6 +217,10 @@ def run_world(world: World, methods: list[Unlearner], pool: Pool, *, cache_dir: 
         info: dict = {}
         if method.train is None:
             trained, info = plain.get()
+        elif method.extends_plain:  # e.g. K-fold references next to the (cached) plain model
+            model, info = plain.get()
+            with _timed(info, "train"):
+                trained = method.train(data, model)
         else:
             with _timed(info, "train"):
                 trained = method.train(data)
