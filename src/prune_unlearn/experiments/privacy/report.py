@@ -55,6 +55,8 @@ def _header(result: dict) -> list[str]:
     des, machine = result["design"], result["machine"]
     return [f"## Privacy — {result['dataset']}: attacks after withdrawing {des['n_forget']} random training points",
             "", f"FC model, full training set ({des['n_train']} points), seed {result['config']['seed']}, "
+            f"{result.get('epochs', '?')} training epochs (every model), "
+            f"{result['config'].get('folds', 2)}-fold references for prune-unseen, "
             f"{des['n_shadows']} shadow worlds (each candidate IN in {des['in_per_candidate']} of them), "
             f"{des.get('n_calibration', 0)} unseen test points held out for calibration (never attacked). Retrain is "
             f"the reference: a method is as private as retraining when its numbers match Retrain's column. Wall time "
@@ -129,7 +131,8 @@ def _cost(result: dict, names: list) -> list[str]:
     total_cpu = sum(sum(v) for m in names for k, v in secs[m].items() if k.endswith("cpu_seconds"))
     workers = result["machine"].get("workers") or 1
     lines += ["", "Training counts once per world for the methods that share the plain model (retrain, PRUNE, FU); "
-              "Amnesiac's recorded training is that plain training. CPU seconds are the worker process's own "
+              "Amnesiac's recorded training is that plain training; prune-unseen's is its K-fold references alone "
+              "(prune-unseen-cal shares them). CPU seconds are the worker process's own "
               f"(one torch thread): {total_cpu / 60:.1f} CPU-minutes in all (worlds with CPU times), about "
               f"{total_cpu / 60 / workers:.0f} minutes on {workers} idle cores."]
     return lines

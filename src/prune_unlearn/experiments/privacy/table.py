@@ -252,6 +252,7 @@ def run_privacy(cfg: PrivacyConfig, out_dir: str | Path, *, log=print) -> dict:
                          "n_unseen_population": len(design.unseen), "n_remaining": len(design.remaining),
                          "n_shadows": cfg.n_shadows, "n_calibration": cfg.n_calibration, "in_per_candidate": sorted(set(design.shadow_in.sum(0).tolist())),
                          "test_duplicates_dropped": design.test_duplicates, "cache_dir": str(cache_dir)},
+              "epochs": recipe_for(ds.name, seed=cfg.seed, epochs=cfg.epochs).epochs,
               "seconds": time.perf_counter() - start, "machine": machine, "rows": rows,
               "world_seconds": _world_seconds(outcomes, methods)}
     write_privacy_report(result, out)
