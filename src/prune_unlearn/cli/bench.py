@@ -43,8 +43,9 @@ def _privacy(o: dict, dest: Path, log) -> None:
     from ..experiments.runner import PrivacyConfig, run_privacy
 
     run_privacy(PrivacyConfig(dataset=o["data_name"], data_dir=str(o["data_dir"]) if o["data_dir"] else None,
-                              methods=tuple(o["methods"]), epochs=o["epochs"], n_shadows=o["shadows"],
-                              n_calibration=o["calibration"], workers=o["workers"], folds=o["folds"]),
+                              methods=tuple(o["methods"]), n_shadows=o["shadows"],
+                              n_calibration=o["calibration"], workers=o["workers"], folds=o["folds"],
+                              **({} if o["epochs"] is None else {"epochs": o["epochs"]})),  # default: DEFAULT_EPOCHS
                 dest, log=log)
 
 
@@ -82,7 +83,8 @@ EXPERIMENTS = {
 @click.option("--clusters", "k_values", type=IntList(), default="2,3,4,6,8", show_default=True,
               help="K values for fig4.")
 @bound_option
-@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Override the training recipe's epochs.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="Override the training recipe's epochs (privacy: default 5, so that the table fits an hour).")
 @click.option("--trials", type=click.IntRange(min=1), default=20, show_default=True,
               help="Random class labels drawn for table5.")
 @click.option("--width", type=click.FloatRange(min=0, min_open=True), default=None,

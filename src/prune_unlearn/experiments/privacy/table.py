@@ -34,9 +34,12 @@ from .population import SCORES, membership_scores, roc_summary
 from .report import write_privacy_report
 from .worlds import Pool, World, run_worlds
 
-__all__ = ["PrivacyConfig", "run_privacy", "DEFAULT_METHODS"]
+__all__ = ["PrivacyConfig", "run_privacy", "DEFAULT_METHODS", "DEFAULT_EPOCHS"]
 
 DEFAULT_METHODS = ("retrain", "prune", "sisa", "amnesiac", "fu")
+# Every model of every world (17 worlds × ~10 trainings) is trained this many epochs, not the recipe's 20 on MNIST:
+# the whole table must fit an hour on 2 cores (docs/results.md, issue 12). None = the recipe's epochs.
+DEFAULT_EPOCHS = 5
 
 
 @dataclass
@@ -60,7 +63,7 @@ class PrivacyConfig:
     n_calibration: int = 2000
     folds: int = REFERENCE_FOLDS     # K of prune-unseen's K-fold references (each on (K−1)/K of a world's data)
     seed: int = 0
-    epochs: int | None = None
+    epochs: int | None = DEFAULT_EPOCHS  # None: the data set's training recipe (MNIST: 20)
     variance: str = "global"
     workers: int = 2                 # processes, one world each at a time
     threads: int | None = 1          # torch threads per process (results do not depend on ``workers``)
