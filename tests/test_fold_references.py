@@ -69,7 +69,8 @@ def test_identical_inputs_share_a_fold_and_the_split_is_seeded():
     ([[0, 1, 2], [3, 4, 5, 6, 7, 8, 9, 10, 11, 12]], r"leave 1 row\(s\) out \(first: \[13\]\)"),
     ([[0, 1, 2, 3, 4, 5, 6], []], r"fold 1 is empty"),
     ([[0, 1, 2, 3, 4, 5, 99], [7, 8, 9, 10, 11, 12, 13]], r"row indices in \[0, 13\]"),
-    ([[0, 1, 2, 3, 4, 5, 6], [7, 8, 9, 10, 11, 12, 13]], r"identical inputs in different folds \(rows \[0, 1, 12, 13\]\)"),
+    ([[0, 1, 2, 3, 4, 5, 6], [7, 8, 9, 10, 11, 12, 13]],
+     r"identical inputs in different folds \(rows \[0, 1, 12, 13\]\)"),
     ("3", r"an integer K or a sequence of K index sequences"),
 ])
 def test_bad_folds_are_refused_before_any_training(folds, message):
