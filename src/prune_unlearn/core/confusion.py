@@ -28,13 +28,13 @@ region (7,840 on MNIST: 3.9M for 500 regions), more than the whole patch budget.
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from .._threads import kernel_threads, parallel_map
+from .highs import dense_to_csr, new_highs  # new_highs: also this module's name for it (verify.lp)
 from .regions import HeadNetwork, masked_backward, masked_forward, region_halfspaces, region_offsets
 from .sound_backward import SoundBackward
 
@@ -208,7 +208,7 @@ def _dual_bound(head, masks, rows, signs, w0_rows, q, thresholds, lower, upper, 
     if lr is None:
         # μ trades logit units for slack units: scale the step by |∂(f_l − f_t)/∂h| / |a_i| (first layer).
         ratio = r.norm(dim=-1).median() / head.weights[0].norm(dim=1).median().clamp(min=1e-12)
-        lr = 0.03 * float(ratio)
+        lr = _DUAL_LR * float(ratio)
     # One row per (region, label) pair, so that the search can work on any subset of pairs.
     pair_masks = masks.to(torch.float32).repeat_interleave(k, dim=0)  # float: no conversion per step
     pair_signs = signs.float().repeat_interleave(k, dim=0)
@@ -217,7 +217,7 @@ def _dual_bound(head, masks, rows, signs, w0_rows, q, thresholds, lower, upper, 
     # Adam's state per pair, one row each (μ, first and second moments), gathered and written back as a block.
     state = torch.zeros(p * k, 3, n, dtype=torch.float32)
     age = torch.zeros(p * k, 1)  # Adam steps each pair has taken (pairs join the search at different times)
-    b1, b2 = 0.9, 0.999
+    b1, b2 = _DUAL_BETAS
     bound = box.to(torch.float32).flatten()  # the search's estimate of each pair's best bound so far
     best_mu = torch.zeros(p * k, n, dtype=torch.float32)
     checkpoint = None
@@ -231,6 +231,8 @@ def _dual_bound(head, masks, rows, signs, w0_rows, q, thresholds, lower, upper, 
                 break
             checkpoint = worst
         act = (per_region >= (worst - _DUAL_FOCUS * (1 + worst.abs())).unsqueeze(1)).flatten().nonzero().squeeze(1)
+        if it > 1:
+            _warm_start(act, age, state, best_mu, r, k, pair_masks, pair_rows, pair_signs, h32)
         m_a, s_a = pair_masks.index_select(0, act), pair_signs.index_select(0, act)
         rows_a, st = pair_rows.index_select(0, act), state.index_select(0, act)
         mu_a, m1_a, m2_a = st[:, 0], st[:, 1], st[:, 2]
@@ -257,6 +259,28 @@ def _dual_bound(head, masks, rows, signs, w0_rows, q, thresholds, lower, upper, 
     return torch.minimum(box, bound_at_mu), best_mu, done
 
 
+def _warm_start(act, age, state, best_mu, r, k, pair_masks, pair_rows, pair_signs, h32):
+    """Pairs joining the search start from the best multipliers of their region's most-searched pair: the
+    labels of one region share its halfspaces, so those multipliers already cut most labels' bounds."""
+    new = act[age.index_select(0, act).squeeze(1) == 0]
+    if not len(new):
+        return
+    region = new // k
+    ages = age.view(-1, k).index_select(0, region)  # (new, k)
+    donor = region * k + ages.argmax(dim=1)
+    has = ages.max(dim=1).values > 0
+    new, donor = new[has], donor[has]
+    if not len(new):
+        return
+    mu0 = best_mu.index_select(0, donor)
+    st = state.index_select(0, new)
+    st[:, 0] = mu0
+    state.index_copy_(0, new, st)
+    rows_n, s_n = pair_rows.index_select(0, new), pair_signs.index_select(0, new)
+    r_new = masked_backward(h32, pair_masks.index_select(0, new), rows_n, (s_n * mu0).unsqueeze(1)).squeeze(1)
+    r.index_copy_(0, new, r_new)
+
+
 # Early stop of the dual search: every _DUAL_PATIENCE steps, stop unless some region's largest bound
 # improved by more than _DUAL_RTOL·(1 + |bound|) since the last check (measured on MNIST and Purchase-like heads:
 # the bound then sits within ~0.3% of its 60-step value; see docs/benchmarks.md).
@@ -264,6 +288,9 @@ _DUAL_PATIENCE = 5
 _DUAL_RTOL = 1e-3
 # Labels whose bound lies more than this (relative) below their region's largest do not set the patch size.
 _DUAL_FOCUS = 0.02
+# Adam's step (times the |∂(f_l − f_t)/∂h| / |a_i| scale) and moment decays.
+_DUAL_LR = 0.02
+_DUAL_BETAS = (0.7, 0.999)
 
 
 def _lp_bound(head, masks, thresholds, targets, rows, signs, w0_rows, q, lower, upper):
@@ -286,7 +313,7 @@ def _lp_bound(head, masks, thresholds, targets, rows, signs, w0_rows, q, lower, 
         n_rows, d = rows_mat.shape
         lp.addVars(d, lo_np, hi_np)
         if n_rows:
-            csc = _dense_to_csr(rows_mat)
+            csc = dense_to_csr(rows_mat)
             lp.addRows(n_rows, rhs, np.full(n_rows, inf), csc[2].size, *csc)
         lp.changeObjectiveSense(highspy.ObjSense.kMaximize)
         mus = []
@@ -309,42 +336,6 @@ def _lp_bound(head, masks, thresholds, targets, rows, signs, w0_rows, q, lower, 
         result[i] = v_pos[0]
         multipliers[i] = mu[0].to(torch.float32)
     return result, multipliers
-
-
-_HIGHS_LOCK = threading.Lock()
-
-
-def new_highs():
-    """A silent HiGHS instance (its constructor prints a banner on the C-level stdout)."""
-    import os
-    import sys
-
-    import highspy
-
-    with _HIGHS_LOCK:  # the C-level stdout is process-wide: one redirection at a time
-        return _new_highs_quiet(highspy, os, sys)
-
-
-def _new_highs_quiet(highspy, os, sys):
-    sys.stdout.flush()
-    saved = os.dup(1)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 1)
-            lp = highspy.Highs()
-    finally:
-        os.dup2(saved, 1)
-        os.close(saved)
-    lp.setOptionValue("output_flag", False)
-    return lp
-
-
-def _dense_to_csr(mat: np.ndarray):
-    nz = mat != 0
-    starts = np.concatenate([[0], np.cumsum(nz.sum(axis=1))[:-1]]).astype(np.int32)
-    cols = np.nonzero(nz)[1].astype(np.int32)
-    vals = mat[nz].astype(np.float64)
-    return starts, cols, vals
 
 
 # Extra margin per unit of logit magnitude, so that the float32 model, whose logits near a
