@@ -221,16 +221,20 @@ def _dual_bound(head, masks, rows, signs, w0_rows, q, thresholds, lower, upper, 
     bound = box.to(torch.float32).flatten()  # the search's estimate of each pair's best bound so far
     best_mu = torch.zeros(p * k, n, dtype=torch.float32)
     checkpoint = None
+    searching = torch.ones(p, dtype=torch.bool)  # regions whose largest bound still improves
     done = 0
     for it in range(1, steps + 1):
         done = it
         per_region = bound.view(p, k)
         worst = per_region.max(dim=1).values
         if it % _DUAL_PATIENCE == 1 or _DUAL_PATIENCE == 1:
-            if checkpoint is not None and not bool((checkpoint - worst > _DUAL_RTOL * (1 + worst.abs())).any()):
-                break
+            if checkpoint is not None:
+                searching &= checkpoint - worst > _DUAL_RTOL * (1 + worst.abs())
+                if not bool(searching.any()):
+                    break
             checkpoint = worst
-        act = (per_region >= (worst - _DUAL_FOCUS * (1 + worst.abs())).unsqueeze(1)).flatten().nonzero().squeeze(1)
+        near = per_region >= (worst - _DUAL_FOCUS * (1 + worst.abs())).unsqueeze(1)
+        act = (near & searching.unsqueeze(1)).flatten().nonzero().squeeze(1)
         if it > 1:
             _warm_start(act, age, state, best_mu, r, k, pair_masks, pair_rows, pair_signs, h32)
         m_a, s_a = pair_masks.index_select(0, act), pair_signs.index_select(0, act)
