@@ -121,7 +121,7 @@ def margin_upper_bounds(
     *,
     dual_steps: int = 60,
     dual_lr: float | None = None,
-    chunk_size: int = 64,
+    chunk_size: int | None = None,
 ) -> MarginBounds:
     """Sound upper bounds of ``f_l − f_t`` over each tightened region ∩ box.
 
@@ -139,6 +139,10 @@ def margin_upper_bounds(
     out = torch.empty(p, head.num_classes, dtype=torch.float64)
     mult = torch.zeros(p, head.num_classes, masks.shape[1], dtype=torch.float32) if method != "box" else None
 
+    if chunk_size is None:
+        # The dual's steps shrink to the searched pairs: larger chunks keep its matrix products efficient
+        # (MNIST: 256 regions ~15% faster than 64). Fixed sizes: the bounds must not depend on the workers.
+        chunk_size = 128 if method == "dual" else 64
     # The float32 pass with a proven rounding bound where it holds (box and dual; exact LPs stay in float64).
     sound = SoundBackward.build(head, lower, upper) if method != "lp" else None
     c = head.num_classes
