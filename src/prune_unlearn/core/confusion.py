@@ -196,9 +196,10 @@ def _dual_bound(head, masks, rows, signs, w0_rows, q, thresholds, lower, upper, 
 
     Only the largest bound of a region sets its patch size ``‖d‖∞`` (the others only need to be
     sound), so from the first step the search works only on the pairs whose current bound lies within
-    ``_DUAL_FOCUS`` (relative) of their region's largest, re-admitting a label (its own Adam state, from
-    its box bound) once the largest falls towards it; it stops once no region's largest bound has
-    improved by more than ``_DUAL_RTOL`` (relative) over ``_DUAL_PATIENCE`` steps.
+    ``_DUAL_FOCUS`` (relative) of their region's largest, admitting a label once the largest falls towards
+    it (starting from the region's best multipliers so far, :func:`_warm_start`); a region leaves the
+    search once its largest bound has improved by at most ``_DUAL_RTOL`` (relative) over
+    ``_DUAL_PATIENCE`` steps, and the search stops when no region is left or after ``steps`` steps.
     """
     p, k, c = rows.shape
     n = masks.shape[1]
@@ -289,9 +290,9 @@ def _warm_start(act, age, state, best_mu, r, k, pair_masks, pair_rows, pair_sign
     r.index_copy_(0, new, r_new)
 
 
-# Early stop of the dual search: every _DUAL_PATIENCE steps, stop unless some region's largest bound
-# improved by more than _DUAL_RTOL·(1 + |bound|) since the last check (measured on MNIST and Purchase-like heads:
-# the bound then sits within ~0.3% of its 60-step value; see docs/benchmarks.md).
+# Early stop of the dual search, per region: every _DUAL_PATIENCE steps, a region whose largest bound improved by at
+# most _DUAL_RTOL·(1 + |bound|) since the last check leaves the search (MNIST, 256 regions: mean largest bound
+# 65.88 vs 65.86 when every region runs all 60 steps, at ~70% of the time; see docs/benchmarks.md).
 _DUAL_PATIENCE = 5
 _DUAL_RTOL = 1e-3
 # Labels whose bound lies more than this (relative) below their region's largest do not set the patch size.
