@@ -174,52 +174,32 @@ def section_audit6(out: dict, out_dir: Path) -> None:
     out["audit6"] = row
 
 
-def peak_rss_of(code: str) -> dict:
+def peak_rss_of(code: str, env: dict | None = None) -> dict:
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=3000,
-                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), **(env or {})})
     if run.returncode:
         raise RuntimeError(run.stderr[-3000:])
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
-def section_mnist10k(out: dict, out_dir: Path) -> None:
-    from prune_unlearn.core.models import default_architecture
-    from prune_unlearn.experiments.training import recipe_for, train_from_spec
-
-    torch.set_num_threads(1)
-    ds = _mnist()
-    spec = default_architecture(ds.name, ds.input_dim, ds.num_classes)
-    recipe = recipe_for(ds.name, seed=0)
-    train_s, base = timed(lambda: train_from_spec(spec, ds.X_train, ds.y_train, recipe).model)
-    model_path = out_dir / "mnist-base-verify.safetensors"
-    save(base, model_path)
-    idx = torch.randperm(len(ds.y_train), generator=torch.Generator().manual_seed(0))[:10_000]
-    X_rem, y_rem = ds.remaining(idx)
-    retrain_s, _ = timed(lambda: train_from_spec(spec, X_rem, y_rem, recipe))
-    retrain_cpu = CPU_SECONDS[-1]
-    print(f"MNIST base {train_s:.1f} s, retraining on 50,000 points {retrain_s:.1f} s (1 torch thread)", flush=True)
-    from safetensors.torch import save_file
-
-    pts_path = out_dir / "mnist-10k-points.safetensors"
-    save_file({"X": ds.X_train[idx].contiguous(), "y": ds.y_train[idx].contiguous()}, str(pts_path))
-    rows = []
-    for bound in ("box", "dual"):
-        code = f"""
-import json, resource, time, torch
-torch.set_num_threads(1)
+_FORGET_10K = """
+import json, os, resource, time, torch
+threads = int(os.environ.get("PRUNE_THREADS", "1"))
+torch.set_num_threads(threads)
 from safetensors.torch import load_file
 from prune_unlearn import forget, load, load_dataset, save
-import os
 ds = load_dataset("mnist", os.environ.get("PRUNE_DATA_DIR"))
-model = load({str(model_path)!r})
-pts = load_file({str(pts_path)!r})
+model = load({model!r})
+pts = load_file({points!r})
 X, y = pts["X"], pts["y"]
 forget(model, X[:2], labels=y[:2], bound={bound!r}, radius=None)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+load_before = os.getloadavg()[0]
 t, c = time.perf_counter(), time.process_time()
 res = forget(model, X, labels=y, bound={bound!r}, radius=None)
 sec, cpu = time.perf_counter() - t, time.process_time() - c
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+load_after = os.getloadavg()[0]
 idx = torch.randperm(len(ds.y_train), generator=torch.Generator().manual_seed(0))[:10_000]
 keep = torch.ones(len(ds.y_train), dtype=torch.bool); keep[idx] = False
 with torch.no_grad():
@@ -228,23 +208,62 @@ with torch.no_grad():
     ch_test = int((preds(model, ds.X_test) != preds(res.model, ds.X_test)).sum())
     ch_rem = int((preds(model, ds.X_train[keep]) != preds(res.model, ds.X_train[keep])).sum())
     still = int((preds(res.model, X) == y).sum())
-if {bound!r} == "dual":
-    save(res.model, {str(out_dir / 'mnist-10k-dual.safetensors')!r})
-    res.certificate.to_json({str(out_dir / 'mnist-10k-dual.certificate.json')!r})
+if {save_dual!r} and {bound!r} == "dual":
+    save(res.model, {dual_model!r})
+    res.certificate.to_json({dual_cert!r})
 print(json.dumps({{"bound": {bound!r}, "seconds": sec, "cpu_seconds": cpu, "certified_region": res.report.n_certified_region,
                   "failed": res.report.n_failed, "regions": res.report.n_regions_new,
                   "changed_test": ch_test, "changed_remaining": ch_rem, "still_predicted": still,
-                  "rss_before_mb": before / 1024, "peak_rss_mb": peak / 1024,
-                  "patch_linf_mean": res.report.patch_linf_mean}}))
+                  "rss_before_mb": before / 1024, "peak_rss_mb": peak / 1024, "timings": res.report.timings,
+                  "patch_linf_mean": res.report.patch_linf_mean, "prune_threads": threads,
+                  "load1_before": load_before, "load1_after": load_after}}))
 """
-        load_before = load1()
-        row = peak_rss_of(code)
-        row.update({"retrain_seconds": retrain_s, "retrain_cpu_seconds": retrain_cpu,
-                    "ratio": row["seconds"] / retrain_s, "cpu_ratio": row["cpu_seconds"] / retrain_cpu, "torch_threads": 1,
-                    "load1_before": load_before, "load1_after": load1()})
+
+
+def section_mnist10k(out: dict, out_dir: Path, threads: int = 1) -> None:
+    """Forget 10,000 random MNIST training points (box, dual) and retrain on the rest, both with ``threads``:
+    torch threads for the retraining, the library's ``PRUNE_THREADS`` workers for ``forget``. The base model
+    and the points are cached in ``out_dir`` (trained once); the retraining runs every time, so each ratio is
+    against a retraining measured in the same run with the same thread setting."""
+    from prune_unlearn import load
+    from prune_unlearn.core.models import default_architecture
+    from prune_unlearn.experiments.training import recipe_for, train_from_spec
+    from safetensors.torch import save_file
+
+    torch.set_num_threads(threads)
+    ds = _mnist()
+    spec = default_architecture(ds.name, ds.input_dim, ds.num_classes)
+    recipe = recipe_for(ds.name, seed=0)
+    model_path = out_dir / "mnist-base-verify.safetensors"
+    train_s = None
+    if model_path.exists():
+        load(model_path)  # the cached base (trained once with this recipe, 1 torch thread)
+    else:
+        train_s, base = timed(lambda: train_from_spec(spec, ds.X_train, ds.y_train, recipe).model)
+        save(base, model_path)
+    idx = torch.randperm(len(ds.y_train), generator=torch.Generator().manual_seed(0))[:10_000]
+    X_rem, y_rem = ds.remaining(idx)
+    load_before = load1()
+    retrain_s, _ = timed(lambda: train_from_spec(spec, X_rem, y_rem, recipe))
+    retrain_cpu = CPU_SECONDS[-1]
+    print(f"MNIST retraining on 50,000 points {retrain_s:.1f} s wall / {retrain_cpu:.1f} s CPU "
+          f"({threads} torch threads, load {load_before:.2f} → {load1():.2f})", flush=True)
+    pts_path = out_dir / "mnist-10k-points.safetensors"
+    if not pts_path.exists():
+        save_file({"X": ds.X_train[idx].contiguous(), "y": ds.y_train[idx].contiguous()}, str(pts_path))
+    rows = []
+    for bound in ("box", "dual"):
+        code = _FORGET_10K.format(model=str(model_path), points=str(pts_path), bound=bound, save_dual=threads == 1,
+                                  dual_model=str(out_dir / "mnist-10k-dual.safetensors"),
+                                  dual_cert=str(out_dir / "mnist-10k-dual.certificate.json"))
+        row = peak_rss_of(code, {"PRUNE_THREADS": str(threads)})
+        row.update({"retrain_seconds": retrain_s, "retrain_cpu_seconds": retrain_cpu, "retrain_torch_threads": threads,
+                    "retrain_load1_before": load_before, "ratio": row["seconds"] / retrain_s,
+                    "cpu_ratio": row["cpu_seconds"] / retrain_cpu})
         rows.append(row)
         print(json.dumps(row), flush=True)
-    out["mnist10k"] = {"train_seconds": train_s, "retrain_seconds": retrain_s, "rows": rows}
+    out[f"mnist10k-threads{threads}"] = {"train_seconds": train_s, "retrain_seconds": retrain_s,
+                                         "retrain_cpu_seconds": retrain_cpu, "rows": rows}
 
 
 def section_export(out: dict, out_dir: Path) -> None:
@@ -297,6 +316,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="results/bench")
     ap.add_argument("--only", default="threads,audit6,mnist10k,export")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="mnist10k: torch threads of the retraining and PRUNE_THREADS workers of forget")
     ap.add_argument("--scratch", default="/tmp/prune-bench-verify",
                     help="folder for models, certificates and exports (large; not results)")
     args = ap.parse_args()
@@ -311,7 +332,7 @@ def main() -> None:
     for name in args.only.split(","):
         t = time.perf_counter()
         {"threads": lambda: section_threads(results), "audit6": lambda: section_audit6(results, out_dir),
-         "mnist10k": lambda: section_mnist10k(results, out_dir),
+         "mnist10k": lambda: section_mnist10k(results, out_dir, args.threads),
          "export": lambda: section_export(results, out_dir)}[name]()
         print(f"[{name}] {time.perf_counter() - t:.0f} s", flush=True)
         path.write_text(json.dumps(results, indent=1) + "\n")

@@ -28,14 +28,15 @@ region (7,840 on MNIST: 3.9M for 500 regions), more than the whole patch budget.
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from .._threads import kernel_threads, parallel_map
-from .regions import HeadNetwork, masked_backward, masked_forward, region_halfspaces
+from .highs import dense_to_csr, new_highs  # new_highs: also this module's name for it (verify.lp)
+from .regions import HeadNetwork, masked_backward, masked_forward, region_halfspaces, region_offsets
+from .sound_backward import SoundBackward
 
 __all__ = ["BOUND_METHODS", "MarginBounds", "margin_upper_bounds", "confusion_patch", "patch_margins",
            "float32_aware_epsilon"]
@@ -74,23 +75,36 @@ def _label_rows(targets: torch.Tensor, num_classes: int) -> torch.Tensor:
     return eye.unsqueeze(0) - eye[targets].unsqueeze(1)
 
 
+def _other_labels(targets: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(P, C − 1) the labels ``l ≠ t`` of each region, in increasing order."""
+    ar = torch.arange(num_classes - 1).expand(len(targets), -1)
+    return ar + (ar >= targets.unsqueeze(1)).to(torch.int64)
+
+
 def _region_terms(head, masks, thresholds):
     """Offsets of the region's affine maps and the halfspace right-hand sides ``q_i = s_i c_i − θ``."""
-    p = masks.shape[0]
-    c, w0 = masked_forward(head, masks, torch.zeros(p, head.input_dim, dtype=torch.float64))
+    c, w0 = region_offsets(head, masks)
     signs = masks.to(torch.float64) * 2 - 1
     q = signs * c - thresholds.unsqueeze(1)
     return signs, c, w0, q
 
 
-def _dual_value(head, masks, rows, signs, w0_rows, q, mu, lower, upper):
-    """Weak-duality bound for multipliers ``mu`` (P, C, N) ≥ 0, with its rounding safety."""
-    r = masked_backward(head, masks, rows, signs.unsqueeze(1) * mu if mu is not None else None)
-    box, box_abs = _box_max(r, lower, upper)
-    value = w0_rows + box
-    size = w0_rows.abs() + box_abs
+def _dual_value(head, masks, rows, signs, w0_rows, q, mu, lower, upper, sound: SoundBackward | None = None):
+    """Weak-duality bound for multipliers ``mu`` (P, K, N) ≥ 0 (float32, or None for the box bound), with its
+    rounding safety, and the rows ``r`` it was evaluated with. With ``sound``, ``r`` is computed in float32
+    and its proven rounding error (:mod:`~prune_unlearn.core.sound_backward`) is added to the bound."""
+    hidden = None if mu is None else signs.unsqueeze(1) * mu.to(torch.float64)
+    if sound is None:
+        r = masked_backward(head, masks, rows, hidden)
+        box, box_abs = _box_max(r, lower, upper)
+        value, size = w0_rows + box, w0_rows.abs() + box_abs
+    else:
+        # s·μ with float32 μ and s = ±1 is exact in float32: the bound speaks about exactly these inputs
+        r, err = sound.rows(masks, rows.to(torch.float32), None if hidden is None else hidden.to(torch.float32))
+        box, box_err, box_abs = sound.box_max(r)
+        value, size = w0_rows + box + err + box_err, w0_rows.abs() + box_abs + err + box_err
     if mu is not None:
-        mq = mu * q.unsqueeze(1)
+        mq = mu.to(torch.float64) * q.unsqueeze(1)
         value = value + mq.sum(dim=-1)
         size = size + mq.abs().sum(dim=-1)
     return value + _REL_SAFETY * (1.0 + size), r
@@ -107,7 +121,7 @@ def margin_upper_bounds(
     *,
     dual_steps: int = 60,
     dual_lr: float | None = None,
-    chunk_size: int = 64,
+    chunk_size: int | None = None,
 ) -> MarginBounds:
     """Sound upper bounds of ``f_l − f_t`` over each tightened region ∩ box.
 
@@ -125,20 +139,37 @@ def margin_upper_bounds(
     out = torch.empty(p, head.num_classes, dtype=torch.float64)
     mult = torch.zeros(p, head.num_classes, masks.shape[1], dtype=torch.float32) if method != "box" else None
 
+    if chunk_size is None:
+        # The dual's steps shrink to the searched pairs: larger chunks keep its matrix products efficient
+        # (MNIST: 256 regions ~15% faster than 64). Fixed sizes: the bounds must not depend on the workers.
+        chunk_size = 128 if method == "dual" else 64
+    # The float32 pass with a proven rounding bound where it holds (box and dual; exact LPs stay in float64).
+    sound = SoundBackward.build(head, lower, upper) if method != "lp" else None
+    c = head.num_classes
+
     def chunk(start: int):
         sl = slice(start, min(p, start + chunk_size))
         m, th, tg = masks[sl], thresholds[sl].to(torch.float64), targets[sl]
-        rows = _label_rows(tg, head.num_classes)
         signs, _, w0, q = _region_terms(head, m, th)
-        w0_rows = (rows * w0.unsqueeze(1)).sum(dim=-1)
         mu, steps = None, 0
-        if method == "box":
-            ub, _ = _dual_value(head, m, rows, signs, w0_rows, q, None, lower, upper)
-        elif method == "dual":
-            ub, mu, steps = _dual_bound(head, m, rows, signs, w0_rows, q, th, lower, upper, dual_steps, dual_lr)
-        else:
+        if method == "lp":
+            rows = _label_rows(tg, c)
+            w0_rows = (rows * w0.unsqueeze(1)).sum(dim=-1)
             ub, mu = _lp_bound(head, m, th, tg, rows, signs, w0_rows, q, lower, upper)
-        return sl, tg, ub, mu, steps
+            return sl, tg, ub, mu, steps
+        # only the rows l ≠ t: the target's own row is zero and bounds nothing
+        others = _other_labels(tg, c)
+        rows = _label_rows(tg, c).gather(1, others.unsqueeze(-1).expand(-1, -1, c))
+        w0_rows = (rows * w0.unsqueeze(1)).sum(dim=-1)
+        if method == "box":
+            ub, _ = _dual_value(head, m, rows, signs, w0_rows, q, None, lower, upper, sound)
+        else:
+            ub, mu, steps = _dual_bound(head, m, rows, signs, w0_rows, q, th, lower, upper, dual_steps, dual_lr, sound)
+        full = torch.full((len(tg), c), float("-inf"), dtype=torch.float64).scatter_(1, others, ub)
+        if mu is not None:
+            mu = torch.zeros(len(tg), c, m.shape[1], dtype=torch.float32).scatter_(
+                1, others.unsqueeze(-1).expand(-1, -1, m.shape[1]), mu)
+        return sl, tg, full, mu, steps
 
     iterations = 0
     # Independent chunks of regions: run on the library's workers, one torch thread each (see _threads).
@@ -153,89 +184,122 @@ def margin_upper_bounds(
     return MarginBounds(out, method, iterations, mult)
 
 
-def _dual_bound(head, masks, rows, signs, w0_rows, q, thresholds, lower, upper, steps, lr):
-    """Projected Adam on the multipliers; returns the sound float64 bound at the best iterate.
+def _dual_bound(head, masks, rows, signs, w0_rows, q, thresholds, lower, upper, steps, lr, sound=None):
+    """Projected Adam on the multipliers; returns the sound bound at the best iterate.
 
-    The search runs in float32 (any ``μ ≥ 0`` is sound, so the search precision only affects
-    tightness); the bound is then evaluated in float64 at the best iterate and compared with the
-    box bound (``μ = 0``). Each step costs one masked forward and one masked backward pass: the
+    ``rows`` (P, K, C) are the labels' rows ``e_l − e_t`` (``l ≠ t``). The search runs in float32 (any
+    ``μ ≥ 0`` is sound, so the search precision only affects tightness); the bound is then evaluated
+    soundly (:func:`_dual_value`) at the best iterate and compared with the box bound (``μ = 0``). Each
+    step costs one masked forward and one masked backward pass per searched (region, label) pair: the
     Lagrangian's box maximiser ``h*`` gives both the dual function's value,
     ``L(h*, μ) = rows·f(h*) + Σ_i μ_i (s_i z_i(h*) − θ)``, and its gradient ``s_i z_i(h*) − θ``.
 
     Only the largest bound of a region sets its patch size ``‖d‖∞`` (the others only need to be
-    sound), so every ``_DUAL_PATIENCE`` steps the search keeps working on the labels whose bound lies
-    within ``_DUAL_FOCUS`` (relative) of their region's largest, re-admitting any label that the
-    largest falls towards; it stops once no region's largest bound has improved by more than
-    ``_DUAL_RTOL`` (relative) over ``_DUAL_PATIENCE`` steps.
+    sound), so from the first step the search works only on the pairs whose current bound lies within
+    ``_DUAL_FOCUS`` (relative) of their region's largest, admitting a label once the largest falls towards
+    it (starting from the region's best multipliers so far, :func:`_warm_start`); a region leaves the
+    search once its largest bound has improved by at most ``_DUAL_RTOL`` (relative) over
+    ``_DUAL_PATIENCE`` steps, and the search stops when no region is left or after ``steps`` steps.
     """
-    p, c = rows.shape[0], rows.shape[1]
+    p, k, c = rows.shape
     n = masks.shape[1]
-    box, r64 = _dual_value(head, masks, rows, signs, w0_rows, q, None, lower, upper)
-    if n == 0 or steps == 0:
-        return box, torch.zeros(p, c, n, dtype=torch.float32), 0
-    h32 = head.to(torch.float32)
+    box, r0 = _dual_value(head, masks, rows, signs, w0_rows, q, None, lower, upper, sound)
+    if n == 0 or steps == 0 or k == 0:
+        return box, torch.zeros(p, k, n, dtype=torch.float32), 0
+    h32 = HeadNetwork(sound.weights32, tuple(b.to(torch.float32) for b in head.biases)) if sound is not None \
+        else head.to(torch.float32)
     lo32, span32 = lower.float(), (upper - lower).float()
+    r = r0.to(torch.float32).reshape(p * k, -1)
     if lr is None:
         # μ trades logit units for slack units: scale the step by |∂(f_l − f_t)/∂h| / |a_i| (first layer).
-        ratio = r64.norm(dim=-1).median() / head.weights[0].norm(dim=1).median().clamp(min=1e-12)
-        lr = 0.03 * float(ratio)
+        ratio = r.norm(dim=-1).median() / head.weights[0].norm(dim=1).median().clamp(min=1e-12)
+        lr = _DUAL_LR * float(ratio)
     # One row per (region, label) pair, so that the search can work on any subset of pairs.
-    pair_masks = masks.repeat_interleave(c, dim=0)
-    pair_signs = signs.float().repeat_interleave(c, dim=0)
-    pair_rows = rows.float().reshape(p * c, 1, c)
-    pair_th = thresholds.float().repeat_interleave(c).unsqueeze(1)
-    mu = torch.zeros(p * c, n, dtype=torch.float32)
-    m1, m2 = torch.zeros_like(mu), torch.zeros_like(mu)
-    b1, b2 = 0.9, 0.999
-    best_val = torch.full((p * c,), float("inf"))
-    best_mu = mu.clone()
-    r = r64.float().reshape(p * c, -1)
-    # The search works on compact copies of the active pairs' state; it is written back at each check.
-    active = torch.arange(p * c)
-    m_a, s_a, rows_a, th_a = pair_masks, pair_signs, pair_rows, pair_th
-    mu_a, m1_a, m2_a, r_a, best_a = mu.clone(), m1.clone(), m2.clone(), r, best_val.clone()
+    pair_masks = masks.to(torch.float32).repeat_interleave(k, dim=0)  # float: no conversion per step
+    pair_signs = signs.float().repeat_interleave(k, dim=0)
+    pair_rows = rows.float().reshape(p * k, 1, c)
+    pair_th = thresholds.float().repeat_interleave(k).unsqueeze(1)
+    # Adam's state per pair, one row each (μ, first and second moments), gathered and written back as a block.
+    state = torch.zeros(p * k, 3, n, dtype=torch.float32)
+    age = torch.zeros(p * k, 1)  # Adam steps each pair has taken (pairs join the search at different times)
+    b1, b2 = _DUAL_BETAS
+    bound = box.to(torch.float32).flatten()  # the search's estimate of each pair's best bound so far
+    best_mu = torch.zeros(p * k, n, dtype=torch.float32)
     checkpoint = None
+    searching = torch.ones(p, dtype=torch.bool)  # regions whose largest bound still improves
     done = 0
-    for k in range(1, steps + 1):
-        done = k
-        h_star = torch.addcmul(lo32, span32, (r_a > 0).to(torch.float32))  # box maximiser of L
+    for it in range(1, steps + 1):
+        done = it
+        per_region = bound.view(p, k)
+        worst = per_region.max(dim=1).values
+        if it % _DUAL_PATIENCE == 1 or _DUAL_PATIENCE == 1:
+            if checkpoint is not None:
+                searching &= checkpoint - worst > _DUAL_RTOL * (1 + worst.abs())
+                if not bool(searching.any()):
+                    break
+            checkpoint = worst
+        near = per_region >= (worst - _DUAL_FOCUS * (1 + worst.abs())).unsqueeze(1)
+        act = (near & searching.unsqueeze(1)).flatten().nonzero().squeeze(1)
+        if it > 1:
+            _warm_start(act, age, state, best_mu, r, k, pair_masks, pair_rows, pair_signs, h32)
+        m_a, s_a = pair_masks.index_select(0, act), pair_signs.index_select(0, act)
+        rows_a, st = pair_rows.index_select(0, act), state.index_select(0, act)
+        mu_a, m1_a, m2_a = st[:, 0], st[:, 1], st[:, 2]
+        h_star = torch.addcmul(lo32, span32, (r.index_select(0, act) > 0).to(torch.float32))  # box maximiser of L
         z_star, logits_star = masked_forward(h32, m_a, h_star)
-        grad = s_a * z_star - th_a  # ∂L/∂μ_i = s_i z_i(h*) − θ
+        grad = s_a * z_star - pair_th.index_select(0, act)  # ∂L/∂μ_i = s_i z_i(h*) − θ
         value = (rows_a[:, 0] * logits_star).sum(-1) + (mu_a * grad).sum(-1)  # the dual function at μ
-        better = value < best_a
-        best_a = torch.where(better, value, best_a)
-        idx = active[better]
-        best_mu[idx] = mu_a[better]
+        old = bound.index_select(0, act)
+        better = value < old
+        bound.index_copy_(0, act, torch.where(better, value, old))
+        best_mu.index_copy_(0, act[better], mu_a[better])
+        a = age.index_select(0, act) + 1
+        age.index_copy_(0, act, a)
         m1_a.mul_(b1).add_(grad, alpha=1 - b1)
         m2_a.mul_(b2).addcmul_(grad, grad, value=1 - b2)
-        mu_a.sub_((lr / (1 - b1**k)) * m1_a / ((m2_a / (1 - b2**k)).sqrt() + 1e-12)).clamp_(min=0)
-        if k % _DUAL_PATIENCE == 0:
-            best_val[active] = best_a
-            mu[active], m1[active], m2[active] = mu_a, m1_a, m2_a
-            per_region = best_val.view(p, c)
-            worst = per_region.max(dim=1).values
-            if checkpoint is not None and not bool((checkpoint - worst > _DUAL_RTOL * (1 + worst.abs())).any()):
-                break
-            checkpoint = worst
-            active = (per_region >= (worst - _DUAL_FOCUS * (1 + worst.abs())).unsqueeze(1)).flatten().nonzero().squeeze(1)
-            m_a, s_a, rows_a, th_a = pair_masks[active], pair_signs[active], pair_rows[active], pair_th[active]
-            mu_a, m1_a, m2_a, best_a = mu[active], m1[active], m2[active], best_val[active]
-        r_a = masked_backward(h32, m_a, rows_a, (s_a * mu_a).unsqueeze(1)).squeeze(1)
-    best_mu = best_mu.view(p, c, n)
+        mu_a.sub_((lr / (1 - b1**a)) * m1_a / ((m2_a / (1 - b2**a)).sqrt() + 1e-12)).clamp_(min=0)
+        state.index_copy_(0, act, st)
+        r.index_copy_(0, act, masked_backward(h32, m_a, rows_a, (s_a * mu_a).unsqueeze(1)).squeeze(1))
+    best_mu = best_mu.view(p, k, n)
     # The proof stores float32 multipliers: evaluate the bound at exactly those values.
-    sound, _ = _dual_value(head, masks, rows, signs, w0_rows, q, best_mu.to(torch.float64), lower, upper)
-    use_box = box <= sound
+    bound_at_mu, _ = _dual_value(head, masks, rows, signs, w0_rows, q, best_mu, lower, upper, sound)
+    use_box = box <= bound_at_mu
     best_mu[use_box] = 0  # μ = 0 is the box bound
-    return torch.minimum(box, sound), best_mu, done
+    return torch.minimum(box, bound_at_mu), best_mu, done
 
 
-# Early stop of the dual search: every _DUAL_PATIENCE steps, stop unless some region's largest bound
-# improved by more than _DUAL_RTOL·(1 + |bound|) since the last check (measured on MNIST and Purchase-like heads:
-# the bound then sits within ~0.3% of its 60-step value; see docs/benchmarks.md).
+def _warm_start(act, age, state, best_mu, r, k, pair_masks, pair_rows, pair_signs, h32):
+    """Pairs joining the search start from the best multipliers of their region's most-searched pair: the
+    labels of one region share its halfspaces, so those multipliers already cut most labels' bounds."""
+    new = act[age.index_select(0, act).squeeze(1) == 0]
+    if not len(new):
+        return
+    region = new // k
+    ages = age.view(-1, k).index_select(0, region)  # (new, k)
+    donor = region * k + ages.argmax(dim=1)
+    has = ages.max(dim=1).values > 0
+    new, donor = new[has], donor[has]
+    if not len(new):
+        return
+    mu0 = best_mu.index_select(0, donor)
+    st = state.index_select(0, new)
+    st[:, 0] = mu0
+    state.index_copy_(0, new, st)
+    rows_n, s_n = pair_rows.index_select(0, new), pair_signs.index_select(0, new)
+    r_new = masked_backward(h32, pair_masks.index_select(0, new), rows_n, (s_n * mu0).unsqueeze(1)).squeeze(1)
+    r.index_copy_(0, new, r_new)
+
+
+# Early stop of the dual search, per region: every _DUAL_PATIENCE steps, a region whose largest bound improved by at
+# most _DUAL_RTOL·(1 + |bound|) since the last check leaves the search (MNIST, 256 regions: mean largest bound
+# 65.88 vs 65.86 when every region runs all 60 steps, at ~70% of the time; see docs/benchmarks.md).
 _DUAL_PATIENCE = 5
 _DUAL_RTOL = 1e-3
 # Labels whose bound lies more than this (relative) below their region's largest do not set the patch size.
 _DUAL_FOCUS = 0.02
+# Adam's step (times the |∂(f_l − f_t)/∂h| / |a_i| scale) and moment decays.
+_DUAL_LR = 0.02
+_DUAL_BETAS = (0.7, 0.999)
 
 
 def _lp_bound(head, masks, thresholds, targets, rows, signs, w0_rows, q, lower, upper):
@@ -258,7 +322,7 @@ def _lp_bound(head, masks, thresholds, targets, rows, signs, w0_rows, q, lower, 
         n_rows, d = rows_mat.shape
         lp.addVars(d, lo_np, hi_np)
         if n_rows:
-            csc = _dense_to_csr(rows_mat)
+            csc = dense_to_csr(rows_mat)
             lp.addRows(n_rows, rhs, np.full(n_rows, inf), csc[2].size, *csc)
         lp.changeObjectiveSense(highspy.ObjSense.kMaximize)
         mus = []
@@ -281,42 +345,6 @@ def _lp_bound(head, masks, thresholds, targets, rows, signs, w0_rows, q, lower, 
         result[i] = v_pos[0]
         multipliers[i] = mu[0].to(torch.float32)
     return result, multipliers
-
-
-_HIGHS_LOCK = threading.Lock()
-
-
-def new_highs():
-    """A silent HiGHS instance (its constructor prints a banner on the C-level stdout)."""
-    import os
-    import sys
-
-    import highspy
-
-    with _HIGHS_LOCK:  # the C-level stdout is process-wide: one redirection at a time
-        return _new_highs_quiet(highspy, os, sys)
-
-
-def _new_highs_quiet(highspy, os, sys):
-    sys.stdout.flush()
-    saved = os.dup(1)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 1)
-            lp = highspy.Highs()
-    finally:
-        os.dup2(saved, 1)
-        os.close(saved)
-    lp.setOptionValue("output_flag", False)
-    return lp
-
-
-def _dense_to_csr(mat: np.ndarray):
-    nz = mat != 0
-    starts = np.concatenate([[0], np.cumsum(nz.sum(axis=1))[:-1]]).astype(np.int32)
-    cols = np.nonzero(nz)[1].astype(np.int32)
-    vals = mat[nz].astype(np.float64)
-    return starts, cols, vals
 
 
 # Extra margin per unit of logit magnitude, so that the float32 model, whose logits near a

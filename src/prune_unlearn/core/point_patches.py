@@ -48,8 +48,9 @@ def _combine(k: torch.Tensor) -> torch.Tensor:
 
 
 def _keys_exact(active: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Reference keys in integer arithmetic."""
-    return _combine((active.to(torch.int64).unsqueeze(-1) * weights.to(torch.int64)).sum(dim=1))
+    """Reference keys, exact: a float64 product of 0/1 patterns and integers below 2^14, whose every partial sum
+    is an integer below 2^24 ≪ 2^53, so no order of summation can round (no (B, N, 2) integer temporary)."""
+    return _combine(active.cpu().to(torch.float64) @ weights.cpu().to(torch.float64)).to(active.device)
 
 
 def _keys_fast(active: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

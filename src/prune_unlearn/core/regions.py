@@ -21,6 +21,7 @@ __all__ = [
     "point_regions",
     "masked_forward",
     "masked_backward",
+    "region_offsets",
     "affine_logits",
     "region_halfspaces",
     "pack_patterns",
@@ -111,6 +112,21 @@ def masked_forward(head: HeadNetwork, masks: torch.Tensor, h: torch.Tensor) -> t
     if squeeze:
         return z_all.squeeze(1), logits.squeeze(1)
     return z_all, logits
+
+
+def region_offsets(head: HeadNetwork, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`masked_forward` at ``h = 0``: the offsets ``c`` (P, N) and ``w`` (P, C) of each region's affine
+    pre-activations and logits. The first layer's value at 0 is its bias, so its product is skipped."""
+    p = masks.shape[0]
+    a = head.biases[0].expand(p, -1)
+    if not head.hidden_sizes:
+        return a.new_zeros(p, 0), a.clone()
+    mask_blocks = head.split_hidden(masks.to(head.dtype))
+    zs = [a]
+    for w, b, m in zip(head.weights[1:], head.biases[1:], mask_blocks):
+        a = (zs[-1] * m) @ w.T + b
+        zs.append(a)
+    return torch.cat(zs[:-1], dim=-1), zs[-1]
 
 
 def masked_backward(

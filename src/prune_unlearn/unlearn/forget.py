@@ -235,10 +235,12 @@ def run_forget(model: nn.Module, points, *, labels=None, head: str | None = None
     unlearn_seconds = time.perf_counter() - t_start  # everything but the optional evaluation below
     # "before" is the model as given (on a second run, already patched), so a point forgotten earlier counts as
     # already forgotten rather than as a point this run flipped
+    given = problem.base_predictions  # a plain model's predictions, computed with the regions
+    if given is None:
+        with torch.no_grad():
+            given = model(x_dev).argmax(1).cpu()  # the model as given, in one batch like the check above
     metrics = unlearning_metrics(model, patched, forget_data=(x, problem.labels), test_data=test_data,
-                                 remaining_data=remaining_data)
-    with torch.no_grad():
-        given = model(x_dev).argmax(1).cpu()  # the model as given, in one batch like the check above
+                                 remaining_data=remaining_data, forget_predictions=(given, after32))
     counts = {"n_already_forgotten": int((given != problem.labels).sum()), "n_regions_resolved": n_resolved}
     report = _point_report(options, problem, rows, patched, claims, failed, unlearn_seconds, timings,
                            {**metrics, **counts})
@@ -307,7 +309,8 @@ def _point_problem(model, points, labels, head, options: ForgetOptions, progress
         model=patched, head=head64, features=feats.cpu(), labels=y, regions=pr, units=units, box=box,
         bound=options.bound, epsilon=options.epsilon, dual_steps=options.dual_steps, target=options.target,
         seed=options.seed, rng=np.random.default_rng(options.seed), offsets=class_patch_offsets(patched.class_patches),
-        progress=progress_bar(total=len(units), desc="forget", unit="region", enabled=progress))
+        progress=progress_bar(total=len(units), desc="forget", unit="region", enabled=progress),
+        base_predictions=None if isinstance(model, PatchedModel) else base_logits32.argmax(1))
     return x, x_dev, problem, timings
 
 
@@ -319,8 +322,9 @@ def _solve(problem: PointProblem, options: ForgetOptions) -> tuple[PatchRows, in
     (re-solved first) and how many rows are re-solved ones."""
     units, prior = problem.units, problem.prior
     forced = forced_region_targets(problem.model.neighbourhoods, problem.head, units.masks, units.excluded)
-    problem.blocked = {u for u in range(len(units)) if forced[u] == -2}
-    merged = [u for u in range(len(units)) if units.prior[u] >= 0 and u not in problem.blocked]
+    problem.blocked = set((forced == -2).nonzero().flatten().tolist())
+    free = forced != -2
+    merged = ((units.prior >= 0) & free).nonzero().flatten().tolist()
     parts = []
     if merged:
         keep = torch.stack([forced[u] if forced[u] >= 0 else prior.targets[units.prior[u]]
@@ -328,7 +332,7 @@ def _solve(problem: PointProblem, options: ForgetOptions) -> tuple[PatchRows, in
                             else torch.tensor(-1) for u in merged])
         parts.append(region_rows(problem, merged, keep))
     n_resolved = len(parts[0]) if parts else 0
-    fresh = [u for u in range(len(units)) if units.prior[u] < 0 and u not in problem.blocked]
+    fresh = ((units.prior < 0) & free).nonzero().flatten().tolist()
     if problem.model.has_neighbourhoods:  # per-point only (validate_model refuses "cluster")
         parts.append(region_rows(problem, fresh, forced[fresh] if fresh else None))
     else:
@@ -341,31 +345,36 @@ def point_claims(problem: PointProblem, rows: PatchRows, patched: PatchedModel, 
     """One claim per forgotten point (the row covering it, how it was proven), one ``failed`` entry with the
     reason for every other point. ``offset``: the index of ``rows``' first row in ``patched.patches``."""
     y, pr = problem.labels, problem.regions
-    point_unit = problem.units.point_unit(len(x))
-    point_row = rows.covering_row(len(x))
+    point_unit = problem.units.point_unit(len(x)).tolist()
+    point_row = rows.covering_row(len(x)).tolist()
     patches = patched.patches
     bound_names, proved = patches.bound_names(), rows.proved
+    # whole columns as Python lists first: element-wise tensor indexing costs ~µs per field and point
+    labels, predicted = y.tolist(), after32.tolist()
+    targets, margins = patches.targets.tolist(), patches.certified_margin.tolist()
+    blocked = problem.blocked
     claims, failed = [], []
     for i, digest in enumerate(points_sha256(x)):
         reason = None
-        if point_unit[i] < 0:
+        unit, prow, label = point_unit[i], point_row[i], labels[i]
+        if unit < 0:
             reason = (f"the point lies numerically on a linear-region boundary: its smallest |pre-activation| "
                       f"({abs(float(pr.min_slack[i])):.2g}) is not clearly above float32 rounding "
                       f"({float(pr.float32_error[i]):.2g}), so no support can be certified for it")
-        elif int(point_unit[i]) in problem.blocked:
+        elif unit in blocked:
             reason = ("its linear region may reach certified neighbourhoods with different targets (or whose "
                       "target is its label). HINT: forget it with a radius instead")
-        elif point_row[i] < 0:
+        elif prow < 0:
             reason = "not reached: the forgotten share already met delta"
-        elif int(after32[i]) == int(y[i]):
+        elif predicted[i] == label:
             reason = "the float32 patched model still predicts the label"
         if reason:
-            failed.append({"index": i, "point_sha256": digest, "label": int(y[i]), "reason": reason})
+            failed.append({"index": i, "point_sha256": digest, "label": label, "reason": reason})
             continue
-        row = offset + int(point_row[i])
-        claims.append({"index": i, "point_sha256": digest, "label": int(y[i]), "target": int(patches.targets[row]),
-                       "predicted_after": int(after32[i]), "region": row, "proved": proved[int(point_row[i])],
-                       "margin": float(patches.certified_margin[row]), "bound": bound_names[row]})
+        row = offset + prow
+        claims.append({"index": i, "point_sha256": digest, "label": label, "target": targets[row],
+                       "predicted_after": predicted[i], "region": row, "proved": proved[prow],
+                       "margin": margins[row], "bound": bound_names[row]})
     return claims, failed
 
 

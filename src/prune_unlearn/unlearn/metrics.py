@@ -31,18 +31,23 @@ def unlearning_metrics(
     forget_data: tuple[torch.Tensor, torch.Tensor],
     test_data: tuple[torch.Tensor, torch.Tensor] | None = None,
     remaining_data: tuple[torch.Tensor, torch.Tensor] | None = None,
+    forget_predictions: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> dict:
     """``A_u``, ``A_tes``, ``A_res`` before/after and the number of changed predictions.
 
     Keys: ``A_u_before, A_u_after`` and, where the data is given, ``A_tes_before, A_tes_after,
     changed_tes, A_res_before, A_res_after, changed_res``. Accuracies are fractions in [0, 1].
+    ``forget_predictions``: the two models' predictions on the forget data when the caller already has them.
     """
     out: dict = {}
     for key, data in (("u", forget_data), ("tes", test_data), ("res", remaining_data)):
         if data is None:
             continue
         X, y = data
-        before, after = predict(base, X), predict(patched, X)
+        if key == "u" and forget_predictions is not None:
+            before, after = forget_predictions
+        else:
+            before, after = predict(base, X), predict(patched, X)
         out[f"A_{key}_before"] = accuracy(before, y)
         out[f"A_{key}_after"] = accuracy(after, y)
         if key != "u":

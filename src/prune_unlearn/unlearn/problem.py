@@ -75,8 +75,10 @@ class Units:
     def point_unit(self, n_points: int) -> torch.Tensor:
         """(n_points,) int64: the unit of each point, -1 for points on a numerical region boundary."""
         unit = torch.full((n_points,), -1, dtype=torch.int64)
-        for u, m in enumerate(self.members):
-            unit[m] = u
+        if self.members:
+            sizes = torch.tensor([len(m) for m in self.members])
+            unit.scatter_reduce_(0, torch.cat(list(self.members)),
+                                 torch.repeat_interleave(torch.arange(len(self.members)), sizes), "amax")
         return unit
 
 
@@ -93,13 +95,17 @@ def group_units(pr: PointRegions, labels: torch.Tensor, num_classes: int, prior:
     rank = torch.empty_like(order)
     rank[order] = torch.arange(n_units)
     inverse = rank[inverse]
-    members = [ok[inverse == u] for u in range(n_units)]
-    masks = torch.stack([pr.masks[m[0]] for m in members]) if members else pr.masks[:0]
-    min_slack = torch.stack([pr.min_slack[m].min() for m in members]) if members else torch.zeros(0, dtype=torch.float64)
-    f32 = torch.stack([pr.float32_error[m].max() for m in members]) if members else torch.zeros(0, dtype=torch.float64)
+    # members of every unit at once: points sorted by unit (stable, so each unit lists its points in order)
+    by_unit = torch.argsort(inverse, stable=True)
+    counts = torch.bincount(inverse, minlength=n_units)
+    members = list(torch.split(ok[by_unit], counts.tolist())) if n_units else []
+    masks = pr.masks[ok[first[order]]] if n_units else pr.masks[:0]
+    min_slack = torch.full((n_units,), float("inf"), dtype=torch.float64).scatter_reduce(
+        0, inverse, pr.min_slack[ok], reduce="amin")
+    f32 = torch.full((n_units,), float("-inf"), dtype=torch.float64).scatter_reduce(
+        0, inverse, pr.float32_error[ok].to(torch.float64), reduce="amax")
     excluded = torch.zeros(n_units, num_classes, dtype=torch.bool)
-    for u, m in enumerate(members):
-        excluded[u, labels[m]] = True
+    excluded[inverse, labels[ok]] = True
     prior_idx = prior.match(masks) if prior is not None and len(prior) else torch.full((n_units,), -1, dtype=torch.int64)
     if prior is not None and len(prior):
         has = prior_idx >= 0
@@ -136,6 +142,7 @@ class PointProblem:
     offsets: torch.Tensor | None
     progress: Any
     blocked: set = field(default_factory=set)  # units left unpatched: they may reach conflicting neighbourhoods
+    base_predictions: torch.Tensor | None = None  # (n,) the model's predictions at the points, when it is plain
 
     @property
     def n_points(self) -> int:

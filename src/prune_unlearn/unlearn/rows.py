@@ -93,8 +93,11 @@ class PatchRows:
     def covering_row(self, n_points: int) -> torch.Tensor:
         """(n_points,) int64: the row that covers each requested point, -1 where none does."""
         row = torch.full((n_points,), -1, dtype=torch.int64)
-        for r, members in enumerate(self.covers):
-            row[members] = r
+        if self.covers:
+            sizes = torch.tensor([len(m) for m in self.covers])
+            members = torch.cat([torch.as_tensor(m, dtype=torch.int64).reshape(-1) for m in self.covers])
+            # a point listed by several rows gets the last of them (amax: deterministic with repeated indices)
+            row.scatter_reduce_(0, members, torch.repeat_interleave(torch.arange(len(self.covers)), sizes), "amax")
         return row
 
 

@@ -38,11 +38,24 @@ def choose_targets(problem, unit_ids: list[int], keep: torch.Tensor | None = Non
     """One target label per unit, never an excluded label. ``keep[k]`` (-1 = none) is kept when allowed
     (a re-solved region keeps its earlier target); otherwise the problem's rule chooses."""
     rule = TARGET_RULE_FUNCTIONS[problem.target]
-    targets = []
-    for k, u in enumerate(unit_ids):
-        excluded = problem.units.excluded[u]
-        if keep is not None and keep[k] >= 0 and not excluded[keep[k]]:
-            targets.append(int(keep[k]))
-        else:
-            targets.append(rule(problem, u, (~excluded).nonzero().flatten()))
-    return torch.tensor(targets, dtype=torch.int64)
+    if not unit_ids:
+        return torch.zeros(0, dtype=torch.int64)
+    ids = torch.as_tensor(unit_ids, dtype=torch.int64)
+    excluded = problem.units.excluded[ids]
+    targets = torch.full((len(unit_ids),), -1, dtype=torch.int64)
+    if keep is not None:
+        keep = torch.as_tensor(keep, dtype=torch.int64)
+        kept = (keep >= 0) & ~excluded.gather(1, keep.clamp(min=0).unsqueeze(1)).squeeze(1)
+        targets[kept] = keep[kept]
+    todo = (targets < 0).nonzero().flatten().tolist()
+    if rule is random_target and todo:
+        # one draw per unit, in unit order, from the run's generator: the same draws as the loop below would make
+        allowed = ~excluded[todo]
+        pick = problem.rng.integers(0, allowed.sum(dim=1).numpy())
+        # the pick-th allowed label: the first label whose running count of allowed labels exceeds pick
+        running = allowed.cumsum(dim=1)
+        targets[todo] = (running <= torch.as_tensor(pick).unsqueeze(1)).sum(dim=1)
+        return targets
+    for k in todo:
+        targets[k] = rule(problem, unit_ids[k], (~excluded[k]).nonzero().flatten())
+    return targets
