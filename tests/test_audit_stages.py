@@ -1,21 +1,20 @@
 """The audit's exact bounds and LPs on worker processes give the serial audit's result, check for check."""
 
 import copy
+import json
 import dataclasses
 
 import numpy as np
 import torch
 from torch import nn
 
-from prune_unlearn import forget
+from prune_unlearn import build_model, forget
 from prune_unlearn.verify.audit import audit
 from prune_unlearn.verify.audit_stages import BATCH, StageInputs, estimated_seconds
 
 
-def _head(seed: int = 3) -> nn.Sequential:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(),
-                         nn.Linear(32, 3)).eval()
+def _head(seed: int = 3) -> nn.Module:
+    return build_model({"kind": "mlp", "input_dim": 10, "hidden": [32, 32, 32], "num_classes": 3}, seed=seed).eval()
 
 
 def _forgotten(n: int = 100):
@@ -70,3 +69,24 @@ def test_small_stages_stay_in_process_by_default(one_thread, monkeypatch):
                       np.zeros((500, 10, 1536), np.float32), np.zeros(500), np.zeros(500, int),
                       np.zeros((500, 10), np.float32), None, [None] * 20)
     assert estimated_seconds(big) > 30
+
+
+def test_cli_audit_takes_workers(one_thread, tmp_path):
+    from click.testing import CliRunner
+
+    from prune_unlearn import save
+    from prune_unlearn.cli import cli
+
+    res, _, _ = _forgotten()
+    save(res.model, tmp_path / "patched.safetensors")
+    res.certificate.to_json(tmp_path / "certificate.json")
+    args = ["audit", "--model", str(tmp_path / "patched.safetensors"), "--certificate", str(tmp_path / "certificate.json"),
+            "--samples", "4", "--json"]
+    out = {}
+    for w in ("1", "2"):
+        run = CliRunner().invoke(cli, [*args, "--workers", w])
+        assert run.exit_code == 0, run.output
+        out[w] = json.loads(run.output)
+    assert out["2"]["timings"].keys() >= {"exact bounds", "lp", "exact bounds + lp on 2 processes"}
+    assert out["1"]["counts"] == out["2"]["counts"] and out["1"]["passed"]
+    assert CliRunner().invoke(cli, [*args, "--workers", "0"]).exit_code != 0
