@@ -154,6 +154,8 @@ def run_stages(inputs: StageInputs, workers: int | None = None) -> StageResults:
 
 def _on_processes(inputs: StageInputs, items: list, workers: int):
     """The items' outcomes from ``workers`` processes (None where processes cannot be had)."""
+    if multiprocessing.current_process().daemon:  # a daemonic worker may not start processes of its own
+        return None
     try:
         ctx = multiprocessing.get_context("forkserver")
         # the server imports this module once; each worker is forked from it with torch already imported
