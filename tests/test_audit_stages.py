@@ -80,7 +80,8 @@ def test_cli_audit_takes_workers(one_thread, tmp_path):
     res, _, _ = _forgotten()
     save(res.model, tmp_path / "patched.safetensors")
     res.certificate.to_json(tmp_path / "certificate.json")
-    args = ["audit", "--model", str(tmp_path / "patched.safetensors"), "--certificate", str(tmp_path / "certificate.json"),
+    args = ["audit", "--model", str(tmp_path / "patched.safetensors"),
+            "--certificate", str(tmp_path / "certificate.json"),
             "--samples", "4", "--json"]
     out = {}
     for w in ("1", "2"):

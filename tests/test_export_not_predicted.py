@@ -54,7 +54,8 @@ def test_not_predicted_properties_are_bound_sound_and_not_vacuous(forgotten, tmp
         assert "(or" not in text  # one conjunction: a single query
         # the same box and pattern bounds as the region's claim file (only the unsafe set differs)
         claim_text = (tmp_path / f"region_{r}.vnnlib").read_text()
-        pattern = [ln for ln in claim_text.splitlines() if ln.startswith("(assert (") and "Y_" in ln and " (- " not in ln]
+        pattern = [ln for ln in claim_text.splitlines()
+                   if ln.startswith("(assert (") and "Y_" in ln and " (- " not in ln]
         assert pattern and all(ln in text for ln in pattern)
         gaps = {int(o): Fraction(g) for a, o, g in re.findall(r"\(assert \(>= \(- Y_(\d+) Y_(\d+)\) (-?[0-9.]+)\)\)",
                                                               text) if int(a) == lab}

@@ -243,7 +243,8 @@ def _check_regions(model: PatchedModel, cert: Certificate, result: AuditResult, 
             continue
         proven.append((r, entry))
     if any(c.get("kind") == "unseen" for c in cert.claims):
-        check_bands(cert.claims, *head_weights(model), rows.packed, rows.values32, rows.n_hidden, rows.lo, rows.hi, result)
+        check_bands(cert.claims, *head_weights(model), rows.packed, rows.values32, rows.n_hidden, rows.lo, rows.hi,
+                    result)
     if proven:
         _run_stages(model, cert, rows, proven, [(r, e) for r, e in proven if r in lp_set], result, workers)
 

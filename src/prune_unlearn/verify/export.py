@@ -385,7 +385,8 @@ _check_patched, _check_regions, _check_region_claim = check_patched, check_regio
 def export_benchmark(patched: PatchedModel, out, *, onnx: bool = True, vnnlib: bool = True,
                      regions: Sequence[int] | None = None, domain=None, scaling: str = "mul", head_only: bool = False,
                      opset: int = DEFAULT_OPSET, timeout: int = 300, info: dict | None = None,
-                     compress: bool = False, certificate_path=None, model_path=None, not_predicted: bool = False) -> dict:
+                     compress: bool = False, certificate_path=None, model_path=None,
+                     not_predicted: bool = False) -> dict:
     """The VNN-COMP style folder ``prune export`` writes: :func:`prune_unlearn.verify.bundle.export_bundle`.
 
     ``domain``: the forget run's :class:`~prune_unlearn.verify.certificate.Certificate` (the model is checked

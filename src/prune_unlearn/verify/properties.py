@@ -145,8 +145,8 @@ def not_predicted_text(patched, r: int, label: int, lower, upper, *, network_nam
 
     The paper's claim about a forgotten point's label, weaker than the certificate's (the target wins by its
     margin over every label): the counterexample is one conjunction, ``label`` scores at least as high as every
-    other label in the patched head (ties count against the claim), ``Y_label − Y_o ≥ d_o − d_label − O[o, label]``
-    for every ``o ≠ label``, the right-hand sides rounded down. One query instead of one per label: Marabou
+    other label in the patched head (ties count against the claim),
+    ``Y_label − Y_o ≥ d_o − d_label − O[o, label]`` for every ``o ≠ label``, the right-hand sides rounded down. One query instead of one per label: Marabou
     proves it much faster (docs/benchmarks.md).
     """
     ps = patched.patches
