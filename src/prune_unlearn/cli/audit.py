@@ -30,9 +30,11 @@ __all__ = ["audit_cmd"]
 @click.option("--samples", type=click.IntRange(min=0), default=20, show_default=True,
               help="Regions re-solved by exact LP.")
 @click.option("--exhaustive", is_flag=True, help="Re-solve every region by exact LP.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Processes for the exact bounds and LPs (same checks; default: PRUNE_THREADS when they are long).")
 @seed_option
 @json_option
-def audit_cmd(model_path, cert_path, data_name, data_dir, indices, mode, samples, exhaustive, seed, output):
+def audit_cmd(model_path, cert_path, data_name, data_dir, indices, mode, samples, exhaustive, workers, seed, output):
     """Re-check a certificate against a patched model from scratch; exit 3 if any claim is rejected.
 
     \b
@@ -48,7 +50,7 @@ def audit_cmd(model_path, cert_path, data_name, data_dir, indices, mode, samples
         idx = read_indices(indices, len(ds.y_train))
         points, labels, extra = ds.X_train[idx], ds.y_train[idx], ds.X_test
     result = audit(model, cert, points=points, labels=labels, mode=mode, lp_samples=samples, exhaustive=exhaustive,
-                   locality_inputs=extra, seed=seed)
+                   locality_inputs=extra, seed=seed, workers=workers)
     output.result(result.to_dict(), result.summary())
     if not result.passed:
         exit_check_failed()

@@ -42,6 +42,9 @@ __all__ = ["export", "register"]
               help="certificate.json of the forget run: the model is checked against it and its domain box bounds "
                    "X. Default: [0, 1]^d, forget's default input box (only for models whose prefix just flattens).")
 @click.option("--gzip", "compress", is_flag=True, help="Write the properties as .vnnlib.gz (as VNN-COMP ships them).")
+@click.option("--not-predicted", is_flag=True,
+              help="Also write, per region claim, 'the forgotten label is not predicted on the region' as one "
+                   "conjunctive query (region_<r>_not_<L>.vnnlib; needs --certificate). Faster for Marabou.")
 @click.option("--scaling", type=click.Choice(SCALINGS), default="mul", show_default=True,
               help="Gate inputs by Mul with a constant row, or MatMul by a diagonal (Marabou 2.0 needs matmul).")
 @click.option("--head-only", is_flag=True,
@@ -50,8 +53,8 @@ __all__ = ["export", "register"]
 @click.option("--timeout", type=click.IntRange(min=1), default=300, show_default=True,
               help="Timeout (s) written to instances.csv.")
 @json_option
-def export(model_path, out, overwrite, want_onnx, want_vnnlib, regions, balls, certificate, compress, scaling,
-           head_only, opset, timeout, output):
+def export(model_path, out, overwrite, want_onnx, want_vnnlib, regions, balls, certificate, compress, not_predicted,
+           scaling, head_only, opset, timeout, output):
     """Write a patched model as ONNX in verifier normal form, plus VNN-LIB region properties.
 
     Without --onnx and --vnnlib, both are written.
@@ -70,6 +73,9 @@ def export(model_path, out, overwrite, want_onnx, want_vnnlib, regions, balls, c
                                        "(the patched.safetensors written by `prune forget`).")
         cert = Certificate.from_json(certificate) if certificate is not None else None
         if model.has_neighbourhoods:  # certified neighbourhoods: VNN-COMP local-robustness properties (issue 11)
+            if not_predicted:
+                raise InputValidationError("--not-predicted writes region properties; this model's claims are "
+                                           "neighbourhoods (their properties are written without it).")
             from ..verify.export_neighbourhood import export_neighbourhoods
 
             result = export_neighbourhoods(model, cert, folder, rows=list(balls) or None, onnx=want_onnx,
@@ -81,7 +87,8 @@ def export(model_path, out, overwrite, want_onnx, want_vnnlib, regions, balls, c
                 raise InputValidationError("--ball selects neighbourhood rows, but the model has none.")
             result = export_benchmark(model, folder, onnx=want_onnx, vnnlib=want_vnnlib, regions=list(regions) or None,
                                       domain=cert, scaling=scaling, head_only=head_only, opset=opset, timeout=timeout,
-                                      compress=compress, certificate_path=certificate, model_path=model_path)
+                                      compress=compress, certificate_path=certificate, model_path=model_path,
+                                      not_predicted=not_predicted)
             human = None
     output.result(result, human if human is not None else _summary(result, out))
 
@@ -94,6 +101,8 @@ def _summary(result: dict, out: Path) -> str:
     if "properties" in result:
         lines.append(f"wrote {len(result['properties'])} VNN-LIB propert(y/ies) over "
                      f"{result['region_network']['file']} to {out} (see instances.csv)")
+        if result.get("not_predicted"):
+            lines.append(f"wrote {len(result['not_predicted'])} 'forgotten label not predicted' propert(y/ies)")
         if result["skipped_point_claims"]:
             lines.append(f"skipped {len(result['skipped_point_claims'])} region(s) with point claims only")
     lines.append(f"export.json: SHA-256 of {len(result['files'])} file(s), {result['bytes_total'] / 1e6:.1f} MB"

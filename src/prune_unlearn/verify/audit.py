@@ -40,15 +40,14 @@ import torch
 from torch import nn
 
 from .._hashing import points_sha256, state_sha256
-from .._threads import kernel_threads, parallel_map
+from .._threads import kernel_threads
 from .audit_neighbourhood import audit_neighbourhoods
 from .audit_result import AuditResult, Check
 from .band import check_bands, unseen_point_problems
 from .certificate import Certificate, box_from_description, certified_patches_sha256
+from .audit_locality import check_locality, head_weights
+from .audit_stages import StageInputs, run_stages
 from .exact import BACKEND as EXACT_BACKEND
-from .exact import ExactHead, exact_leads
-from .lp import lp_min_leads_layered
-from .probes import boundary_probes, support_formula
 from .properties import class_offsets
 from ..errors import CertificateError, InputValidationError
 from ..core.patches import PatchedModel
@@ -57,7 +56,6 @@ __all__ = ["audit", "AuditResult", "Check"]
 
 AUDIT_MODES = ("white-box", "black-box")
 _REL_TOL = 1e-9  # a claim's margin may differ from its region's in the last bits
-_PROBE_POINTS = 200  # forgotten points pushed across a face of their region (locality probes)
 
 
 def _unpack(packed: np.ndarray, n: int) -> np.ndarray:
@@ -80,6 +78,7 @@ def audit(
     seed: int = 0,
     strict: bool = False,
     milp_samples: int = 3,
+    workers: int | None = None,
 ) -> AuditResult:
     """Re-check a certificate against a patched model; collect every failed claim.
 
@@ -100,6 +99,9 @@ def audit(
     milp_samples : int, default 3
         Neighbourhood rows re-proven exactly by a MILP over their ball (all with ``exhaustive=True``); see
         :mod:`prune_unlearn.verify.audit_neighbourhood`.
+    workers : int, optional
+        Processes for the exact bounds and the LPs (:mod:`prune_unlearn.verify.audit_stages`; the same checks
+        either way). Default: the library's setting (``PRUNE_THREADS``), used when those stages are long.
     """
     if mode not in AUDIT_MODES:
         raise InputValidationError(f"The 'mode' parameter of audit must be 'white-box' or 'black-box'. Got {mode!r}.")
@@ -111,7 +113,7 @@ def audit(
     claims = certificate.claims
     with kernel_threads(), _one_blas_thread():  # see prune_unlearn._threads
         _run_checks(model, certificate, result, rng, points, labels, mode, lp_samples, exhaustive, locality_inputs,
-                    locality_samples, milp_samples)
+                    locality_samples, milp_samples, workers)
     if not claims and not certificate.failed:
         result.add("regions", "certificate", False, "the certificate makes no claim")
     result.seconds = time.perf_counter() - start
@@ -144,7 +146,7 @@ def _check_input_shape(model: nn.Module, x, name: str) -> None:
 
 
 def _run_checks(model, certificate, result, rng, points, labels, mode, lp_samples, exhaustive, locality_inputs,
-                locality_samples, milp_samples) -> None:
+                locality_samples, milp_samples, workers) -> None:
     if points is not None:
         _check_points(model, certificate, points, labels, result, white_box=mode == "white-box")
     if mode == "white-box":
@@ -153,8 +155,8 @@ def _run_checks(model, certificate, result, rng, points, labels, mode, lp_sample
         else:
             ok = _check_hashes(model, certificate, result)
             if ok:
-                _check_regions(model, certificate, result, rng, lp_samples, exhaustive)
-                _check_locality(model, certificate, result, rng, locality_inputs, locality_samples, points)
+                _check_regions(model, certificate, result, rng, lp_samples, exhaustive, workers)
+                check_locality(model, certificate, result, rng, locality_inputs, locality_samples, points)
                 audit_neighbourhoods(model, certificate, result, rng, points=points, samples=milp_samples,
                                      exhaustive=exhaustive)
     elif points is None:
@@ -192,13 +194,6 @@ def _check_hashes(model: PatchedModel, cert: Certificate, result: AuditResult) -
     return all(c.passed for c in result.checks if c.name == "hashes")
 
 
-def _weights(model: PatchedModel, dtype=np.float64):
-    ws = [lin.weight.detach().cpu().numpy().astype(dtype) for lin in model.split.linears]
-    bs = [(lin.bias.detach().cpu().numpy().astype(dtype) if lin.bias is not None else np.zeros(lin.out_features, dtype))
-          for lin in model.split.linears]
-    return ws, bs
-
-
 class _Rows:
     """The patch set's rows as NumPy arrays, read once per audit."""
 
@@ -219,7 +214,7 @@ class _Rows:
 
 
 def _check_regions(model: PatchedModel, cert: Certificate, result: AuditResult, rng, lp_samples: int,
-                   exhaustive: bool) -> None:
+                   exhaustive: bool, workers: int | None) -> None:
     rows = _Rows(model, cert)
     if len(cert.regions) != rows.count:
         result.add("regions", "patch set", False, f"certificate lists {len(cert.regions)} regions, the model has "
@@ -248,16 +243,18 @@ def _check_regions(model: PatchedModel, cert: Certificate, result: AuditResult, 
             continue
         proven.append((r, entry))
     if any(c.get("kind") == "unseen" for c in cert.claims):
-        check_bands(cert.claims, *_weights(model), rows.packed, rows.values32, rows.n_hidden, rows.lo, rows.hi, result)
+        check_bands(cert.claims, *head_weights(model), rows.packed, rows.values32, rows.n_hidden, rows.lo, rows.hi,
+                    result)
     if proven:
-        _check_bounds_exactly(model, cert, rows, proven, result)
-        _check_lp_sample(model, cert, rows, [(r, e) for r, e in proven if r in lp_set], result)
+        _run_stages(model, cert, rows, proven, [(r, e) for r, e in proven if r in lp_set], result, workers)
 
 
-def _check_bounds_exactly(model: PatchedModel, cert: Certificate, rows: _Rows, proven: list, result) -> None:
-    """``bounds``: every region claim's margin re-derived from its proof in exact rational arithmetic."""
-    t0 = time.perf_counter()
-    ws, bs = _weights(model, np.float32)
+def _run_stages(model: PatchedModel, cert: Certificate, rows: _Rows, proven: list, lp_todo: list, result,
+                workers) -> None:
+    """``bounds`` (every region claim's margin re-derived from its proof in exact rational arithmetic) and
+    ``lp`` (exact LPs of the sampled regions): computed by :mod:`.audit_stages`, recorded here in order."""
+    ws, bs = head_weights(model, np.float32)
+    ws64, bs64 = head_weights(model, np.float64)
     idx = np.array([r for r, _ in proven])
     masks = np.stack([rows.active(r) for r in idx]) if rows.n_hidden else np.zeros((len(idx), 0), bool)
     mu = np.zeros((len(idx), rows.n_classes, rows.n_hidden), np.float32)
@@ -265,39 +262,24 @@ def _check_bounds_exactly(model: PatchedModel, cert: Certificate, rows: _Rows, p
         if entry["bound"] != "box":
             mu[k] = cert.multipliers[r].detach().cpu().numpy()
     # each class-patch group adds at most max(0, d_g[l] − d_g[t]) to f_l − f_t (exact fractions)
-    offsets = class_offsets(model)
-    try:
-        leads = exact_leads(ExactHead(ws, bs), masks, np.where(masks, 1, -1), mu, rows.theta[idx], rows.targets[idx],
-                            rows.values32[idx], offsets, rows.lo, rows.hi)
-    except ValueError as exc:  # negative or non-finite multipliers: no proof at all
+    inputs = StageInputs(ws, bs, ws64, bs64, rows.lo, rows.hi, masks, mu, rows.theta[idx], rows.targets[idx],
+                         rows.values32[idx], class_offsets(model),
+                         [(rows.active(r), rows.values[r], rows.theta[r], int(rows.targets[r])) for r, _ in lp_todo])
+    out = run_stages(inputs, workers)
+    result.timings.update(out.timings)
+    result.workers = out.workers
+    if out.leads is None:  # negative or non-finite multipliers: no proof at all
         for r, _ in proven:
-            result.add("bounds", f"region {r}", False, f"cannot evaluate the proof exactly: {exc}")
-        return
-    for (r, entry), row in zip(proven, leads):
-        worst = min(v for v in row if v is not None) if rows.n_classes > 1 else None
-        ok = worst is None or worst >= Fraction(entry["margin"])
-        result.add("bounds", f"region {r}", ok, "" if ok else
-                   f"exact re-derived margin {float(worst):.6g} < claimed {entry['margin']:.6g}")
-    result.timings["exact bounds"] = time.perf_counter() - t0
-    result.exact_backend = EXACT_BACKEND
-
-
-def _check_lp_sample(model: PatchedModel, cert: Certificate, rows: _Rows, todo: list, result) -> None:
-    """``lp``: exact LPs (row generation) for the sampled regions, on the library's workers."""
-    if not todo:
-        return
-    t0 = time.perf_counter()
-    ws64, bs64 = _weights(model, np.float64)
-
-    def solve(item):
-        r, _ = item
-        # from the box alone (the proof's multipliers are positive on most halfspaces: no useful start)
-        return lp_min_leads_layered(ws64, bs64, rows.active(r), rows.values[r], rows.theta[r],
-                                    int(rows.targets[r]), rows.lo, rows.hi)
-
-    for (r, entry), (solved, _) in zip(todo, parallel_map(solve, todo)):
+            result.add("bounds", f"region {r}", False, f"cannot evaluate the proof exactly: {out.leads_error}")
+    else:
+        for (r, entry), row in zip(proven, out.leads):
+            worst = min(v for v in row if v is not None) if rows.n_classes > 1 else None
+            ok = worst is None or worst >= Fraction(entry["margin"])
+            result.add("bounds", f"region {r}", ok, "" if ok else
+                       f"exact re-derived margin {float(worst):.6g} < claimed {entry['margin']:.6g}")
+        result.exact_backend = EXACT_BACKEND
+    for (r, entry), solved in zip(lp_todo, out.lp):
         _record_lp(model, entry, solved, int(rows.targets[r]), result)
-    result.timings["lp"] = time.perf_counter() - t0
 
 
 def _region_entry_problems(entry, packed_r, lam_r, theta_r, target_r, values_r, code_r, margins) -> list:
@@ -387,54 +369,3 @@ def _check_points(model, cert: Certificate, points, labels, result: AuditResult,
             elif float(support[i]) != 1.0:
                 problems.append(f"support {float(support[i])} is not exactly 1 at the point")
         result.add("points", subject, not problems, "; ".join(problems))
-
-
-def _check_locality(model: PatchedModel, cert: Certificate, result: AuditResult, rng, inputs, n_samples, points):
-    """Bit-identical base logits wherever every support is zero, on features (the head's input space)."""
-    ps = model.patches
-    lo, hi = (t.numpy() for t in box_from_description(cert.domain))
-    device = next(model.parameters()).device
-    feats = [torch.tensor(rng.uniform(lo, hi, size=(n_samples, len(lo))), dtype=torch.float32)]
-    if inputs is not None:
-        with torch.no_grad():
-            feats.append(model.split.features(torch.as_tensor(inputs, dtype=torch.float32).to(device)).cpu())
-    if points is not None:  # points pushed just across the nearest face of their region
-        with torch.no_grad():
-            h = model.split.features(torch.as_tensor(points, dtype=torch.float32).to(device)).cpu().double()
-        ws, bs = _weights(model)
-
-        def head32(x):
-            with torch.no_grad():
-                pre, logits = model.split.head_forward(torch.as_tensor(x).to(device))
-            return (torch.cat(pre, dim=1) if pre else logits.new_zeros(len(logits), 0)).cpu().numpy()
-
-        probes = boundary_probes(ws, bs, h[:_PROBE_POINTS].numpy(), head32)
-        lost = probes.non_finite + probes.not_crossing
-        result.add("locality", f"{len(probes.inputs)} boundary probes", probes.non_finite == 0,
-                   f"finite and outside their region; skipped {probes.constant_skipped} constant neuron(s), "
-                   f"{probes.no_face} point(s) without a face among the candidates, dropped {lost} probe(s) "
-                   f"({probes.non_finite} non-finite, {probes.not_crossing} still inside after retries)")
-        if len(probes.inputs):
-            feats.append(torch.from_numpy(probes.inputs))
-    h = torch.cat(feats).to(device)
-    if len(h) == 0:  # nothing to probe (e.g. locality_samples=0 and no points): no locality claim checked
-        return
-    with torch.no_grad():
-        preacts, logits = model.split.head_forward(h)
-        z = torch.cat(preacts, dim=1) if preacts else logits.new_zeros(len(h), 0)
-        region, value = ps.support(z)
-        patched = ps.apply(preacts, logits)
-        outside = value == 0
-        cps = model.class_patches
-        if cps is not None and len(cps):  # whole-class supports change outputs by design; skip what they cover
-            patched = cps.apply(z, patched, base_logits=logits)
-            outside &= (cps.group_support(z, logits) == 0).all(dim=1)
-        dense = support_formula(ps, z) if len(ps) else None
-    same = torch.equal(patched[outside], logits[outside])
-    result.add("locality", f"{int(outside.sum())} unsupported inputs", same,
-               "" if same else "some unsupported input's logits differ from the base model's")
-    if dense is not None:
-        expected = dense.gather(1, region.clamp(min=0).unsqueeze(1)).squeeze(1) * (region >= 0)
-        agree = torch.equal(expected, value) and bool((dense[region < 0] == 0).all())
-        result.add("locality", f"support formula on {len(h)} inputs", agree,
-                   "" if agree else "the support lookup disagrees with the dense support-network formula")

@@ -26,6 +26,7 @@ class AuditResult:
     mode: str = "white-box"
     timings: dict = field(default_factory=dict)  # seconds per stage, e.g. "exact bounds", "lp"
     exact_backend: str = ""  # what did the exact rational arithmetic (python-flint or Python integers)
+    workers: int = 1  # processes the exact bounds and LPs ran on (1: the calling process)
 
     @property
     def passed(self) -> bool:

@@ -6,6 +6,9 @@
 * ``region_network.onnx`` — one network for every region property: the base head with its hidden
   pre-activations as extra outputs (:mod:`prune_unlearn.verify.properties`);
 * ``region_<r>.vnnlib`` (or ``.vnnlib.gz``) — one small property per region claim;
+* with ``not_predicted=True``, ``region_<r>_not_<L>.vnnlib`` — per region claim and forgotten label ``L``, the
+  weaker claim "L is not predicted on the region" as one conjunctive query (Marabou proves it in seconds
+  where the per-target disjunction times out on MNIST);
 * ``instances.csv`` — ``onnx,vnnlib,timeout`` rows (the VNN-COMP layout);
 * ``export.json`` — the SHA-256 and size of every file above, the certificate's hashes
   (``model_sha256``, ``patches_sha256``, the proof's ``sha256``) and the SHA-256 of the certificate
@@ -70,14 +73,15 @@ def _region_claims(patched, regions) -> list[int]:
 def export_bundle(patched, out, *, certificate: Certificate | None = None, certificate_path=None, model_path=None,
                   regions=None, onnx: bool = True, vnnlib: bool = True, scaling: str = "mul",
                   head_only: bool = False, opset: int | None = None, timeout: int = 300,
-                  compress: bool = False, info: dict | None = None) -> dict:
+                  compress: bool = False, info: dict | None = None, not_predicted: bool = False) -> dict:
     """Write the export described in the module docstring; return the ``export.json`` document.
 
     ``certificate``: the forget run's certificate (its domain box bounds ``X``, and the model is checked
     against it first); without one, the domain is forget's default ``[0, 1]^d`` (flatten-only prefix)
     and ``export.json`` records no binding. ``regions``: region claims to write properties for
     (default all). ``compress``: write ``.vnnlib.gz`` (VNN-COMP benchmarks ship properties that way).
-    ``info``: entries that lead ``export.json`` (e.g. the model file).
+    ``info``: entries that lead ``export.json`` (e.g. the model file). ``not_predicted``: also write the
+    "forgotten label not predicted" properties (the labels come from the certificate's claims).
     """
     from ..core.serialization import atomic_write_text
     from .export import DEFAULT_OPSET, check_patched, domain_box, export_onnx
@@ -87,6 +91,9 @@ def export_bundle(patched, out, *, certificate: Certificate | None = None, certi
     opset = opset or DEFAULT_OPSET
     if regions and not vnnlib:
         raise InputValidationError("Selecting regions only makes sense with the VNN-LIB properties (vnnlib=True).")
+    if not_predicted and (certificate is None or not vnnlib):
+        raise InputValidationError("The 'not predicted' properties need the certificate (its claims name the "
+                                   "forgotten labels) and the VNN-LIB properties. HINT: pass --certificate.")
     if certificate is not None:
         check_binding(patched, certificate)
     chosen = _region_claims(patched, regions) if vnnlib else []
@@ -115,6 +122,9 @@ def export_bundle(patched, out, *, certificate: Certificate | None = None, certi
             props.append({"region": r, "vnnlib": path.name, "target": int(ps.targets[r]),
                           "threshold": float(ps.region_threshold[r]), "margin": float(ps.certified_margin[r])})
             rows.append(f"{REGION_NETWORK},{path.name},{timeout}")
+        if not_predicted:
+            doc["not_predicted"] = _write_not_predicted(patched, certificate, chosen, out, lower, upper, offsets,
+                                                        compress, written, rows, timeout)
         csv = out / "instances.csv"
         atomic_write_text(csv, "\n".join(rows) + ("\n" if rows else ""))
         written.append(csv)
@@ -139,6 +149,30 @@ def export_bundle(patched, out, *, certificate: Certificate | None = None, certi
                     "base_sha256": patched.base_sha256(), "patches_sha256": patched.patches_sha256()}
     atomic_write_text(out / "export.json", json.dumps(doc, indent=1) + "\n")
     return doc
+
+
+def _write_not_predicted(patched, certificate, chosen, out: Path, lower, upper, offsets, compress, written, rows,
+                         timeout) -> list:
+    """``region_<r>_not_<L>`` for every region claim's forgotten label ``L`` (:func:`properties.not_predicted_text`)."""
+    from .properties import write_region_property
+
+    ps = patched.patches
+    labels: dict = {}
+    for c in certificate.claims:
+        if c.get("proved") == "region" and c.get("kind") != "unseen" and c.get("region", -1) >= 0:
+            labels.setdefault(c["region"], set()).add(int(c["label"]))
+    entries = []
+    for r in chosen:
+        t = int(ps.targets[r])
+        for label in sorted(labels.get(r, set()) - {t}):
+            path = write_region_property(patched, r, out / f"region_{r}_not_{label}.vnnlib{'.gz' if compress else ''}",
+                                         lower, upper, network_name=REGION_NETWORK, offsets=offsets, compress=compress,
+                                         not_predicted=label)
+            written.append(path)
+            entries.append({"region": r, "label": label, "vnnlib": path.name, "target": t,
+                            "threshold": float(ps.region_threshold[r])})
+            rows.append(f"{REGION_NETWORK},{path.name},{timeout}")
+    return entries
 
 
 def _write_region_network(module, path: Path, opset: int) -> Path:

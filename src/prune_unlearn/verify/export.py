@@ -385,7 +385,8 @@ _check_patched, _check_regions, _check_region_claim = check_patched, check_regio
 def export_benchmark(patched: PatchedModel, out, *, onnx: bool = True, vnnlib: bool = True,
                      regions: Sequence[int] | None = None, domain=None, scaling: str = "mul", head_only: bool = False,
                      opset: int = DEFAULT_OPSET, timeout: int = 300, info: dict | None = None,
-                     compress: bool = False, certificate_path=None, model_path=None) -> dict:
+                     compress: bool = False, certificate_path=None, model_path=None,
+                     not_predicted: bool = False) -> dict:
     """The VNN-COMP style folder ``prune export`` writes: :func:`prune_unlearn.verify.bundle.export_bundle`.
 
     ``domain``: the forget run's :class:`~prune_unlearn.verify.certificate.Certificate` (the model is checked
@@ -400,5 +401,6 @@ def export_benchmark(patched: PatchedModel, out, *, onnx: bool = True, vnnlib: b
         raise InputValidationError("export_benchmark takes the forget run's Certificate as its domain (or None).")
     result = export_bundle(patched, out, certificate=domain, regions=regions, onnx=onnx, vnnlib=vnnlib,
                            scaling=scaling, head_only=head_only, opset=opset, timeout=timeout, compress=compress,
-                           info=info, certificate_path=certificate_path, model_path=model_path)
+                           info=info, certificate_path=certificate_path, model_path=model_path,
+                           not_predicted=not_predicted)
     return result

@@ -29,7 +29,8 @@ from torch import nn
 
 from .._version import __version__
 
-__all__ = ["RegionNetwork", "region_network", "region_property_text", "write_region_property", "class_offsets"]
+__all__ = ["RegionNetwork", "region_network", "region_property_text", "not_predicted_text", "write_region_property",
+           "class_offsets"]
 
 
 class RegionNetwork(nn.Module):
@@ -96,17 +97,15 @@ def _float_down(q: Fraction) -> float:
     return float(np.nextafter(f, -np.inf)) if Fraction(f) > q else f
 
 
-def region_property_text(patched, r: int, lower, upper, *, network_name: str, offsets=None) -> str:
-    """The VNN-LIB text of region r's claim over :func:`region_network` (UNSAT proves the claim)."""
+def _region_lines(patched, r: int, lower, upper, network_name: str, what: str) -> list[str]:
+    """Header, declarations, the box (outwards) and region r's pattern as output bounds (θ down)."""
     ps = patched.patches
     d, n, c = patched.split.feature_dim, ps.num_hidden, ps.num_classes
-    t = int(ps.targets[r])
     theta = float(ps.region_threshold[r])
-    active = ps.masks()[r].tolist()
-    values = ps.values[r].detach().cpu().numpy().astype(np.float64)
     lo, hi = np.asarray(lower, dtype=np.float64), np.asarray(upper, dtype=np.float64)
     lines = [
-        f"; VNN-LIB property written by prune-unlearn {__version__}: region {r}, target label {t}.",
+        f"; VNN-LIB property written by prune-unlearn {__version__}: region {r}, target label {int(ps.targets[r])}"
+        f"{what}.",
         f"; Network {network_name}: X_0..X_{d - 1} head features; Y_0..Y_{c - 1} base logits; "
         f"Y_{c}..Y_{c + n - 1} hidden pre-activations z_i.",
         f"; On the certified set (box, s_i z_i >= theta = {_num(theta, 'down')}) the patched logits are Y + d_r; "
@@ -118,24 +117,58 @@ def region_property_text(patched, r: int, lower, upper, *, network_name: str, of
         lines.append(f"(assert (>= X_{i} {_num(lo[i], 'down')}))")
         lines.append(f"(assert (<= X_{i} {_num(hi[i], 'up')}))")
     up, down = _num(theta, "down"), "-" + _num(theta, "down")
-    for i, on in enumerate(active):
+    for i, on in enumerate(ps.masks()[r].tolist()):
         lines.append(f"(assert (>= Y_{c + i} {up}))" if on else f"(assert (<= Y_{c + i} {down}))")
-    unsafe = []
-    for lab in range(c):
-        if lab == t:
-            continue
-        gap = Fraction(values[t]) - Fraction(values[lab]) - (Fraction(offsets[t, lab]) if offsets is not None else 0)
-        unsafe.append(f"    (and (>= (- Y_{lab} Y_{t}) {_num(_float_down(gap), 'down')}))")
+    return lines
+
+
+def _gap(values, a: int, b: int, offsets) -> str:
+    """``d_a − d_b − O[a, b]`` (exact) as a decimal rounded down: the least ``Y_b − Y_a`` may be for ``b`` to
+    reach ``a`` in the patched head on the region (whole-class patches add at most ``O[a, b]`` to it)."""
+    gap = Fraction(values[a]) - Fraction(values[b]) - (Fraction(offsets[a, b]) if offsets is not None else 0)
+    return _num(_float_down(gap), "down")
+
+
+def region_property_text(patched, r: int, lower, upper, *, network_name: str, offsets=None) -> str:
+    """The VNN-LIB text of region r's claim over :func:`region_network` (UNSAT proves the claim)."""
+    ps = patched.patches
+    t, c = int(ps.targets[r]), ps.num_classes
+    values = ps.values[r].detach().cpu().numpy().astype(np.float64)
+    lines = _region_lines(patched, r, lower, upper, network_name, "")
+    unsafe = [f"    (and (>= (- Y_{lab} Y_{t}) {_gap(values, t, lab, offsets)}))" for lab in range(c) if lab != t]
     lines += ["(assert (or", *unsafe, "))", ""]
     return "\n".join(lines)
 
 
+def not_predicted_text(patched, r: int, label: int, lower, upper, *, network_name: str, offsets=None) -> str:
+    """The VNN-LIB text of "``label`` is not predicted anywhere on region r's certified set" (UNSAT proves it).
+
+    The paper's claim about a forgotten point's label, weaker than the certificate's (the target wins by its
+    margin over every label): the counterexample is one conjunction, ``label`` scores at least as high as every
+    other label in the patched head (ties count against the claim),
+    ``Y_label − Y_o ≥ d_o − d_label − O[o, label]`` for every ``o ≠ label``, the right-hand sides rounded down. One query instead of one per label: Marabou
+    proves it much faster (docs/benchmarks.md).
+    """
+    ps = patched.patches
+    t, c = int(ps.targets[r]), ps.num_classes
+    if not 0 <= label < c or label == t:
+        raise ValueError(f"label must be a class other than region {r}'s target {t}; got {label}")
+    values = ps.values[r].detach().cpu().numpy().astype(np.float64)
+    lines = _region_lines(patched, r, lower, upper, network_name, f"; claim: label {label} is not predicted")
+    lines += [f"(assert (>= (- Y_{label} Y_{o}) {_gap(values, o, label, offsets)}))" for o in range(c) if o != label]
+    return "\n".join([*lines, ""])
+
+
 def write_region_property(patched, r: int, path, lower, upper, *, network_name: str, offsets=None,
-                          compress: bool = False) -> Path:
-    """Write :func:`region_property_text` to ``path`` (gzip-compressed when ``compress``)."""
+                          compress: bool = False, not_predicted: int | None = None) -> Path:
+    """Write :func:`region_property_text` (or, with ``not_predicted=label``, :func:`not_predicted_text`) to
+    ``path`` (gzip-compressed when ``compress``)."""
     from ..core.serialization import atomic_write_text
 
-    text = region_property_text(patched, r, lower, upper, network_name=network_name, offsets=offsets)
+    if not_predicted is None:
+        text = region_property_text(patched, r, lower, upper, network_name=network_name, offsets=offsets)
+    else:
+        text = not_predicted_text(patched, r, not_predicted, lower, upper, network_name=network_name, offsets=offsets)
     path = Path(path)
     if compress:
         _write_bytes_atomic(path, gzip.compress(text.encode(), mtime=0))
