@@ -83,6 +83,17 @@ def test_table3_on_a_tiny_vgg_caches_models_and_merges_methods(tmp_path, monkeyp
     md = (tmp_path / "out" / "table3-cifar10.md").read_text()
     assert "Base model (PRUNE's): 3 epochs; the methods that train (Retrain, SISA, Amnesiac, FU): 1 epoch(s)" in md
     assert "PRUNE's region certificates hold for inputs whose features lie in the training features' box" in md
+    # a merged size that only PRUNE ran: the other methods' cells say "–" (this raised StatisticsError)
+    run_table3(ExperimentConfig(**{**cfg.__dict__, "methods": ("prune",), "sizes": (2,)}), tmp_path / "out",
+               log=logs.append)
+    md = (tmp_path / "out" / "table3-cifar10.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| 2 | A_tes |"))
+    assert row.count("–") == 2
+    mia = next(line for line in md.splitlines() if line.startswith("| 2 | ") and "→" in line)
+    assert mia.count("–") == 2
+    rows = json.loads((tmp_path / "out" / "table3-cifar10.json").read_text())["rows"]
+    assert sorted((r["method"], r["n"]) for r in rows if r["method"] == "prune") == [("prune", 2), ("prune", 4),
+                                                                                      ("prune", 8)]
 
     # Table V on the same cached base model; retraining without the class for the first label only
     logs.clear()

@@ -165,8 +165,9 @@ FEATURE_CLAIMS = {
 def run_table3(cfg: ExperimentConfig, out_dir: str | Path, *, progress: bool = False, log=print) -> dict:
     """Table III (+ Table IV and Figure 3 from the same runs) for one data set.
 
-    With ``cfg.merge`` the rows of methods not run now are kept from the ``table3-<data set>.json`` already in
-    ``out_dir``, so that the methods can be run in separate processes (or sessions) and land in one table.
+    With ``cfg.merge`` the rows (method, |D_U|, seed) not run now are kept from the ``table3-<data set>.json``
+    already in ``out_dir``, so that methods and sizes can be run in separate processes (or sessions) and land in
+    one table.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -180,7 +181,8 @@ def run_table3(cfg: ExperimentConfig, out_dir: str | Path, *, progress: bool = F
     previous = out / f"table3-{ds.name}.json"  # read now, not at the start: runs of other methods may have ended
     if cfg.merge and previous.is_file():
         kept = json.loads(previous.read_text())
-        rows = [r for r in kept["rows"] if r["method"] not in cfg.methods or r["seed"] >= cfg.seeds] + rows
+        ran = {(r["method"], r["n"], r["seed"]) for r in rows}  # a rerun replaces only what it ran again
+        rows = [r for r in kept["rows"] if (r["method"], r["n"], r["seed"]) not in ran] + rows
         notes = {**kept.get("notes", {}), **notes}
     _add_phase_ratios(rows)
     result = {"config": asdict(cfg), "machine": machine_description(), "notes": notes, "rows": rows}
@@ -288,7 +290,10 @@ def _add_phase_ratios(rows: list[dict]) -> None:
 
 
 def mean_std(values: list[float]) -> str:
-    """``mean ± std`` of the values (just the value when there is one), two decimals."""
+    """``mean ± std`` of the values (just the value when there is one), two decimals; "–" when there is none (a
+    merged table whose method did not run at that size)."""
+    if not values:
+        return "–"
     if len(values) == 1:
         return f"{values[0]:.2f}"
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
@@ -328,7 +333,8 @@ def _write_table3(result: dict, out: Path, name: str) -> None:
         """A |D_U| × method table; ``cell`` formats the rows of one (size, method) pair."""
         lines.extend(["", title, "", "| |D_U| | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)])
         for n in sizes:
-            cells = [cell([r for r in rows if r["n"] == n and r["method"] == m]) for m in methods]
+            sel = {m: [r for r in rows if r["n"] == n and r["method"] == m] for m in methods}
+            cells = [cell(sel[m]) if sel[m] else "–" for m in methods]
             lines.append(f"| {n} | " + " | ".join(cells) + " |")
 
     size_by_method(f"## Table IV — {name}: membership-inference recall on D_U (%), before → after",
