@@ -27,6 +27,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from _helpers.marabou import solve_region_properties
 from _helpers.models import TinyConvNet, reference_region, tiny_mlp
 from prune_unlearn import forget, save
 from prune_unlearn.errors import CertificateError, InputValidationError, UnsupportedModelError
@@ -592,30 +593,12 @@ def test_marabou_proves_region_properties_over_one_network(digits_patched, tmp_p
     non-vacuity is checked here directly: the forgotten point satisfies the property without the patch).
     """
     pytest.importorskip("maraboupy.Marabou", reason="maraboupy is not installed (optional verifier)")
-    import subprocess
-    import sys
-
     from prune_unlearn.verify.bundle import export_bundle
 
     res, forgotten = digits_patched
     doc = export_bundle(res.model, tmp_path, certificate=res.certificate, onnx=False)
     props = [p["vnnlib"] for p in doc["properties"][:3]]
-    script = f"""
-import json, time, warnings
-warnings.simplefilter("ignore")
-from maraboupy import Marabou
-out = []
-for prop in {props!r}:
-    net = Marabou.read_onnx("region_network.onnx")
-    start = time.perf_counter()
-    code, _, _ = net.solve(propertyFilename=prop, verbose=False,
-                           options=Marabou.createOptions(verbosity=0, timeoutInSeconds=60))
-    out.append([code, time.perf_counter() - start])
-print(json.dumps(out))
-"""
-    run = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-2000:]
-    results = json.loads(run.stdout.strip().splitlines()[-1])
+    results = solve_region_properties(props, tmp_path)
     assert [code for code, _ in results] == ["unsat"] * len(props) and all(t < 60 for _, t in results)
     # not vacuous: at a forgotten point of the region the slack bounds hold and, without the patch, the
     # point's own label beats the target (the property with every gap 0 is satisfied there)

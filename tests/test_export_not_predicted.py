@@ -3,14 +3,14 @@ region claim's label, bound into export.json, rounded so that UNSAT implies the 
 
 import json
 import re
-import subprocess
-import sys
 from fractions import Fraction
 
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+
+from _helpers.marabou import solve_region_properties
 
 from prune_unlearn import forget, save
 from prune_unlearn.errors import InputValidationError
@@ -103,20 +103,5 @@ def test_marabou_proves_not_predicted_properties(forgotten, tmp_path):
     res, _, _ = forgotten
     doc = export_bundle(res.model, tmp_path, certificate=res.certificate, onnx=False, not_predicted=True)
     props = [e["vnnlib"] for e in doc["not_predicted"][:3]]
-    script = f"""
-import json, time, warnings
-warnings.simplefilter("ignore")
-from maraboupy import Marabou
-out = []
-for prop in {props!r}:
-    net = Marabou.read_onnx("region_network.onnx")
-    start = time.perf_counter()
-    code, _, _ = net.solve(propertyFilename=prop, verbose=False,
-                           options=Marabou.createOptions(verbosity=0, timeoutInSeconds=60))
-    out.append([code, time.perf_counter() - start])
-print(json.dumps(out))
-"""
-    run = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-2000:]
-    results = json.loads(run.stdout.strip().splitlines()[-1])
+    results = solve_region_properties(props, tmp_path)
     assert [code for code, _ in results] == ["unsat"] * len(props) and all(t < 60 for _, t in results)
