@@ -18,7 +18,8 @@ from ..core.models import default_architecture
 from .datasets import load_dataset
 from .feature_space import features, head_only
 from .model_cache import train_base, train_without
-from .runner import FEATURE_CLAIMS, machine_description, mean_std
+from .reporting import machine_description, mean_std
+from .runner import FEATURE_CLAIMS
 from .training import recipe_for, width_for
 
 __all__ = ["ClassRunOptions", "run_table5"]

@@ -15,8 +15,6 @@ from __future__ import annotations
 import copy
 import csv
 import json
-import os
-import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -25,7 +23,6 @@ from pathlib import Path
 import torch
 
 from .._validation import check_choice
-from .._version import __version__
 from ..core.domain import data_feature_box
 from .datasets import Dataset, load_dataset
 from ..unlearn.metrics import accuracy, predict
@@ -34,7 +31,8 @@ from ..core.models import default_architecture
 from .privacy import PrivacyConfig, mean_loss, mia_auc_tpr, mia_recall, run_privacy
 from .feature_space import features, head_only, patched_head
 from .model_cache import train_base, train_without
-from .training import recipe_for, train_from_spec, width_for
+from .reporting import machine_description, mean_std
+from .training import recipe_for, width_for
 
 __all__ = ["ExperimentConfig", "ClassRunOptions", "run_table3", "run_table5", "run_convergence", "machine_description",
            "train_base", "train_without", "EXPERIMENTS", "PrivacyConfig", "run_privacy"]
@@ -87,20 +85,6 @@ class ExperimentConfig:
     merge: bool = False                # keep the rows of other methods from the table already in the folder
     device: str = "cpu"                # where the base and retrained models train (baselines train on the CPU)
     extra: dict = field(default_factory=dict)
-
-
-def machine_description() -> dict:
-    import numpy
-    import scipy
-    import sklearn
-
-    return {
-        "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "python": platform.python_version(), "prune_unlearn": __version__, "torch": torch.__version__,
-        "numpy": numpy.__version__, "scipy": scipy.__version__, "scikit-learn": sklearn.__version__,
-    }
 
 
 def _mia(model, X_u, y_u, X_train_rest, y_train_rest, X_out, y_out) -> dict:
@@ -289,17 +273,6 @@ def _add_phase_ratios(rows: list[dict]) -> None:
             r["unlearn_phase_vs_retrain"] = r["unlearn_seconds"] / ref[r["seed"], r["n"]]
 
 
-def mean_std(values: list[float]) -> str:
-    """``mean ± std`` of the values (just the value when there is one), two decimals; "–" when there is none (a
-    merged table whose method did not run at that size)."""
-    if not values:
-        return "–"
-    if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
-
-
-_mean_std = mean_std
 
 
 def _write_table3(result: dict, out: Path, name: str) -> None:
@@ -326,7 +299,7 @@ def _write_table3(result: dict, out: Path, name: str) -> None:
              "| |D_U| | metric | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
     for n in sizes:
         for metric in ("A_tes", "A_res", "A_u_b", "A_u_a"):
-            cells = [_mean_std([100 * r[metric] for r in rows if r["n"] == n and r["method"] == m]) for m in methods]
+            cells = [mean_std([100 * r[metric] for r in rows if r["n"] == n and r["method"] == m]) for m in methods]
             lines.append(f"| {n} | {metric} | " + " | ".join(cells) + " |")
 
     def size_by_method(title: str, cell) -> None:
@@ -338,11 +311,11 @@ def _write_table3(result: dict, out: Path, name: str) -> None:
             lines.append(f"| {n} | " + " | ".join(cells) + " |")
 
     size_by_method(f"## Table IV — {name}: membership-inference recall on D_U (%), before → after",
-                   lambda sel: f"{_mean_std([100 * r['mia_recall_before'] for r in sel])} → "
-                               f"{_mean_std([100 * r['mia_recall_after'] for r in sel])}")
+                   lambda sel: f"{mean_std([100 * r['mia_recall_before'] for r in sel])} → "
+                               f"{mean_std([100 * r['mia_recall_after'] for r in sel])}")
     size_by_method("Attack AUC / TPR at 1% FPR of D_U against held-out test points, after unlearning:",
-                   lambda sel: f"{_mean_std([r['mia_auc_after'] for r in sel])} / "
-                               f"{_mean_std([100 * r['mia_tpr_at_1pct_fpr_after'] for r in sel])}%")
+                   lambda sel: f"{mean_std([r['mia_auc_after'] for r in sel])} / "
+                               f"{mean_std([100 * r['mia_tpr_at_1pct_fpr_after'] for r in sel])}%")
     if any("unlearn_phase_vs_retrain" in r for r in rows):
         lines += ["", f"## Figure 3 — {name}: time of each phase ÷ retraining time", "",
                   "| |D_U| | method | training phase | unlearning phase | total | unlearning seconds |",
@@ -353,9 +326,9 @@ def _write_table3(result: dict, out: Path, name: str) -> None:
                 if sel:
                     tr = [r["train_phase_vs_retrain"] for r in sel]
                     ul = [r["unlearn_phase_vs_retrain"] for r in sel]
-                    lines.append(f"| {n} | {m} | {_mean_std(tr)} | {_mean_std(ul)} | "
-                                 f"{_mean_std([a + b for a, b in zip(tr, ul)])} | "
-                                 f"{_mean_std([r['unlearn_seconds'] for r in sel])} |")
+                    lines.append(f"| {n} | {m} | {mean_std(tr)} | {mean_std(ul)} | "
+                                 f"{mean_std([a + b for a, b in zip(tr, ul)])} | "
+                                 f"{mean_std([r['unlearn_seconds'] for r in sel])} |")
         _plot_fig3(rows, methods, sizes, out / f"fig3-{name}.png", name)
     (out / f"table3-{name}.md").write_text("\n".join(lines) + "\n")
 
@@ -384,78 +357,9 @@ def _plot_fig3(rows, methods, sizes, path: Path, name: str) -> None:
     plt.close(fig)
 
 
-def run_convergence(dataset: str, out_dir: str | Path, *, vary: str, values, fixed: int, data_dir=None,
-                    seeds: int = 1, bound: str = "box", epochs: int | None = None, max_rounds: int = 10,
-                    log=print) -> dict:
-    """Figures 4 and 5: A_u after each round of Algorithm 1, varying K (``vary="K"``, |D_U| = ``fixed``)
-    or |D_U| (``vary="n"``, K = ``fixed``). Stragglers are not patched per point (``delta`` < 1 would
-    stop early; we run the rounds out to show convergence)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    ds = load_dataset(dataset, data_dir)
-    spec = default_architecture(ds.name, ds.input_dim, ds.num_classes, ds.input_shape)
-    curves = []
-    for seed in range(seeds):
-        recipe = recipe_for(ds.name, seed=seed, epochs=epochs)
-        base = train_from_spec(spec, ds.X_train, ds.y_train, recipe).model
-        perm = torch.randperm(len(ds.y_train), generator=torch.Generator().manual_seed(seed))
-        for v in values:
-            n, k = (fixed, v) if vary == "K" else (v, fixed)
-            idx = perm[:n]
-            res = forget(base, ds.X_train[idx], labels=ds.y_train[idx], strategy="cluster", n_clusters=k,
-                         bound=bound, seed=seed, max_rounds=max_rounds, delta=1.0, radius=None)
-            rounds = [r for r in res.report.rounds if "fallback" not in r]
-            curves.append({"seed": seed, "n": n, "K": k, "A_u": [r["A_u"] for r in rounds],
-                           "seconds": [r["seconds"] for r in rounds],
-                           "stragglers_patched_per_point": sum(r["new_regions"] for r in res.report.rounds
-                                                               if "fallback" in r)})
-            log(f"[seed {seed}] |D_U|={n} K={k}: A_u per round {[round(a, 3) for a in curves[-1]['A_u']]}")
-    fig_name = "fig4" if vary == "K" else "fig5"
-    result = {"dataset": ds.name, "vary": vary, "fixed": fixed, "values": list(values), "bound": bound,
-              "machine": machine_description(), "curves": curves}
-    (out / f"{fig_name}-{ds.name}.json").write_text(json.dumps(result, indent=1))
-    _plot_convergence(result, out / f"{fig_name}-{ds.name}.png")
-    lines = [f"## {'Figure 4' if vary == 'K' else 'Figure 5'} — {ds.name}: A_u (%) after each round of Algorithm 1 "
-             f"({'|D_U|' if vary == 'K' else 'K'} = {fixed}, bound = {bound})", "",
-             f"| {vary} | " + " | ".join(f"round {i}" for i in range(max_rounds + 1)) + " |",
-             "|---|" + "---|" * (max_rounds + 1)]
-    for v in values:
-        sel = [c for c in curves if (c["K"] if vary == "K" else c["n"]) == v]
-        length = max(len(c["A_u"]) for c in sel)
-        cells = []
-        for i in range(max_rounds + 1):
-            vals = [100 * (c["A_u"][i] if i < len(c["A_u"]) else c["A_u"][-1]) for c in sel]
-            cells.append(_mean_std(vals) if i < length else "")
-        lines.append(f"| {v} | " + " | ".join(cells) + " |")
-    (out / f"{fig_name}-{ds.name}.md").write_text("\n".join(lines) + "\n")
-    return result
-
-
-def _plot_convergence(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4.5, 3.2))
-    key = "K" if result["vary"] == "K" else "n"
-    for v in result["values"]:
-        sel = [c for c in result["curves"] if c[key] == v]
-        length = max(len(c["A_u"]) for c in sel)
-        mean = [statistics.mean(100 * (c["A_u"][i] if i < len(c["A_u"]) else c["A_u"][-1]) for c in sel)
-                for i in range(length)]
-        ax.plot(range(length), mean, marker="o", label=f"{'K' if key == 'K' else '|D_U|'} = {v}")
-    ax.set_xlabel("round of Algorithm 1")
-    ax.set_ylabel("A_u (%)")
-    ax.set_title(f"{result['dataset']}: convergence")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 EXPERIMENTS = ("table3", "table4", "fig3", "fig4", "fig5", "table5", "privacy")
 
 
-# Whole-class experiments live in their own module; re-exported here for the CLI and older imports.
+# Whole-class experiments and Figures 4/5 live in their own modules; re-exported here for the CLI and older imports.
 from .class_runner import ClassRunOptions, run_table5  # noqa: E402
+from .convergence import run_convergence  # noqa: E402
