@@ -18,7 +18,8 @@ from __future__ import annotations
 import torch
 
 from .._threads import with_kernel_threads
-from .crown import as_labels, box_batch, ibp_head_bounds, margin_lower
+from .crown import as_labels, margin_lower
+from .head_intervals import box_batch, ibp_head_bounds
 from .neighbourhood import outward_box
 
 __all__ = ["margin_and_hidden_bounds", "ball_box", "certified_set", "ball_margin_bounds", "float32_logit_error", "stable_signs"]

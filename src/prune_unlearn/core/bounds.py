@@ -1,9 +1,10 @@
 """Bound propagation, re-exported from one place: IBP through the prefix ``M_p`` (:mod:`.intervals`),
-IBP/CROWN through the Linear/ReLU head ``M_c`` (:mod:`.crown`), and certified radii and stable
-neurons built on them (:mod:`.radius`).
+IBP and CROWN through the Linear/ReLU head ``M_c`` (:mod:`.head_intervals`, :mod:`.crown`), and certified
+radii and stable neurons built on them (:mod:`.radius`).
 """
 
-from .crown import CrownBounds, crown_head_bounds, ibp_head_bounds, margin_lower_bounds
+from .crown import CrownBounds, crown_head_bounds, margin_lower_bounds
+from .head_intervals import ibp_head_bounds
 from .intervals import interval_bounds, interval_feature_box
 from .radius import certified_radius, stable_neurons
 

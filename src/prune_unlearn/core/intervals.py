@@ -150,6 +150,6 @@ def interval_feature_box(prefix: nn.Module, lower, upper, input_shape) -> tuple[
 # and the logits are ``W_{L-1} a_{L-2} + b_{L-1}``. Every function is batched over P points, each
 # with its own box ``lower[p] ≤ h ≤ upper[p]``.
 #
-# Rounding: bounds are evaluated in float64 and widened outward by ``_CROWN_REL_SAFETY`` times the
+# Rounding: bounds are evaluated in float64 and widened outward by ``head_intervals.CROWN_REL_SAFETY`` times the
 # absolute size of the terms they sum (the convention of ``confusion._REL_SAFETY``), which covers
 # the float64 rounding of the bound evaluation itself (~1e-16 relative per term).

@@ -8,8 +8,8 @@ import torch
 
 from .._threads import with_kernel_threads
 from ..errors import InputValidationError
-from .crown import (CROWN_CHUNK_ELEMENTS, WARM_STEP, as_labels, box_batch, check_intermediate, crown_bounds,
-                    ibp_head_bounds, margin_lower)
+from .crown import CROWN_CHUNK_ELEMENTS, WARM_STEP, as_labels, check_intermediate, crown_bounds, margin_lower
+from .head_intervals import box_batch, ibp_head_bounds
 from .regions import affine_logits
 
 __all__ = ["certified_radius", "stable_neurons"]
