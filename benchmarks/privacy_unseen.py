@@ -13,6 +13,11 @@ held out to calibrate each reference's logit scale (``Reference.calibrated``) an
 the population attacks use the other test points for every method, and target="unseen" runs both raw
 and calibrated. U-LiRA needs the shadow worlds of ``prune bench privacy``.
 Writes <out>/privacy-unseen-<data>[-k<folds>].json and .md.
+
+CIFAR-10 (``--data cifar10 --out results/cifar10``): the VGG16-layout network of ``bench_cifar.py`` (its width
+and recipe), patched in the head's feature space (the domain box carried through the conv layers by interval
+propagation); the base model is ``bench_cifar.py``'s cached one (``<out>/cache``) and Retrain and the fold
+references are cached beside it (``experiments.model_cache``: recipe, seed and data hash checked on reuse).
 """
 
 from __future__ import annotations
@@ -27,7 +32,9 @@ import torch
 
 from prune_unlearn import Reference, audit, default_architecture, forget, load, load_dataset, recipe_for, save
 from prune_unlearn.experiments.privacy import log_probabilities, membership_scores, roc_summary
-from prune_unlearn.experiments.training import train_from_spec
+from prune_unlearn.experiments.model_cache import CACHED_DATASETS, train_base, train_without
+from prune_unlearn.experiments.runner import ClassRunOptions
+from prune_unlearn.experiments.training import train_from_spec, width_for
 from prune_unlearn.unlearn.metrics import accuracy, predict
 
 
@@ -71,9 +78,22 @@ def main() -> None:
     torch.set_num_threads(1)
     out = Path(a.out)
     ds = load_dataset(a.data, a.data_dir)
-    spec = default_architecture(ds.name, ds.input_dim, ds.num_classes)
+    spec = default_architecture(ds.name, ds.input_dim, ds.num_classes, ds.input_shape, width=width_for(ds.name))
     recipe = recipe_for(ds.name, seed=a.seed, epochs=a.epochs)
     cache = out / "unseen-cache"
+    costly = ds.name in CACHED_DATASETS  # conv nets: the experiments' model cache (<out>/cache), reused by name
+    opts = ClassRunOptions(cache_dir=None, retrain_base=False)
+
+    def log(msg):
+        print(time.strftime("%H:%M:%S"), msg, flush=True)
+
+    def trained(name: str, rows: torch.Tensor | None):
+        if costly:
+            if rows is None:
+                return train_base(opts, ds, spec, recipe, out, True, log)
+            return train_without(opts, ds, spec, recipe, rows, name, out, log)
+        X, y = (ds.X_train, ds.y_train) if rows is None else (ds.X_train[rows], ds.y_train[rows])
+        return cached(cache / f"{tag}-{name}.safetensors", lambda: train_from_spec(spec, X, y, recipe).model)
     tag = f"{ds.name}-e{recipe.epochs}-s{a.seed}"
     n = len(ds.y_train)
     gen = torch.Generator().manual_seed(a.seed)
@@ -81,16 +101,13 @@ def main() -> None:
     idx = torch.randperm(n, generator=torch.Generator().manual_seed(a.seed + 1))[: a.count]
     keep = torch.ones(n, dtype=torch.bool)
     keep[idx] = False
-    f, f_sec = cached(cache / f"{tag}-base.safetensors",
-                      lambda: train_from_spec(spec, ds.X_train, ds.y_train, recipe).model)
-    r, r_sec = cached(cache / f"{tag}-retrain-{a.count}.safetensors",
-                      lambda: train_from_spec(spec, ds.X_train[keep], ds.y_train[keep], recipe).model)
+    f, f_sec = trained("base", None)
+    r, r_sec = trained(f"retrain-{a.count}" if not costly else f"unseen-{a.count}-s{a.seed}", keep)
     refs = []
     for k in range(a.folds):
         seen = fold_of != k
-        g, g_sec = cached(cache / f"{tag}-fold{k}of{a.folds}.safetensors",
-                          lambda: train_from_spec(spec, ds.X_train[seen], ds.y_train[seen], recipe).model)
-        refs.append(Reference(g, ds.X_train[seen], name=f"fold {k} of {a.folds} left out"))
+        g, g_sec = trained(f"fold{k}of{a.folds}" + ("" if not costly else f"-s{a.seed}"), seen)
+        refs.append(Reference(g.eval(), ds.X_train[seen], name=f"fold {k} of {a.folds} left out"))
     Xf, yf = ds.X_train[idx], ds.y_train[idx]
     held = torch.randperm(len(ds.y_test), generator=torch.Generator().manual_seed(a.seed + 2))
     held, attacked = held[: a.calibration], held[a.calibration:]  # calibration points are never attacked
