@@ -221,3 +221,40 @@ def test_cli_calibrate_on_scales_the_reference_and_audits(digits, setup, tmp_pat
     res = CliRunner().invoke(cli, base + ["--calibrate-on", str(tmp_path / "few.txt"), "--out", str(tmp_path / "bad")])
     assert res.exit_code == 1 and "Error:" in res.output and "at least 50" in res.output
     assert not (tmp_path / "bad").exists()
+
+
+def test_conv_prefix_points_answer_as_the_reference_and_region_sharers_are_reported_failed():
+    """Behind a conv prefix the head is patched in feature space: points alone in their linear region answer
+    with the reference's logits and are audited; a region carries one constant patch, so a second forgotten
+    point in the same region cannot get its own reference's answer and is reported failed, never claimed."""
+    from _helpers.models import TinyConvNet
+    from prune_unlearn.errors import UncertifiedWarning
+
+    gen = torch.Generator().manual_seed(0)
+    X, y = torch.rand(300, 1, 8, 8, generator=gen), torch.randint(0, 3, (300,), generator=gen)
+    f, g = TinyConvNet(seed=0).eval(), TinyConvNet(seed=1).eval()
+    split = split_model(f, "classifier")
+    with torch.no_grad():
+        pre, _ = split.head_forward(split.prefix(X[:150]).flatten(1))
+    _, region = torch.unique(torch.cat([z > 0 for z in pre], 1), dim=0, return_inverse=True)
+    counts = torch.bincount(region)
+    alone = [i for i in range(150) if counts[region[i]] == 1][:3]  # regions no other candidate shares
+    crowded = int(counts.argmax())
+    pair = [i for i in range(150) if region[i] == crowded][:2]
+    assert len(alone) == 3 and len(pair) == 2
+    idx = torch.tensor(alone + pair)
+    with pytest.warns(UncertifiedWarning, match="1 of 5"):
+        res = forget(f, X[idx], labels=y[idx], target="unseen", reference=Reference(g, X[150:], "second half"),
+                     head="classifier", domain=(0.0, 1.0))
+    assert [fl["index"] for fl in res.report.failed] == [4]  # the crowded region's second point
+    claimed = sorted(c["index"] for c in res.certificate.claims)
+    assert claimed == [0, 1, 2, 3]
+    with torch.no_grad():
+        assert torch.allclose(res.model(X[idx[:4]]), g(X[idx[:4]]), atol=1e-4, rtol=1e-5)
+        pre, _ = split.head_forward(split.prefix(X).flatten(1))
+        pattern = torch.cat([z > 0 for z in pre], 1)
+        patched = (pattern.unsqueeze(1) == pattern[idx].unsqueeze(0)).all(-1).any(1)
+        assert (~patched[150:]).sum() > 50
+        assert torch.equal(res.model(X[150:][~patched[150:]]), f(X[150:][~patched[150:]]))  # bit for bit
+    result = audit(res.model, res.certificate, points=X[idx[:4]], labels=y[idx[:4]], locality_inputs=X[150:])
+    assert result.passed, result.summary()
