@@ -245,7 +245,7 @@ def pack_patterns(masks: torch.Tensor) -> torch.Tensor:
         blk = masks[start: start + _BLOCK]
         padded = torch.zeros(blk.shape[0], nbytes * 8, dtype=torch.uint8, device=masks.device)
         padded[:, :n] = blk.to(torch.uint8)
-        out[start: start + _BLOCK] = (padded.view(-1, nbytes, 8) * weights).sum(dim=2, dtype=torch.int32).to(torch.uint8)
+        out[start: start + _BLOCK] = (padded.view(blk.shape[0], nbytes, 8) * weights).sum(dim=2, dtype=torch.int32).to(torch.uint8)
     return out
 
 
@@ -269,5 +269,5 @@ def pattern_words(masks: torch.Tensor) -> torch.Tensor:
         blk = masks[start: start + _BLOCK]
         padded = torch.zeros(blk.shape[0], nwords * 32, dtype=torch.int64, device=masks.device)
         padded[:, :n] = blk.to(torch.int64)
-        out[start: start + _BLOCK] = (padded.view(-1, nwords, 32) << shifts).sum(dim=2)
+        out[start: start + _BLOCK] = (padded.view(blk.shape[0], nwords, 32) << shifts).sum(dim=2)
     return out
