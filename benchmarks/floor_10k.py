@@ -3,6 +3,7 @@ thread: the matrix products the box bound cannot avoid, the forward passes every
 search's work (pair-steps) with its cost per pair-step.
 
     PYTHONPATH=src python benchmarks/floor_10k.py
+    FLOOR_DUAL_STEPS=30 FLOOR_ONLY_DUAL=1 PYTHONPATH=src python benchmarks/floor_10k.py   # the dual at another budget
 
 Prints one JSON line (seconds are the best of 3 CPU-time measurements; load before/after).
 """
@@ -64,7 +65,9 @@ def box_products(dtype):
 
 
 load_before = os.getloadavg()[0]
-row = {
+only_dual = bool(os.environ.get("FLOOR_ONLY_DUAL"))
+steps = int(os.environ.get("FLOOR_DUAL_STEPS", "60"))
+row = {} if only_dual else {
     "box_products_float32_s": best(lambda: box_products(torch.float32)),
     "box_products_bfloat16_s": best(lambda: box_products(torch.bfloat16)),
     "forward_float32_10k_s": best(lambda: split.head_forward(feats)),
@@ -84,8 +87,9 @@ def counting(self, mask_blocks, u):
 
 dual_search._Head.forward = counting
 c = time.process_time()
-res = margin_upper_bounds(head, masks, theta, targets, lo, hi, "dual")
+res = margin_upper_bounds(head, masks, theta, targets, lo, hi, "dual", dual_steps=steps)
 row["dual_bound_s"] = time.process_time() - c
+row["dual_steps"] = steps
 row["dual_pair_steps_per_region"] = count["pairs"] / len(masks)
 row["dual_mean_linf"] = float(((res.upper.max(1).values + 0.05) / 2).mean())
 row["search_dtype"] = str(dual_search.search_dtype())
