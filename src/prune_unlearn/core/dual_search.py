@@ -73,7 +73,8 @@ class _Head:
         self.sizes = [w.shape[0] for w in weights32[:-1]]
 
     def upper_corner(self, r: torch.Tensor) -> torch.Tensor:
-        """``u = [r > 0]`` (n, d) in ``dtype``: the Lagrangian's box maximiser is ``lo + span·u``."""
+        """``u = [r > 0]`` (n, d) in ``dtype``: the Lagrangian's box maximiser is ``lo + span·u`` (where ``r_j = 0``
+        either corner maximises; from the sign bit, +0 gives 1)."""
         if self.dtype == torch.bfloat16:  # from the sign bit: 1.0 is 0x3F80 in bfloat16 (≈10× a compare + convert)
             return (r.view(torch.int16) >> 15).bitwise_not_().bitwise_and_(_BF16_ONE).view(torch.bfloat16)
         return (r > 0).to(self.dtype)
