@@ -49,7 +49,7 @@ def search_dtype() -> torch.dtype:
     cpu = getattr(torch, "cpu", None)
     try:
         native = bool(cpu._is_amx_tile_supported() or cpu._is_avx512_bf16_supported())
-    except AttributeError:  # an older torch without the probes: stay with float32
+    except (AttributeError, RuntimeError):  # a torch without the probes, or a platform they fail on: float32
         native = False
     return torch.bfloat16 if native else torch.float32
 
