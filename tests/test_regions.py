@@ -71,3 +71,24 @@ def test_pattern_packing_roundtrip_and_keys():
         same = (words.unsqueeze(0) == words.unsqueeze(1)).all(-1)
         ref = (masks.unsqueeze(0) == masks.unsqueeze(1)).all(-1)
         assert torch.equal(same, ref)
+
+
+@pytest.mark.parametrize("p,n", [(0, 12), (5, 0), (37, 13), (2500, 70)])
+def test_packed_patterns_and_words_match_their_bitwise_definitions(p, n):
+    """Blocked packing, table unpacking and blocked words against the plain bit arithmetic (also empty shapes and
+    more points than one block)."""
+    from prune_unlearn.core.regions import pack_patterns, pattern_words, unpack_patterns
+
+    masks = torch.rand(p, n, generator=torch.Generator().manual_seed(p + n)) < 0.5
+    packed = pack_patterns(masks)
+    assert packed.shape == (p, (n + 7) // 8) and packed.dtype == torch.uint8
+    for i in range(min(p, 40)):
+        for j in range(n):
+            assert bool((int(packed[i, j // 8]) >> (j % 8)) & 1) == bool(masks[i, j])
+    assert torch.equal(unpack_patterns(packed, n), masks)
+    words = pattern_words(masks)
+    assert words.shape == (p, max(1, (n + 31) // 32))
+    for i in range(min(p, 40)):
+        for w in range(words.shape[1]):
+            expected = sum(1 << (j - 32 * w) for j in range(32 * w, min(n, 32 * w + 32)) if masks[i, j])
+            assert int(words[i, w]) == expected

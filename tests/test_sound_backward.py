@@ -176,3 +176,23 @@ def test_random_targets_draw_as_one_draw_per_unit():
         got = target_rules.choose_targets(vectorised, ids, keep_k)
         assert got.tolist() == expected
         assert one_by_one.rng.integers(1 << 30) == vectorised.rng.integers(1 << 30)  # same generator state after
+
+
+def test_fused_box_bound_gives_the_same_numbers_as_rows_then_box_max():
+    """``box_bound`` (rows into a reused buffer, made absolute in place) is ``rows`` then ``box_max``, bit for bit,
+    also when a smaller call reuses the buffer of a larger one."""
+    head = _head((12, 9, 7, 4), 3, 1.0)
+    g = torch.Generator().manual_seed(4)
+    lo = -torch.rand(12, generator=g, dtype=torch.float64)
+    hi = lo + torch.rand(12, generator=g, dtype=torch.float64) * 2
+    sb = SoundBackward.build(head, lo, hi)
+    for p in (5, 2):
+        masks = torch.rand(p, head.num_hidden, generator=g) < 0.5
+        out = torch.randint(-1, 2, (p, 3, head.num_classes), generator=g).to(torch.float32)
+        hidden = (torch.rand(p, 3, head.num_hidden, generator=g)).to(torch.float32)
+        for hid in (None, hidden):
+            r, err = sb.rows(masks, out, hid)
+            expected = (*sb.box_max(r), err)
+            got = sb.box_bound(masks, out, hid)
+            for a, b in zip(got, expected):
+                assert torch.equal(a, b)

@@ -69,6 +69,9 @@ def as_float_tensor(x: Any, name: str, caller: str) -> torch.Tensor:
     if x.numel() == 0 or x.dim() == 0:
         raise param_error(name, caller, "a non-empty batch of inputs (first dimension = points)", tuple(x.shape))
     x = x.detach().to(torch.float32)
+    # float32 values summed in float64 cannot overflow: the sum is finite exactly when every value is
+    if torch.isfinite(x.sum(dtype=torch.float64)):
+        return x
     bad = ~torch.isfinite(x.reshape(x.shape[0], -1)).all(dim=1)
     if bad.any():
         rows = bad.nonzero().flatten()[:5].tolist()
@@ -115,8 +118,15 @@ def as_label_tensor(y: Any, n: int, num_classes: int, name: str, caller: str) ->
 
 def check_in_box(x: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, name: str, caller: str, what: str) -> None:
     """Refuse points outside the domain box (the certificate only speaks about the box)."""
-    flat = x.reshape(x.shape[0], -1).to(lower.dtype)
     tol = 1e-6 * (1 + torch.maximum(lower.abs(), upper.abs()))
+    flat = x.reshape(x.shape[0], -1)
+    if x.shape[0] and flat.shape[1]:
+        # per coordinate, the smallest and largest value decide (converted after the reduction: a float32 → float64
+        # conversion is exact and keeps the order), without a float64 copy of the whole batch
+        col_min, col_max = flat.amin(dim=0).to(lower.dtype), flat.amax(dim=0).to(lower.dtype)
+        if not bool(((col_min < lower - tol) | (col_max > upper + tol)).any()) and not bool(torch.isnan(col_min).any()):
+            return
+    flat = flat.to(lower.dtype)
     outside = ((flat < lower - tol) | (flat > upper + tol)).any(dim=1)
     if outside.any():
         rows = outside.nonzero().flatten()[:5].tolist()

@@ -14,7 +14,7 @@ of an affine function over a polytope. Three sound bound methods share one inter
     ``μ·q + Σ_j max(lo_j r_j, hi_j r_j)`` with ``r = w + Σ_i μ_i s_i a_i`` bounds the maximum (weak
     duality); ``μ = 0`` is the box bound and the best ``μ`` gives the LP optimum. We minimise over ``μ``
     by projected Adam steps, batched over points × labels, keeping the best iterate: every iterate is
-    sound, so stopping early costs only tightness.
+    sound, so stopping early costs only tightness (the search: :mod:`~prune_unlearn.core.dual_search`).
 ``lp``
     Exact LP with HiGHS. Its row duals are turned into multipliers and the bound is re-evaluated
     with the dual formula, so the result stays sound however the solver rounds.
@@ -34,8 +34,9 @@ import numpy as np
 import torch
 
 from .._threads import kernel_threads, parallel_map
+from .dual_search import search_multipliers
 from .highs import dense_to_csr, new_highs  # new_highs: also this module's name for it (verify.lp)
-from .regions import HeadNetwork, masked_backward, masked_forward, region_halfspaces, region_offsets
+from .regions import HeadNetwork, masked_backward, region_halfspaces, region_offsets
 from .sound_backward import SoundBackward
 
 __all__ = ["BOUND_METHODS", "MarginBounds", "margin_upper_bounds", "confusion_patch", "patch_margins",
@@ -89,10 +90,12 @@ def _region_terms(head, masks, thresholds):
     return signs, c, w0, q
 
 
-def _dual_value(head, masks, rows, signs, w0_rows, q, mu, lower, upper, sound: SoundBackward | None = None):
+def _dual_value(head, masks, rows, signs, w0_rows, q, mu, lower, upper, sound: SoundBackward | None = None,
+                need_rows: bool = True):
     """Weak-duality bound for multipliers ``mu`` (P, K, N) ≥ 0 (float32, or None for the box bound), with its
     rounding safety, and the rows ``r`` it was evaluated with. With ``sound``, ``r`` is computed in float32
-    and its proven rounding error (:mod:`~prune_unlearn.core.sound_backward`) is added to the bound."""
+    and its proven rounding error (:mod:`~prune_unlearn.core.sound_backward`) is added to the bound; without
+    ``need_rows`` it is not kept (None)."""
     hidden = None if mu is None else signs.unsqueeze(1) * mu.to(torch.float64)
     if sound is None:
         r = masked_backward(head, masks, rows, hidden)
@@ -100,8 +103,13 @@ def _dual_value(head, masks, rows, signs, w0_rows, q, mu, lower, upper, sound: S
         value, size = w0_rows + box, w0_rows.abs() + box_abs
     else:
         # s·μ with float32 μ and s = ±1 is exact in float32: the bound speaks about exactly these inputs
-        r, err = sound.rows(masks, rows.to(torch.float32), None if hidden is None else hidden.to(torch.float32))
-        box, box_err, box_abs = sound.box_max(r)
+        out32, hid32 = rows.to(torch.float32), None if hidden is None else hidden.to(torch.float32)
+        if need_rows:
+            r, err = sound.rows(masks, out32, hid32)
+            box, box_err, box_abs = sound.box_max(r)
+        else:  # the same numbers without keeping the (P, K, d) rows
+            box, box_err, box_abs, err = sound.box_bound(masks, out32, hid32)
+            r = None
         value, size = w0_rows + box + err + box_err, w0_rows.abs() + box_abs + err + box_err
     if mu is not None:
         mq = mu.to(torch.float64) * q.unsqueeze(1)
@@ -141,8 +149,9 @@ def margin_upper_bounds(
 
     if chunk_size is None:
         # The dual's steps shrink to the searched pairs: larger chunks keep its matrix products efficient
-        # (MNIST: 256 regions ~15% faster than 64). Fixed sizes: the bounds must not depend on the workers.
-        chunk_size = 128 if method == "dual" else 64
+        # (MNIST: 256 regions ~15% faster than 64); the box bound's products run best at ~128 regions too
+        # (1,152 rows). Fixed sizes: the bounds must not depend on the workers.
+        chunk_size = 128
     # The float32 pass with a proven rounding bound where it holds (box and dual; exact LPs stay in float64).
     sound = SoundBackward.build(head, lower, upper) if method != "lp" else None
     c = head.num_classes
@@ -162,7 +171,7 @@ def margin_upper_bounds(
         rows = _label_rows(tg, c).gather(1, others.unsqueeze(-1).expand(-1, -1, c))
         w0_rows = (rows * w0.unsqueeze(1)).sum(dim=-1)
         if method == "box":
-            ub, _ = _dual_value(head, m, rows, signs, w0_rows, q, None, lower, upper, sound)
+            ub, _ = _dual_value(head, m, rows, signs, w0_rows, q, None, lower, upper, sound, need_rows=False)
         else:
             ub, mu, steps = _dual_bound(head, m, rows, signs, w0_rows, q, th, lower, upper, dual_steps, dual_lr, sound)
         full = torch.full((len(tg), c), float("-inf"), dtype=torch.float64).scatter_(1, others, ub)
@@ -185,121 +194,25 @@ def margin_upper_bounds(
 
 
 def _dual_bound(head, masks, rows, signs, w0_rows, q, thresholds, lower, upper, steps, lr, sound=None):
-    """Projected Adam on the multipliers; returns the sound bound at the best iterate.
+    """The sound dual bound at the multipliers :func:`~prune_unlearn.core.dual_search.search_multipliers` finds.
 
-    ``rows`` (P, K, C) are the labels' rows ``e_l − e_t`` (``l ≠ t``). The search runs in float32 (any
-    ``μ ≥ 0`` is sound, so the search precision only affects tightness); the bound is then evaluated
-    soundly (:func:`_dual_value`) at the best iterate and compared with the box bound (``μ = 0``). Each
-    step costs one masked forward and one masked backward pass per searched (region, label) pair: the
-    Lagrangian's box maximiser ``h*`` gives both the dual function's value,
-    ``L(h*, μ) = rows·f(h*) + Σ_i μ_i (s_i z_i(h*) − θ)``, and its gradient ``s_i z_i(h*) − θ``.
-
-    Only the largest bound of a region sets its patch size ``‖d‖∞`` (the others only need to be
-    sound), so from the first step the search works only on the pairs whose current bound lies within
-    ``_DUAL_FOCUS`` (relative) of their region's largest, admitting a label once the largest falls towards
-    it (starting from the region's best multipliers so far, :func:`_warm_start`); a region leaves the
-    search once its largest bound has improved by at most ``_DUAL_RTOL`` (relative) over
-    ``_DUAL_PATIENCE`` steps, and the search stops when no region is left or after ``steps`` steps.
+    ``rows`` (P, K, C) are the labels' rows ``e_l − e_t`` (``l ≠ t``). The search starts from the box bound
+    (``μ = 0``); the bound is then evaluated soundly (:func:`_dual_value`) at exactly the float32 multipliers it
+    returns, and the box bound is kept where it is smaller. → ``(bound, μ, steps)``.
     """
     p, k, c = rows.shape
     n = masks.shape[1]
     box, r0 = _dual_value(head, masks, rows, signs, w0_rows, q, None, lower, upper, sound)
     if n == 0 or steps == 0 or k == 0:
         return box, torch.zeros(p, k, n, dtype=torch.float32), 0
-    h32 = HeadNetwork(sound.weights32, tuple(b.to(torch.float32) for b in head.biases)) if sound is not None \
-        else head.to(torch.float32)
-    lo32, span32 = lower.float(), (upper - lower).float()
-    r = r0.to(torch.float32).reshape(p * k, -1)
-    if lr is None:
-        # μ trades logit units for slack units: scale the step by |∂(f_l − f_t)/∂h| / |a_i| (first layer).
-        ratio = r.norm(dim=-1).median() / head.weights[0].norm(dim=1).median().clamp(min=1e-12)
-        lr = _DUAL_LR * float(ratio)
-    # One row per (region, label) pair, so that the search can work on any subset of pairs.
-    pair_masks = masks.to(torch.float32).repeat_interleave(k, dim=0)  # float: no conversion per step
-    pair_signs = signs.float().repeat_interleave(k, dim=0)
-    pair_rows = rows.float().reshape(p * k, 1, c)
-    pair_th = thresholds.float().repeat_interleave(k).unsqueeze(1)
-    # Adam's state per pair, one row each (μ, first and second moments), gathered and written back as a block.
-    state = torch.zeros(p * k, 3, n, dtype=torch.float32)
-    age = torch.zeros(p * k, 1)  # Adam steps each pair has taken (pairs join the search at different times)
-    b1, b2 = _DUAL_BETAS
-    bound = box.to(torch.float32).flatten()  # the search's estimate of each pair's best bound so far
-    best_mu = torch.zeros(p * k, n, dtype=torch.float32)
-    checkpoint = None
-    searching = torch.ones(p, dtype=torch.bool)  # regions whose largest bound still improves
-    done = 0
-    for it in range(1, steps + 1):
-        done = it
-        per_region = bound.view(p, k)
-        worst = per_region.max(dim=1).values
-        if it % _DUAL_PATIENCE == 1 or _DUAL_PATIENCE == 1:
-            if checkpoint is not None:
-                searching &= checkpoint - worst > _DUAL_RTOL * (1 + worst.abs())
-                if not bool(searching.any()):
-                    break
-            checkpoint = worst
-        near = per_region >= (worst - _DUAL_FOCUS * (1 + worst.abs())).unsqueeze(1)
-        act = (near & searching.unsqueeze(1)).flatten().nonzero().squeeze(1)
-        if it > 1:
-            _warm_start(act, age, state, best_mu, r, k, pair_masks, pair_rows, pair_signs, h32)
-        m_a, s_a = pair_masks.index_select(0, act), pair_signs.index_select(0, act)
-        rows_a, st = pair_rows.index_select(0, act), state.index_select(0, act)
-        mu_a, m1_a, m2_a = st[:, 0], st[:, 1], st[:, 2]
-        h_star = torch.addcmul(lo32, span32, (r.index_select(0, act) > 0).to(torch.float32))  # box maximiser of L
-        z_star, logits_star = masked_forward(h32, m_a, h_star)
-        grad = s_a * z_star - pair_th.index_select(0, act)  # ∂L/∂μ_i = s_i z_i(h*) − θ
-        value = (rows_a[:, 0] * logits_star).sum(-1) + (mu_a * grad).sum(-1)  # the dual function at μ
-        old = bound.index_select(0, act)
-        better = value < old
-        bound.index_copy_(0, act, torch.where(better, value, old))
-        best_mu.index_copy_(0, act[better], mu_a[better])
-        a = age.index_select(0, act) + 1
-        age.index_copy_(0, act, a)
-        m1_a.mul_(b1).add_(grad, alpha=1 - b1)
-        m2_a.mul_(b2).addcmul_(grad, grad, value=1 - b2)
-        mu_a.sub_((lr / (1 - b1**a)) * m1_a / ((m2_a / (1 - b2**a)).sqrt() + 1e-12)).clamp_(min=0)
-        state.index_copy_(0, act, st)
-        r.index_copy_(0, act, masked_backward(h32, m_a, rows_a, (s_a * mu_a).unsqueeze(1)).squeeze(1))
-    best_mu = best_mu.view(p, k, n)
+    weights32 = sound.weights32 if sound is not None else tuple(w.to(torch.float32) for w in head.weights)
+    best_mu, done = search_multipliers(weights32, head.biases, masks, rows, signs, thresholds, lower, upper, r0, box,
+                                       steps, lr)
     # The proof stores float32 multipliers: evaluate the bound at exactly those values.
-    bound_at_mu, _ = _dual_value(head, masks, rows, signs, w0_rows, q, best_mu, lower, upper, sound)
+    bound_at_mu, _ = _dual_value(head, masks, rows, signs, w0_rows, q, best_mu, lower, upper, sound, need_rows=False)
     use_box = box <= bound_at_mu
     best_mu[use_box] = 0  # μ = 0 is the box bound
     return torch.minimum(box, bound_at_mu), best_mu, done
-
-
-def _warm_start(act, age, state, best_mu, r, k, pair_masks, pair_rows, pair_signs, h32):
-    """Pairs joining the search start from the best multipliers of their region's most-searched pair: the
-    labels of one region share its halfspaces, so those multipliers already cut most labels' bounds."""
-    new = act[age.index_select(0, act).squeeze(1) == 0]
-    if not len(new):
-        return
-    region = new // k
-    ages = age.view(-1, k).index_select(0, region)  # (new, k)
-    donor = region * k + ages.argmax(dim=1)
-    has = ages.max(dim=1).values > 0
-    new, donor = new[has], donor[has]
-    if not len(new):
-        return
-    mu0 = best_mu.index_select(0, donor)
-    st = state.index_select(0, new)
-    st[:, 0] = mu0
-    state.index_copy_(0, new, st)
-    rows_n, s_n = pair_rows.index_select(0, new), pair_signs.index_select(0, new)
-    r_new = masked_backward(h32, pair_masks.index_select(0, new), rows_n, (s_n * mu0).unsqueeze(1)).squeeze(1)
-    r.index_copy_(0, new, r_new)
-
-
-# Early stop of the dual search, per region: every _DUAL_PATIENCE steps, a region whose largest bound improved by at
-# most _DUAL_RTOL·(1 + |bound|) since the last check leaves the search (MNIST, 256 regions: mean largest bound
-# 65.88 vs 65.86 when every region runs all 60 steps, at ~70% of the time; see docs/benchmarks.md).
-_DUAL_PATIENCE = 5
-_DUAL_RTOL = 1e-3
-# Labels whose bound lies more than this (relative) below their region's largest do not set the patch size.
-_DUAL_FOCUS = 0.02
-# Adam's step (times the |∂(f_l − f_t)/∂h| / |a_i| scale) and moment decays.
-_DUAL_LR = 0.02
-_DUAL_BETAS = (0.7, 0.999)
 
 
 def _lp_bound(head, masks, thresholds, targets, rows, signs, w0_rows, q, lower, upper):

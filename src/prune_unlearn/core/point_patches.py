@@ -50,7 +50,11 @@ def _combine(k: torch.Tensor) -> torch.Tensor:
 def _keys_exact(active: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Reference keys, exact: a float64 product of 0/1 patterns and integers below 2^14, whose every partial sum
     is an integer below 2^24 ≪ 2^53, so no order of summation can round (no (B, N, 2) integer temporary)."""
-    return _combine(active.cpu().to(torch.float64) @ weights.cpu().to(torch.float64)).to(active.device)
+    active, w64 = active.cpu(), weights.cpu().to(torch.float64)
+    out = torch.empty(active.shape[0], 2, dtype=torch.float64)
+    for start in range(0, active.shape[0], 1024):  # blocks: no (B, N) float64 copy of a whole large batch
+        out[start: start + 1024] = active[start: start + 1024].to(torch.float64) @ w64
+    return _combine(out).to(active.device)
 
 
 def _keys_fast(active: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

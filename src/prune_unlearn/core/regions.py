@@ -198,21 +198,39 @@ class PointRegions:
 
 @torch.no_grad()
 def point_regions(head: HeadNetwork, split: ModelSplit, features: torch.Tensor) -> PointRegions:
-    """Patterns and slacks of ``features`` (the head inputs ``M_p(x)``, float32)."""
+    """Patterns and slacks of ``features`` (the head inputs ``M_p(x)``, float32).
+
+    The float64 part runs in blocks of points: the (P, N) float64 temporaries of a whole batch (41 MB each
+    for 10,000 MNIST points) would each cost more in fresh pages than their arithmetic.
+    """
+    n, n_hidden = len(features), head.num_hidden
+    masks = torch.empty(n, n_hidden, dtype=torch.bool)
+    slack = torch.empty(n, n_hidden, dtype=torch.float64)
+    logits = torch.empty(n, head.num_classes, dtype=torch.float64)
+    min_slack = torch.full((n,), float("inf"), dtype=torch.float64)  # a head without hidden layers: one region
+    err = torch.zeros(n, dtype=torch.float64)
+    consistent = torch.empty(n, dtype=torch.bool)
+    # the float32 model in one batch, as it always ran here (a float32 product's rounding may depend on the batch)
     z32_list, _ = split.head_forward(features.to(split.linears[0].weight.dtype))
-    z32 = torch.cat(z32_list, dim=1).to("cpu", torch.float64) if z32_list else torch.zeros(len(features), 0, dtype=torch.float64)
-    z64, logits = head.forward(features.to("cpu", torch.float64))
-    masks = z32 > 0
-    signs = masks.to(torch.float64) * 2 - 1
-    slack = signs * z64
-    if slack.shape[1]:
-        min_slack = slack.min(dim=1).values
-        err = (z32 - z64).abs().max(dim=1).values
-    else:  # a head without hidden layers has one region: the whole space
-        min_slack = torch.full((len(features),), float("inf"), dtype=torch.float64)
-        err = torch.zeros(len(features), dtype=torch.float64)
-    consistent = (min_slack > 0) & ((z64 > 0) == masks).all(dim=1)
+    z32_all = torch.cat(z32_list, dim=1).cpu() if n_hidden else None
+    for start in range(0, n, _BLOCK):
+        sl = slice(start, min(n, start + _BLOCK))
+        z64, logits[sl] = head.forward(features[sl].to("cpu", torch.float64))
+        if not n_hidden:
+            consistent[sl] = True
+            continue
+        z32 = z32_all[sl].to(torch.float64)
+        m = masks[sl]
+        torch.gt(z32, 0, out=m)
+        s = slack[sl]
+        torch.where(m, z64, -z64, out=s)  # s_i z_i
+        min_slack[sl] = s.min(dim=1).values
+        err[sl] = z32.sub_(z64).abs_().max(dim=1).values
+        consistent[sl] = (min_slack[sl] > 0) & ((z64 > 0) == m).all(dim=1)
     return PointRegions(masks, slack, min_slack, err, consistent, logits)
+
+
+_BLOCK = 1024  # points per block of point_regions
 
 
 # --- packed patterns -----------------------------------------------------------------------------
@@ -221,23 +239,35 @@ def pack_patterns(masks: torch.Tensor) -> torch.Tensor:
     """Activation patterns as packed bits, (P, ceil(N/8)) uint8, little bit order within each byte."""
     p, n = masks.shape
     nbytes = (n + 7) // 8
-    padded = torch.zeros(p, nbytes * 8, dtype=torch.uint8, device=masks.device)
-    padded[:, :n] = masks.to(torch.uint8)
+    out = torch.empty(p, nbytes, dtype=torch.uint8, device=masks.device)
     weights = (2 ** torch.arange(8, device=masks.device)).to(torch.uint8)
-    return (padded.view(p, nbytes, 8) * weights).sum(dim=2, dtype=torch.int32).to(torch.uint8)
+    for start in range(0, p, _BLOCK):  # blocks: (B, bytes, 8) temporaries stay in cache
+        blk = masks[start: start + _BLOCK]
+        padded = torch.zeros(blk.shape[0], nbytes * 8, dtype=torch.uint8, device=masks.device)
+        padded[:, :n] = blk.to(torch.uint8)
+        out[start: start + _BLOCK] = (padded.view(blk.shape[0], nbytes, 8) * weights).sum(dim=2, dtype=torch.int32).to(torch.uint8)
+    return out
+
+
+# bit k of every byte value: row b is the 8 bits of b, little bit order
+_BYTE_BITS = ((torch.arange(256).unsqueeze(1) >> torch.arange(8)) & 1).to(torch.bool)
 
 
 def unpack_patterns(packed: torch.Tensor, n: int) -> torch.Tensor:
-    """Inverse of :func:`pack_patterns`."""
-    bits = (packed.to(torch.int32).unsqueeze(-1) >> torch.arange(8, device=packed.device)) & 1
-    return bits.reshape(packed.shape[0], packed.shape[1] * 8)[:, :n].bool()
+    """Inverse of :func:`pack_patterns` (one table lookup per byte)."""
+    bits = _BYTE_BITS.to(packed.device)[packed.to(torch.int64)]
+    return bits.reshape(packed.shape[0], packed.shape[1] * 8)[:, :n]
 
 
 def pattern_words(masks: torch.Tensor) -> torch.Tensor:
     """Activation patterns as 32-bit words held in int64, (P, ceil(N/32)): exact keys for matching."""
     p, n = masks.shape
     nwords = max(1, (n + 31) // 32)
-    padded = torch.zeros(p, nwords * 32, dtype=torch.int64, device=masks.device)
-    padded[:, :n] = masks.to(torch.int64)
+    out = torch.empty(p, nwords, dtype=torch.int64, device=masks.device)
     shifts = torch.arange(32, device=masks.device, dtype=torch.int64)
-    return (padded.view(p, nwords, 32) << shifts).sum(dim=2)
+    for start in range(0, p, _BLOCK):  # blocks: the (B, words, 32) int64 temporaries stay in cache
+        blk = masks[start: start + _BLOCK]
+        padded = torch.zeros(blk.shape[0], nwords * 32, dtype=torch.int64, device=masks.device)
+        padded[:, :n] = blk.to(torch.int64)
+        out[start: start + _BLOCK] = (padded.view(blk.shape[0], nwords, 32) << shifts).sum(dim=2)
+    return out

@@ -27,6 +27,7 @@ returns None otherwise, and callers fall back to float64.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -71,6 +72,7 @@ class SoundBackward:
     rad: torch.Tensor      # (d,) float32, its half-widths (rounded)
     size: torch.Tensor     # (d,) float32, ≥ |mid| + rad
     hidden_sizes: tuple[int, ...]
+    rad_size: torch.Tensor  # (d, 2) float32: rad and size side by side (one matrix product for both sums)
 
     @classmethod
     def build(cls, head: HeadNetwork, lower: torch.Tensor, upper: torch.Tensor) -> "SoundBackward | None":
@@ -86,16 +88,18 @@ class SoundBackward:
             return None
         rho = torch.maximum(lo.abs(), hi.abs())
         mid, rad = (lo + hi) / 2, (hi - lo) / 2
+        rad32, size32 = rad.to(torch.float32), _up32(mid.abs() + rad)
         return cls(w32, tuple(w.abs() for w in w32), _up32(head.weights[0].abs() @ rho), mid.to(torch.float32),
-                   rad.to(torch.float32), _up32(mid.abs() + rad), tuple(head.hidden_sizes))
+                   rad32, size32, tuple(head.hidden_sizes), torch.stack([rad32, size32], dim=1))
 
-    def rows(self, masks: torch.Tensor, out_coeff: torch.Tensor,
-             hidden_coeff: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def rows(self, masks: torch.Tensor, out_coeff: torch.Tensor, hidden_coeff: torch.Tensor | None = None,
+             out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``r̂`` (P, K, d) float32 as :func:`~prune_unlearn.core.regions.masked_backward` computes ``r``, and
         ``err`` (P, K) float64 with ``Σ_j ρ_j |r̂_j − r_j| ≤ err``.
 
         ``out_coeff`` (P, K, C) and ``hidden_coeff`` (P, K, N) must be float32 tensors: they are the exact
-        inputs the bound speaks about (rows ``e_l − e_t`` and ``s·μ`` with float32 ``μ`` are).
+        inputs the bound speaks about (rows ``e_l − e_t`` and ``s·μ`` with float32 ``μ`` are). ``out`` (P, K, d)
+        float32, optional, receives ``r̂`` (no fresh allocation per call).
         """
         if out_coeff.dtype != torch.float32 or (hidden_coeff is not None and hidden_coeff.dtype != torch.float32):
             raise TypeError("SoundBackward.rows takes float32 coefficients (the exact inputs of its bound)")
@@ -111,8 +115,18 @@ class SoundBackward:
             if hid_blocks[j - 1] is not None:
                 g = g + hid_blocks[j - 1]
             coeffs.append(g)
-        r = g @ ws[0]
+        r = torch.matmul(g, ws[0], out=out) if out is not None else g @ ws[0]
         return r, self._error(mask_blocks, coeffs[::-1], hid_blocks)
+
+    def box_bound(self, masks: torch.Tensor, out_coeff: torch.Tensor,
+                  hidden_coeff: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        """:meth:`rows` then :meth:`box_max` without keeping ``r̂``: → ``(value, box_err, size, err)`` float64 (P, K),
+        :meth:`box_max`'s three and :meth:`rows`' ``err``. ``r̂`` goes into a per-thread buffer and is made
+        absolute in place, so a large batch of regions allocates no (P, K, d) temporaries.
+        """
+        p, k = out_coeff.shape[:2]
+        r, err = self.rows(masks, out_coeff, hidden_coeff, out=_workspace((p, k, self.mid.shape[0])))
+        return (*self._box_max_into(r), err)
 
     def _error(self, mask_blocks: list, coeffs: list[torch.Tensor], hid_blocks: list) -> torch.Tensor:
         """The module docstring's bound, from ``coeffs`` = [ĝ_1, …, ĝ_L], in float32 rounded up.
@@ -139,11 +153,32 @@ class SoundBackward:
         ``|r|·(|mid| + rad)``, and ``mid``/``rad``'s own float32 rounding by ``1.01 u`` of it: ``3 γ_d``
         of the computed size covers both with room to spare.
         """
+        return self._box_max_into(r.clone())
+
+    def _box_max_into(self, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`box_max`, overwriting ``r`` with ``|r|`` (one pass, no temporaries)."""
         d = r.shape[-1]
-        r_abs = r.abs()
-        value = (r @ self.mid).to(torch.float64) + (r_abs @ self.rad).to(torch.float64)
-        size = (r_abs @ self.size).to(torch.float64) / (1.0 - gamma32(d))
-        return value, 3.0 * gamma32(d) * size, size
+        centre = (r @ self.mid).to(torch.float64)
+        rad_size = (r.abs_() @ self.rad_size).to(torch.float64)  # (…, 2): |r|·rad and |r|·size
+        size = rad_size[..., 1] / (1.0 - gamma32(d))
+        return centre + rad_size[..., 0], 3.0 * gamma32(d) * size, size
+
+
+
+
+_local = threading.local()
+
+
+def _workspace(shape: tuple[int, ...]) -> torch.Tensor:
+    """A float32 buffer of ``shape``, reused by the calling thread (one per thread: workers run chunks at once)."""
+    n = 1
+    for s in shape:
+        n *= s
+    buf = getattr(_local, "buf", None)
+    if buf is None or buf.numel() < n:
+        buf = torch.empty(n, dtype=torch.float32)
+        _local.buf = buf
+    return buf[:n].view(shape)
 
 
 def _up32(x: torch.Tensor) -> torch.Tensor:

@@ -76,7 +76,7 @@ class Units:
         """(n_points,) int64: the unit of each point, -1 for points on a numerical region boundary."""
         unit = torch.full((n_points,), -1, dtype=torch.int64)
         if self.members:
-            sizes = torch.tensor([len(m) for m in self.members])
+            sizes = torch.tensor([m.shape[0] for m in self.members])
             unit.scatter_reduce_(0, torch.cat(list(self.members)),
                                  torch.repeat_interleave(torch.arange(len(self.members)), sizes), "amax")
         return unit

@@ -94,8 +94,10 @@ class PatchRows:
         """(n_points,) int64: the row that covers each requested point, -1 where none does."""
         row = torch.full((n_points,), -1, dtype=torch.int64)
         if self.covers:
-            sizes = torch.tensor([len(m) for m in self.covers])
-            members = torch.cat([torch.as_tensor(m, dtype=torch.int64).reshape(-1) for m in self.covers])
+            covers = [m if isinstance(m, torch.Tensor) and m.dtype == torch.int64 and m.dim() == 1
+                      else torch.as_tensor(m, dtype=torch.int64).reshape(-1) for m in self.covers]
+            sizes = torch.tensor([m.shape[0] for m in covers])
+            members = torch.cat(covers)
             # a point listed by several rows gets the last of them (amax: deterministic with repeated indices)
             row.scatter_reduce_(0, members, torch.repeat_interleave(torch.arange(len(self.covers)), sizes), "amax")
         return row
