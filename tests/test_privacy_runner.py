@@ -98,6 +98,78 @@ def test_prune_unseen_adds_k_fold_references_to_the_plain_model(digits):
         assert not torch.equal(after(digits.X_train[data.requests]), plain(digits.X_train[data.requests]))
 
 
+def test_matched_references_take_as_many_sgd_steps_as_the_plain_model(digits):
+    """reference_steps="matched": a reference on 2/3 of the rows runs the plain model's number of SGD steps (more
+    epochs), at the same learning rates when every epoch is annealed (the privacy table's Fashion-MNIST recipe);
+    the default ("epochs") takes 2/3 of them."""
+    from prune_unlearn.experiments.privacy.methods import matched_steps_recipe
+    from prune_unlearn.experiments.training import lr_at_step, train_model
+    from prune_unlearn.core.models import build_model
+
+    spec = default_architecture("digits", digits.input_dim, digits.num_classes)
+    X, y = digits.X_train, digits.y_train
+    n, m = len(y), 2 * len(y) // 3
+
+    def schedule(recipe, rows, **kw):
+        """(the number of SGD steps, the learning rate of each) of training on the first ``rows`` rows."""
+        model = build_model(spec, seed=recipe.seed)
+        lrs = []
+        res = train_model(model, X[:rows], y[:rows], recipe, step_hook=lambda idx: lrs.append(len(idx)), **kw)
+        per_epoch = -(-rows // recipe.batch_size)
+        rates = [lr_at_step(recipe, s // per_epoch, s % per_epoch, per_epoch) for s in range(len(lrs))]
+        return len(lrs), rates, res
+
+    base = Recipe(lr=0.1, epochs=2, batch_size=32, anneal_epochs=2, seed=3)
+    full_steps, full_rates, _ = schedule(base, n)
+    assert full_steps == 2 * -(-n // 32) and set(full_rates) == {0.01}
+    recipe, budget = matched_steps_recipe(base, n, m)
+    assert budget == full_steps and recipe.epochs == 3 and recipe.anneal_epochs == 3
+    steps, rates, _ = schedule(recipe, m, max_steps=budget)
+    assert steps == full_steps and set(rates) == {0.01}
+    assert schedule(base, m)[0] < 0.7 * full_steps  # the default: the recipe's epochs, so fewer steps
+    # a partly annealed recipe keeps its constant phase first and its annealed epochs last, scaled
+    recipe, budget = matched_steps_recipe(Recipe(lr=0.1, epochs=4, batch_size=32, anneal_epochs=1), n, m)
+    assert budget == 4 * -(-n // 32) and recipe.epochs == 6 and recipe.anneal_epochs == 2
+    with pytest.raises(InputValidationError, match="'reference_steps' parameter of matched_steps_recipe must be "
+                                                   "'epochs' for a recipe whose schedule is not 'constant'"):
+        matched_steps_recipe(Recipe(schedule="onecycle"), n, m)
+
+
+def test_matched_unseen_unlearners_pass_the_step_budget_and_key_it(digits, monkeypatch):
+    """The built-in prune-unseen with steps="matched" trains each reference with the plain model's step budget, and
+    says so in its parameters (the cache key); the default keeps the parameters (and cached worlds) it had."""
+    from prune_unlearn.experiments.privacy import methods
+    from prune_unlearn.experiments.privacy.methods import TrainingSet, unseen_unlearners, with_reference_folds
+
+    assert "reference_steps" not in get_unlearner("prune-unseen").params
+    assert get_unlearner("prune-unseen-cal").params["calibration"].startswith("temperature")
+    u = with_reference_folds([get_unlearner("prune-unseen"), get_unlearner("retrain")], 3, "matched")
+    assert u[0].params["reference_steps"] == "matched" and u[1] is get_unlearner("retrain")
+    cal = with_reference_folds([get_unlearner("prune-unseen-cal")], 3, "matched", "affine")[0]
+    assert cal.params["calibration"].startswith("affine") and cal.params["reference_steps"] == "matched"
+    with pytest.raises(InputValidationError, match="'calibration' parameter of unseen_unlearners must be one of"):
+        unseen_unlearners(3, "matched", "isotonic")
+    calls = []
+    real = methods.train_from_spec
+    monkeypatch.setattr(methods, "train_from_spec",
+                        lambda spec, X, y, recipe, **kw: calls.append((len(X), recipe.epochs, kw)) or
+                        real(spec, X, y, recipe, **kw))
+    spec = default_architecture("digits", digits.input_dim, digits.num_classes)
+    recipe = Recipe(lr=0.1, epochs=2, batch_size=32, seed=5)
+    data = TrainingSet(digits.X_train, digits.y_train, spec, recipe, (0.0, 1.0), torch.arange(0, 300, 7))
+    plain = real(spec, digits.X_train, digits.y_train, recipe).model.eval()
+    methods._REFERENCE_MEMO.clear()
+    u[0].train(data, plain)
+    budget = 2 * -(-len(digits.y_train) // 32)
+    assert len(calls) == 3 and all(kw == {"max_steps": budget} and epochs == 3 for _, epochs, kw in calls)
+    calls.clear()
+    methods._REFERENCE_MEMO.clear()
+    unseen_unlearners(3)[0].train(data, plain)
+    assert len(calls) == 3 and all(kw == {} and epochs == 2 for _, epochs, kw in calls)
+    with pytest.raises(InputValidationError, match="'steps' parameter of unseen_unlearners must be one of"):
+        unseen_unlearners(3, "long")
+
+
 def test_calibrated_unseen_target_holds_out_test_points_and_shares_the_references(tmp_path, monkeypatch):
     """prune-unseen and prune-unseen-cal train one set of references per world; the calibration points are
     neither attacked nor candidates, and both variants change no prediction outside the forgotten points."""
@@ -194,6 +266,10 @@ def test_a_failing_method_stops_the_run_with_its_error(tmp_path):
     ({"workers": 0}, "'workers' parameter of run_privacy must be an integer ≥ 1"),
     ({"methods": ("prune-unseen-cal",)}, "'n_calibration' parameter of run_privacy must be at least 50"),
     ({"folds": 1}, "'folds' parameter of run_privacy must be an integer ≥ 2"),
+    ({"reference_steps": "long"}, "'reference_steps' parameter of run_privacy must be one of 'epochs', 'matched'"),
+    ({"reference_calibration": "iso"}, "'reference_calibration' parameter of run_privacy must be one of 'temperature'"),
+    ({"methods": ("prune-unseen-cal",), "n_calibration": 100, "reference_calibration": "affine"},
+     r"'n_calibration' parameter of run_privacy must be at least 110 for prune-unseen-cal's affine calibration"),
     ({"folds": 1438}, "'folds' parameter of run_privacy must be at most the 1437 training points"),
     ({"n_calibration": 330}, r"'n_unseen' parameter of run_privacy must be at most the 360 .* less the 330 held out"),
 ])
@@ -219,4 +295,7 @@ def test_bench_privacy_cli_errors_are_one_line_and_write_nothing(tmp_path):
     assert res.exit_code == 1 and "Error: The 'n_shadows' parameter of run_privacy must be an integer ≥ 6" in res.output
     res = CliRunner().invoke(cli, ["bench", "privacy", "--data", "digits", "--folds", "1", "--out", str(tmp_path)])
     assert res.exit_code == 2 and "--folds" in res.output and "1 is not in the range x>=2" in res.output
+    res = CliRunner().invoke(cli, ["bench", "privacy", "--data", "digits", "--reference-steps", "long", "--out",
+                                   str(tmp_path)])
+    assert res.exit_code == 2 and "--reference-steps" in res.output and "'long' is not one of" in res.output
     assert list(tmp_path.iterdir()) == []

@@ -182,6 +182,56 @@ def test_calibrated_reference_answers_with_scaled_logits_certified_and_audited(d
     assert any(c.name == "band" and not c.passed and "× its scale" in c.detail for c in result.checks)
 
 
+def test_fit_affine_recovers_a_known_affine_map():
+    """Reference logits that are a known affine image of the base model's (W invertible) are mapped back exactly."""
+    from prune_unlearn.unlearn.calibration import fit_affine
+
+    gen = torch.Generator().manual_seed(1)
+    f = 3.0 * torch.randn(500, 10, generator=gen, dtype=torch.float64)
+    W = torch.eye(10, dtype=torch.float64) * 0.7 + 0.05 * torch.randn(10, 10, generator=gen, dtype=torch.float64)
+    b = torch.randn(10, generator=gen, dtype=torch.float64)
+    g = (f - b) @ torch.linalg.inv(W).T        # so that W g + b = f
+    W_fit, b_fit = fit_affine(g, f)
+    assert torch.allclose(W_fit, W, atol=1e-8) and torch.allclose(b_fit, b, atol=1e-8)
+
+
+def test_affine_calibration_answers_with_the_mapped_logits_certified_and_audited(digits, setup):
+    """method="affine": the patched logits at each point are W·g(x) + b (recorded in the certificate), the audit
+    re-derives them from the raw logits, and a tampered map fails the audit."""
+    f, ref, idx, _ = setup
+    held = torch.arange(360)
+    cal = ref.calibrated(f, digits.X_test[held], digits.y_test[held], method="affine")
+    c = cal.calibration
+    assert c.map == "affine" and cal.scale == 1.0 and c.mismatch_after < c.mismatch_before
+    W, b = torch.tensor(c.weight, dtype=torch.float64), torch.tensor(c.bias, dtype=torch.float64)
+    res = _forget(digits, f, cal, idx)
+    x = digits.X_train[idx]
+    with torch.no_grad():
+        got, want = res.model(x).double(), ref.model(x).double() @ W.T + b
+        # the map fits the base model's logits on the held-out points better than the raw reference does
+        gh, fh = ref.model(digits.X_test).double(), f(digits.X_test).double()
+    assert float(((gh @ W.T + b - fh) ** 2).mean()) < float(((gh - fh) ** 2).mean())
+    assert torch.allclose(got, want, atol=1e-4, rtol=1e-5)
+    assert res.report.changed_tes == 0 and res.report.changed_res == 0 and res.report.n_failed == 0
+    recorded = res.certificate.claims[0]["reference"]["calibration"]
+    assert recorded["map"] == "affine" and np.allclose(recorded["weight"], W.numpy()) and len(recorded["bias"]) == 10
+    result = audit(res.model, res.certificate, points=x, labels=digits.y_train[idx], locality_inputs=digits.X_test)
+    assert result.passed, result.summary()
+    bad = copy.deepcopy(res.certificate.to_dict())
+    bad["claims"][0]["reference"]["calibration"]["bias"][3] += 0.5
+    result = audit(res.model, Certificate.from_dict(bad))
+    assert any(c.name == "band" and not c.passed and "affine map" in c.detail for c in result.checks)
+
+
+def test_affine_calibration_needs_enough_held_out_points_and_a_known_method(digits, setup):
+    f, ref, _, _ = setup
+    with pytest.raises(InputValidationError, match=r"at least 110 held-out points for the affine map"):
+        ref.calibrated(f, digits.X_test[:100], digits.y_test[:100], method="affine")
+    with pytest.raises(InputValidationError, match=r"'method' parameter of Reference.calibrated must be one of "
+                                                   r"'temperature', 'affine'"):
+        ref.calibrated(f, digits.X_test[:100], digits.y_test[:100], method="isotonic")
+
+
 def test_calibration_refuses_overlapping_or_too_small_held_out_sets(digits, setup):
     f, ref, idx, seen = setup
     trained_on = seen.nonzero().flatten()[:5]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ..experiments.privacy.methods import REFERENCE_FOLDS
+from ..experiments.privacy.methods import REFERENCE_FOLDS, REFERENCE_STEPS
 from ..experiments.runner import METHODS, ClassRunOptions, ExperimentConfig, run_convergence, run_table3, run_table5
 from .options import IntList, NameList, bound_option, data_options, relaxed_support_options
 from .output import json_option
@@ -45,6 +45,7 @@ def _privacy(o: dict, dest: Path, log) -> None:
     run_privacy(PrivacyConfig(dataset=o["data_name"], data_dir=str(o["data_dir"]) if o["data_dir"] else None,
                               methods=tuple(o["methods"]), n_shadows=o["shadows"],
                               n_calibration=o["calibration"], workers=o["workers"], folds=o["folds"],
+                              reference_steps=o["reference_steps"], reference_calibration=o["reference_calibration"],
                               **({} if o["epochs"] is None else {"epochs": o["epochs"]})),  # default: DEFAULT_EPOCHS
                 dest, log=log)
 
@@ -103,6 +104,12 @@ EXPERIMENTS = {
 @click.option("--folds", type=click.IntRange(min=2), default=REFERENCE_FOLDS, show_default=True,
               help="privacy: K of prune-unseen's references (each world trains K models, each without one fold of "
                    "its data, before any request).")
+@click.option("--reference-steps", type=click.Choice(REFERENCE_STEPS), default="epochs", show_default=True,
+              help="privacy: train each of prune-unseen's references for the recipe's epochs, or for as many SGD "
+                   "steps as the plain model ('matched': fewer rows, more epochs).")
+@click.option("--reference-calibration", type=click.Choice(("temperature", "affine")), default="temperature",
+              show_default=True, help="privacy: how prune-unseen-cal calibrates its references on the held-out "
+                                      "points (one temperature, or an affine map of the logits).")
 @relaxed_support_options
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("results"), show_default=True,
               help="Results folder (a subfolder per data set).")

@@ -14,6 +14,15 @@ confident point keeps its size instead of rounding to 0), compared at the 5%, 10
 log 8]``, refined by a bounded scalar search). A scale does not change the reference's prediction at any
 point. The certificate records the scale, the held-out set (count and hash) and the fit, and the
 forget call refuses a held-out set that contains a point being forgotten.
+
+``method="affine"`` fits a full affine map of the logits instead, ``g_A(x) = W · g(x) + b`` (``W`` C×C, ``b``
+C), by least squares of the base model's logits on the reference's over the held-out set. Why: one
+temperature matches the *distribution* of losses, but a reference trained on less data differs from the base
+model point by point — by class and by how hard the point is — and a per-example attack (U-LiRA) sees that
+(Fashion-MNIST, docs/results.md). The affine map is the best linear predictor, on data neither model saw, of
+what the base model would say from what the reference says; it never looks at the base model's output at a
+forgotten point. It may change the reference's prediction at a point (a temperature cannot). It needs at
+least ``AFFINE_POINTS_PER_PARAMETER · (C + 1)`` held-out points. The certificate records ``W`` and ``b``.
 """
 
 from __future__ import annotations
@@ -26,14 +35,17 @@ import torch
 from torch import nn
 
 from .._hashing import model_sha256, points_sha256
-from .._validation import param_error
+from .._validation import check_choice, param_error
 from ..errors import InputValidationError
 
-__all__ = ["Calibration", "calibrate", "log_losses", "fit_scale", "QUANTILES", "MIN_HELD_OUT", "SCALE_RANGE"]
+__all__ = ["Calibration", "calibrate", "log_losses", "fit_scale", "fit_affine", "QUANTILES", "MIN_HELD_OUT",
+           "SCALE_RANGE", "CALIBRATION_METHODS", "AFFINE_POINTS_PER_PARAMETER"]
 
 QUANTILES = tuple(np.round(np.arange(0.05, 0.951, 0.05), 2))
 MIN_HELD_OUT = 50          # fewer points make the 5% … 95% quantiles meaningless
 SCALE_RANGE = (1 / 8, 8.0)  # a reference needing more than this is not a model of the same task
+CALIBRATION_METHODS = ("temperature", "affine")
+AFFINE_POINTS_PER_PARAMETER = 10  # held-out points per fitted coefficient of one output logit (C + 1 of them)
 
 
 @dataclass(frozen=True)
@@ -47,14 +59,29 @@ class Calibration:
     mismatch_before: float   # the fit's objective at scale 1 and at the fitted scale
     mismatch_after: float
     held_out_hashes: frozenset = field(default=frozenset(), repr=False, compare=False)
+    map: str = "temperature"         # or "affine": weight @ logits + bias (``scale`` is then 1)
+    weight: tuple | None = None      # (C, C) nested tuples of floats, affine only
+    bias: tuple | None = None        # (C,)
+
+    def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        """The calibrated logits (float64) of raw reference logits ``(n, C)``."""
+        z = logits.to(torch.float64)
+        if self.map == "affine":
+            return z @ torch.tensor(self.weight, dtype=torch.float64).T + torch.tensor(self.bias, dtype=torch.float64)
+        return z * self.scale
 
     def describe(self) -> dict:
         """What the certificate records."""
-        return {"method": "temperature: log cross-entropy quantiles (5%…95%) matched to the base model's on "
-                          "held-out data neither model trained on",
-                "scale": self.scale, "held_out_count": self.held_out_count,
-                "held_out_sha256": self.held_out_sha256, "base_model_sha256": self.base_model_sha256,
-                "mismatch_before": self.mismatch_before, "mismatch_after": self.mismatch_after}
+        out = {"method": "temperature: log cross-entropy quantiles (5%…95%) matched to the base model's on "
+                         "held-out data neither model trained on" if self.map == "temperature" else
+                         "affine: least squares of the base model's logits on the reference's over held-out data "
+                         "neither model trained on (calibrated = weight · raw + bias)",
+               "map": self.map, "scale": self.scale, "held_out_count": self.held_out_count,
+               "held_out_sha256": self.held_out_sha256, "base_model_sha256": self.base_model_sha256,
+               "mismatch_before": self.mismatch_before, "mismatch_after": self.mismatch_after}
+        if self.map == "affine":
+            out.update(weight=[list(r) for r in self.weight], bias=list(self.bias))
+        return out
 
 
 def log_losses(logits: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
@@ -94,12 +121,27 @@ def fit_scale(ref_logits: torch.Tensor, base_logits: torch.Tensor, labels: torch
     return scale, _mismatch(ref, base_q, labels, 1.0), _mismatch(ref, base_q, labels, scale)
 
 
+def fit_affine(ref_logits: torch.Tensor, base_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(W, b)`` float64 minimising ``Σ ‖W g + b − f‖²`` over the rows (least squares, one solve for all logits)."""
+    g = ref_logits.detach().to(torch.float64).cpu()
+    f = base_logits.detach().to(torch.float64).cpu()
+    design = torch.cat([g, torch.ones(len(g), 1, dtype=torch.float64)], 1)
+    sol = torch.linalg.lstsq(design, f, driver="gelsd").solution   # (C + 1, C)
+    return sol[:-1].T.contiguous(), sol[-1].contiguous()
+
+
+def _quantile_mismatch(z: torch.Tensor, f: torch.Tensor, labels: torch.Tensor) -> float:
+    return _mismatch(z.to(torch.float64), np.quantile(log_losses(f, labels), QUANTILES), labels, 1.0)
+
+
 @torch.no_grad()
-def calibrate(reference, base_model: nn.Module, held_out, labels, caller: str = "Reference.calibrated"):
+def calibrate(reference, base_model: nn.Module, held_out, labels, caller: str = "Reference.calibrated",
+              method: str = "temperature"):
     """The fitted :class:`Calibration` of ``reference`` to ``base_model`` on ``(held_out, labels)``.
 
     Refuses held-out inputs the reference trained on, too few of them, and non-finite outputs; nothing else
     is checked here (the forget call refuses a held-out set that overlaps the points it forgets)."""
+    check_choice("method", caller, method, CALIBRATION_METHODS)
     x = torch.as_tensor(held_out, dtype=torch.float32)
     y = torch.as_tensor(labels).to(torch.int64).flatten()
     if x.ndim < 2 or len(x) != len(y):
@@ -127,6 +169,19 @@ def calibrate(reference, base_model: nn.Module, held_out, labels, caller: str = 
                           f"reference outputs {tuple(g.shape[1:])}, base {tuple(f.shape[1:])}")
     if not (torch.isfinite(g).all() and torch.isfinite(f).all()):
         raise InputValidationError(f"{caller}: a model gave non-finite logits on the held-out set.")
-    scale, before, after = fit_scale(g, f, y)
     digest = hashlib.sha256("".join(sorted(hashes)).encode()).hexdigest()
+    if method == "affine":
+        need = AFFINE_POINTS_PER_PARAMETER * (num + 1)
+        if len(x) < need:
+            raise param_error("held_out", caller, f"at least {need} held-out points for the affine map "
+                              f"({AFFINE_POINTS_PER_PARAMETER} per coefficient, {num} + 1 per logit)", len(x),
+                              hint="hold out more points, or calibrate with method='temperature'.")
+        W, b = fit_affine(g, f)
+        mapped = g.to(torch.float64) @ W.T + b
+        if not torch.isfinite(mapped).all():
+            raise InputValidationError(f"{caller}: the affine fit is not finite (degenerate reference logits).")
+        return Calibration(1.0, len(x), digest, model_sha256(base_model), _quantile_mismatch(g, f, y),
+                           _quantile_mismatch(mapped, f, y), frozenset(hashes), "affine",
+                           tuple(tuple(float(v) for v in row) for row in W), tuple(float(v) for v in b))
+    scale, before, after = fit_scale(g, f, y)
     return Calibration(scale, len(x), digest, model_sha256(base_model), before, after, frozenset(hashes))

@@ -48,12 +48,13 @@ class Reference:
         object.__setattr__(self, "_seen", frozenset(hashes))
         object.__setattr__(self, "_seen_sha256", hashlib.sha256("".join(sorted(hashes)).encode()).hexdigest())
 
-    def calibrated(self, base_model: nn.Module, held_out, labels) -> "Reference":
+    def calibrated(self, base_model: nn.Module, held_out, labels, method: str = "temperature") -> "Reference":
         """This reference with a logit scale fitted so that its losses on ``held_out`` (inputs neither it nor
-        ``base_model`` trained on, with their ``labels``) are distributed as ``base_model``'s
+        ``base_model`` trained on, with their ``labels``) are distributed as ``base_model``'s, or
+        (``method="affine"``) with the affine map of its logits that best predicts ``base_model``'s there
         (:mod:`.calibration`). Never calibrate on the points to be forgotten or on an evaluation's test points."""
         out = copy.copy(self)  # keeps the hashes of ``seen`` (dataclasses.replace would hash them again)
-        object.__setattr__(out, "calibration", calibrate(self, base_model, held_out, labels))
+        object.__setattr__(out, "calibration", calibrate(self, base_model, held_out, labels, method=method))
         return out
 
     @property
@@ -130,7 +131,7 @@ def reference_logits(references: list[Reference], x: torch.Tensor, num_classes: 
                 raise InputValidationError(
                     f"Reference {ref.name!r} outputs shape {tuple(logits.shape[1:])}, the model {num_classes} classes.")
             raw[rows] = logits.to(torch.float64)
-            out[rows] = raw[rows] * ref.scale
+            out[rows] = raw[rows] if ref.calibration is None else ref.calibration.apply(raw[rows])
     if not torch.isfinite(out).all():
         raise InputValidationError("A reference model gave non-finite logits on the forgotten points.")
     return out, which, [r.describe() for r in references], raw

@@ -9,7 +9,8 @@
     extremes over the domain box taken in closed form, and the patch's contribution ``n·(d_t − d_l)``,
     ``n ∈ [0, 1]``, added at both ends; the claimed band must contain these bounds (with a relative
     float64 allowance of 1e-8), and the reference's margins at the point must lie inside it. For a
-    calibrated reference, the recorded logits must be its raw logits times its recorded scale.
+    calibrated reference, the recorded logits must be its raw logits times its recorded scale (or, for an
+    affine calibration, its recorded map ``weight · raw + bias`` of them).
 """
 
 from __future__ import annotations
@@ -94,11 +95,23 @@ def _band_problems(claim: dict, W, w, d, lo, hi) -> list[str]:
 
 
 def _scale_problems(claim: dict, ref: np.ndarray) -> list[str]:
-    """The recorded logits are the raw reference logits times the recorded scale (1 without calibration)."""
+    """The recorded logits are the raw reference logits times the recorded scale (1 without calibration), or the
+    recorded affine map of them (``calibration.map == "affine"``: weight · raw + bias)."""
     raw = claim.get("reference_raw_logits")
     if raw is None:
         return []
-    scale = float((claim.get("reference") or {}).get("scale", 1.0))
+    recorded = claim.get("reference") or {}
+    cal = recorded.get("calibration") or {}
+    if cal.get("map") == "affine":
+        try:
+            W, b = np.asarray(cal["weight"], np.float64), np.asarray(cal["bias"], np.float64)
+            want = W @ np.asarray(raw, np.float64) + b
+        except (KeyError, ValueError, TypeError) as exc:
+            return [f"the recorded affine calibration is unusable ({type(exc).__name__}: {exc})"]
+        if want.shape != ref.shape or not np.allclose(ref, want, rtol=1e-9, atol=1e-9):
+            return ["the reference logits are not its recorded affine map (weight · raw + bias) of its raw logits"]
+        return []
+    scale = float(recorded.get("scale", 1.0))
     want = np.asarray(raw, np.float64) * scale
     if want.shape != ref.shape or not np.allclose(ref, want, rtol=1e-12, atol=1e-12):
         return [f"the reference logits are not its raw logits × its scale {scale:.6g}"]

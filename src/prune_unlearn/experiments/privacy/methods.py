@@ -38,18 +38,19 @@ Names are selected by ``resolve_unlearners``; a group name (``"prune"``) selects
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, NoReturn
 
 import torch
 from torch import nn
 
-from ..._validation import param_error
+from ..._validation import check_choice, param_error
 from ...errors import InputValidationError
 from ..training import Recipe, train_from_spec
 
 __all__ = ["TrainingSet", "Unlearner", "register_unlearner", "unlearner_names", "get_unlearner",
-           "resolve_unlearners", "model_before", "unseen_unlearners", "with_reference_folds", "REFERENCE_FOLDS"]
+           "resolve_unlearners", "model_before", "unseen_unlearners", "with_reference_folds", "REFERENCE_FOLDS",
+           "REFERENCE_STEPS", "matched_steps_recipe"]
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,28 @@ def _prune(target: str) -> Unlearner:
 
 
 REFERENCE_FOLDS = 5  # K: reference k of a world is trained on every training row outside fold k (PrivacyConfig.folds)
+# How long each reference trains (PrivacyConfig.reference_steps): "epochs" = the world's recipe as it is, so a reference
+# on (K−1)/K of the rows takes (K−1)/K of the plain model's SGD steps; "matched" = as many steps as the plain model.
+REFERENCE_STEPS = ("epochs", "matched")
+
+
+def matched_steps_recipe(recipe: Recipe, n_full: int, n_ref: int) -> tuple[Recipe, int]:
+    """``(recipe, max_steps)`` that train a model on ``n_ref`` rows for exactly as many SGD steps as ``recipe`` takes
+    on ``n_full`` rows (``epochs · ⌈n_full / batch⌉``): the epochs raised to cover them (each a fresh permutation, as
+    in the plain training), the annealed epochs scaled alike (rounded up).
+
+    Why: a model stopped before it converged (the privacy table's 5 epochs) is less trained after fewer steps, and
+    how much less differs from point to point (hard points are learned late), which one temperature cannot undo.
+    Only the constant (optionally annealed) schedule is supported: a one-cycle schedule would end elsewhere."""
+    if recipe.schedule != "constant":
+        raise param_error("reference_steps", "matched_steps_recipe", "'epochs' for a recipe whose schedule is not "
+                          "'constant' (matching steps would cut a one-cycle schedule short)", "matched")
+    if not 0 < n_ref <= n_full:
+        raise param_error("n_ref", "matched_steps_recipe", f"in [1, {n_full}]", n_ref)
+    steps = recipe.epochs * -(-n_full // recipe.batch_size)
+    epochs = -(-steps // -(-n_ref // recipe.batch_size))
+    anneal = min(epochs, -(-recipe.anneal_epochs * epochs // recipe.epochs))
+    return replace(recipe, epochs=epochs, anneal_epochs=anneal), steps
 
 
 @dataclass
@@ -127,37 +150,43 @@ class _WithReferences:
 _REFERENCE_MEMO: dict = {}  # the last world's references: the raw and calibrated methods share one training
 
 
-def _training_key(data: TrainingSet, folds: int) -> str:
+def _training_key(data: TrainingSet, folds: int, steps: str = "epochs") -> str:
     import hashlib
 
     from ..._hashing import tensor_bytes
 
-    h = hashlib.sha256(repr((data.spec, data.recipe.to_dict(), folds)).encode())
+    h = hashlib.sha256(repr((data.spec, data.recipe.to_dict(), folds, steps)).encode())
     h.update(tensor_bytes(data.X))
     h.update(tensor_bytes(data.y))
     return h.hexdigest()
 
 
-def _reference_trainer(folds: int):
+def _reference_trainer(folds: int, steps: str = "epochs"):
     def train(data: TrainingSet, plain: nn.Module) -> _WithReferences:
         """``folds`` references next to the world's plain model (``fold_references``: a K-fold split drawn from
         the world's seed alone, identical inputs in one fold; the requests play no part, so each forgotten row's
-        own fold's reference never saw it). The raw and the calibrated method of one world train them once."""
+        own fold's reference never saw it), each trained with the world's recipe, for as many SGD steps as the
+        plain model with ``steps="matched"``. The raw and the calibrated method of one world train them once."""
         from ...unlearn.folds import fold_references
         from ..baselines.base import derive_seed
 
-        key = _training_key(data, folds)
+        def fit(X, y):
+            if steps == "matched":
+                recipe, budget = matched_steps_recipe(data.recipe, len(data.X), len(X))
+                return train_from_spec(data.spec, X, y, recipe, max_steps=budget).model
+            return train_from_spec(data.spec, X, y, data.recipe).model
+
+        key = _training_key(data, folds, steps)
         if _REFERENCE_MEMO.get("key") != key:
             _REFERENCE_MEMO.clear()
-            refs = fold_references(data.X, data.y, lambda X, y: train_from_spec(data.spec, X, y, data.recipe).model,
-                                   folds, seed=derive_seed(data.recipe.seed, 0x0F01D))
+            refs = fold_references(data.X, data.y, fit, folds, seed=derive_seed(data.recipe.seed, 0x0F01D))
             _REFERENCE_MEMO.update(key=key, references=refs)
         return _WithReferences(plain.eval(), _REFERENCE_MEMO["references"])
 
     return train
 
 
-def _unseen_unlearn(trained: _WithReferences, forget, data, calibrate: bool = False):
+def _unseen_unlearn(trained: _WithReferences, forget, data, calibrate: str | None = None):
     from ...unlearn.forget import forget as prune_forget
 
     refs = trained.references
@@ -165,36 +194,56 @@ def _unseen_unlearn(trained: _WithReferences, forget, data, calibrate: bool = Fa
         if data.held_out is None:
             raise InputValidationError("prune-unseen-cal calibrates on held-out points; this world has none. HINT: "
                                        "run_privacy with n_calibration > 0.")
-        refs = [r.calibrated(trained.model_, *data.held_out) for r in refs]
+        refs = [r.calibrated(trained.model_, *data.held_out, method=calibrate) for r in refs]
     return prune_forget(copy.deepcopy(trained.model_), data.X[forget], labels=data.y[forget], target="unseen",
                         reference=refs, seed=data.recipe.seed, domain=data.domain).model
 
 
-def _unseen_cal_unlearn(trained: _WithReferences, forget, data):
-    return _unseen_unlearn(trained, forget, data, calibrate=True)
+def _calibrated_unlearn(method: str):
+    def unlearn(trained: _WithReferences, forget, data):
+        return _unseen_unlearn(trained, forget, data, calibrate=method)
+
+    return unlearn
 
 
-def unseen_unlearners(folds: int = REFERENCE_FOLDS) -> list[Unlearner]:
-    """``prune-unseen`` and ``prune-unseen-cal`` with ``folds``-fold references (K ≥ 2; part of their cache key)."""
+def unseen_unlearners(folds: int = REFERENCE_FOLDS, steps: str = "epochs",
+                      calibration: str = "temperature") -> list[Unlearner]:
+    """``prune-unseen`` and ``prune-unseen-cal`` with ``folds``-fold references (K ≥ 2), each trained for the
+    recipe's epochs or (``steps="matched"``) as many SGD steps as the plain model; ``prune-unseen-cal`` calibrates
+    them with ``calibration`` (a temperature, or an affine map of the logits: :mod:`~prune_unlearn.unlearn.
+    calibration`). All are part of the cache key (``steps`` and ``calibration`` only when they are not the
+    defaults, so that the defaults' cached worlds stay valid)."""
+    from ...unlearn.calibration import CALIBRATION_METHODS
+
     if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
         raise param_error("folds", "unseen_unlearners", "an integer ≥ 2", folds)
-    train = _reference_trainer(folds)
+    check_choice("steps", "unseen_unlearners", steps, REFERENCE_STEPS)
+    check_choice("calibration", "unseen_unlearners", calibration, CALIBRATION_METHODS)
+    train = _reference_trainer(folds, steps)
+    extra = {} if steps == "epochs" else {"reference_steps": steps}
+    how = f"{folds}-fold reference models" + (" (each as many SGD steps as the plain model)" if extra else "")
+    cal = {"calibration": "temperature, log-loss quantiles"} if calibration == "temperature" else \
+        {"calibration": "affine map of the logits, least squares on held-out logits"}
+    cal_how = "calibrated (one temperature each)" if calibration == "temperature" else \
+        "calibrated (one affine map of the logits each, least squares)"
     return [
-        Unlearner("prune-unseen", _unseen_unlearn, train=train, params={"target": "unseen", "folds": folds},
+        Unlearner("prune-unseen", _unseen_unlearn, train=train, params={"target": "unseen", "folds": folds, **extra},
                   group="prune", code=_PRUNE_CODE + _BASELINE_CODE, extends_plain=True,
-                  description=f"PRUNE, target='unseen': answers as {folds}-fold reference models trained before "
+                  description=f"PRUNE, target='unseen': answers as {how} trained before "
                               "the requests (the fold that held each point left out), raw logits"),
-        Unlearner("prune-unseen-cal", _unseen_cal_unlearn, train=train,
-                  params={"target": "unseen", "folds": folds, "calibration": "temperature, log-loss quantiles"},
+        Unlearner("prune-unseen-cal", _calibrated_unlearn(calibration), train=train,
+                  params={"target": "unseen", "folds": folds, **extra, **cal},
                   group="prune", code=_PRUNE_CODE + _BASELINE_CODE, extends_plain=True,
-                  description=f"PRUNE, target='unseen', {folds}-fold references calibrated (one temperature each) "
-                              "to the base model's losses on held-out test points no attack uses"),
+                  description=f"PRUNE, target='unseen', {how} {cal_how} "
+                              "to the base model's on held-out test points no attack uses"),
     ]
 
 
-def with_reference_folds(methods: list[Unlearner], folds: int) -> list[Unlearner]:
-    """``methods`` with the built-in ``prune-unseen``/``prune-unseen-cal`` rebuilt for ``folds``-fold references."""
-    rebuilt = {u.name: u for u in unseen_unlearners(folds)}
+def with_reference_folds(methods: list[Unlearner], folds: int, steps: str = "epochs",
+                         calibration: str = "temperature") -> list[Unlearner]:
+    """``methods`` with the built-in ``prune-unseen``/``prune-unseen-cal`` rebuilt for ``folds``-fold references
+    trained ``steps`` long and calibrated with ``calibration`` (:func:`unseen_unlearners`)."""
+    rebuilt = {u.name: u for u in unseen_unlearners(folds, steps, calibration)}
     return [rebuilt[m.name] if m.name in rebuilt and m is _REGISTRY.get(m.name) else m for m in methods]
 
 

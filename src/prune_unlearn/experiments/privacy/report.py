@@ -51,12 +51,20 @@ def _allowed(n_neg: int, rate: float) -> int:
     return int(rate * n_neg + 1e-9)
 
 
+def _reference_note(config: dict) -> str:
+    """How the references were trained and calibrated, where not the defaults."""
+    note = " (each as many SGD steps as the plain model)" if config.get("reference_steps") == "matched" else ""
+    if config.get("reference_calibration") == "affine":
+        note += ", prune-unseen-cal with an affine logit calibration"
+    return note
+
+
 def _header(result: dict) -> list[str]:
     des, machine = result["design"], result["machine"]
     return [f"## Privacy — {result['dataset']}: attacks after withdrawing {des['n_forget']} random training points",
             "", f"FC model, full training set ({des['n_train']} points), seed {result['config']['seed']}, "
             f"{result.get('epochs', '?')} training epochs (every model), "
-            f"{result['config'].get('folds', 2)}-fold references for prune-unseen, "
+            f"{result['config'].get('folds', 2)}-fold references for prune-unseen{_reference_note(result['config'])}, "
             f"{des['n_shadows']} shadow worlds (each candidate IN in {des['in_per_candidate']} of them), "
             f"{des.get('n_calibration', 0)} unseen test points held out for calibration (never attacked). Retrain is "
             f"the reference: a method is as private as retraining when its numbers match Retrain's column. Wall time "

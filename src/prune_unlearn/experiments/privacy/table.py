@@ -24,12 +24,13 @@ import torch
 from ..._hashing import points_sha256, tensor_bytes
 from ..._validation import check_choice, param_error
 from ...core.models import default_architecture
+from ...unlearn.calibration import AFFINE_POINTS_PER_PARAMETER, CALIBRATION_METHODS
 from ..baselines.base import derive_seed
 from ..datasets import load_dataset
 from ..training import recipe_for
 from .difference import difference_scores, difference_summary, learned_difference_attack
 from .lira import VARIANCE_MODES, assign_shadow_sets, check_shadow_count, likelihood_ratio_attack
-from .methods import REFERENCE_FOLDS, resolve_unlearners, with_reference_folds
+from .methods import REFERENCE_FOLDS, REFERENCE_STEPS, resolve_unlearners, with_reference_folds
 from .population import SCORES, membership_scores, roc_summary
 from .report import write_privacy_report
 from .worlds import Pool, World, run_worlds
@@ -51,7 +52,10 @@ class PrivacyConfig:
     a TPR at 0.1% FPR); the population attacks use every unseen test point except the ``n_calibration``
     drawn first and held out: no world trains on them and no attack uses them (``prune-unseen-cal``
     calibrates its references there). ``folds``: every world builds ``prune-unseen``'s references the same way,
-    K models each trained without one fold of that world's training set, before any request.
+    K models each trained without one fold of that world's training set, before any request; ``reference_steps``:
+    each for the recipe's epochs (``"epochs"``) or for as many SGD steps as the plain model (``"matched"``,
+    :func:`~.methods.matched_steps_recipe`); ``reference_calibration``: how ``prune-unseen-cal`` calibrates
+    them (:mod:`~prune_unlearn.unlearn.calibration`).
     """
 
     dataset: str
@@ -62,6 +66,8 @@ class PrivacyConfig:
     n_shadows: int = 16
     n_calibration: int = 2000
     folds: int = REFERENCE_FOLDS     # K of prune-unseen's K-fold references (each on (K−1)/K of a world's data)
+    reference_steps: str = "epochs"  # "matched": each reference takes as many SGD steps as the plain model
+    reference_calibration: str = "temperature"  # prune-unseen-cal's map: "temperature" or "affine"
     seed: int = 0
     epochs: int | None = DEFAULT_EPOCHS  # None: the data set's training recipe (MNIST: 20)
     variance: str = "global"
@@ -89,6 +95,9 @@ def _validate(cfg: PrivacyConfig) -> list:
         raise param_error("n_calibration", "run_privacy", "at least 50 for method 'prune-unseen-cal' (it calibrates "
                           "on held-out test points)", n_cal, hint="set n_calibration or leave prune-unseen-cal out")
     folds = _check_int("folds", cfg.folds, 2)
+    steps = check_choice("reference_steps", "run_privacy", cfg.reference_steps, REFERENCE_STEPS)
+    calibration = check_choice("reference_calibration", "run_privacy", cfg.reference_calibration,
+                               CALIBRATION_METHODS)
     check_choice("variance", "run_privacy", cfg.variance, VARIANCE_MODES)
     _check_int("seed", cfg.seed, 0)
     _check_int("workers", cfg.workers, 1)
@@ -96,7 +105,10 @@ def _validate(cfg: PrivacyConfig) -> list:
         _check_int("threads", cfg.threads, 1)
     if cfg.epochs is not None:
         _check_int("epochs", cfg.epochs, 1)
-    return with_reference_folds(methods, folds)
+    if steps == "matched" and recipe_for(cfg.dataset).schedule != "constant":
+        raise param_error("reference_steps", "run_privacy", "'epochs' on a data set whose training schedule is not "
+                          "constant", steps)
+    return with_reference_folds(methods, folds, steps, calibration)
 
 
 @dataclass
@@ -111,13 +123,20 @@ class _Design:
     held_out: np.ndarray | None  # pool rows held out for calibration: never trained on, never attacked
 
 
-def _design(ds, cfg: PrivacyConfig) -> _Design:
+def _design(ds, cfg: PrivacyConfig, affine: bool = False) -> _Design:
+    """The requests, candidates and shadow sets; ``affine``: prune-unseen-cal fits an affine calibration (it needs
+    more held-out points)."""
     n_train, n_test = len(ds.y_train), len(ds.y_test)
     if cfg.n_forget >= n_train:
         raise param_error("n_forget", "run_privacy", f"smaller than the {n_train} training points", cfg.n_forget)
     if cfg.folds > n_train:
         raise param_error("folds", "run_privacy", f"at most the {n_train} training points (every fold needs a point)",
                           cfg.folds)
+    need = AFFINE_POINTS_PER_PARAMETER * (ds.num_classes + 1)
+    if affine and cfg.n_calibration < need:
+        raise param_error("n_calibration", "run_privacy", f"at least {need} for prune-unseen-cal's affine calibration "
+                          f"({AFFINE_POINTS_PER_PARAMETER} held-out points per coefficient, {ds.num_classes} + 1 per "
+                          "logit)", cfg.n_calibration)
     train_hashes = set(points_sha256(ds.X_train))
     unseen_test = np.array([i for i, h in enumerate(points_sha256(ds.X_test)) if h not in train_hashes])
     if cfg.n_unseen + cfg.n_calibration > len(unseen_test):
@@ -238,7 +257,8 @@ def run_privacy(cfg: PrivacyConfig, out_dir: str | Path, *, log=print) -> dict:
 
     methods = _validate(cfg)
     ds = load_dataset(cfg.dataset, cfg.data_dir)
-    design = _design(ds, cfg)
+    design = _design(ds, cfg, affine=cfg.reference_calibration == "affine" and
+                     any(m.name == "prune-unseen-cal" for m in methods))
     out = Path(out_dir)
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else out / "privacy-cache" / ds.name
     load_start, start = os.getloadavg(), time.perf_counter()
