@@ -64,6 +64,23 @@ def test_region_claims_hold_by_independent_lp_and_in_float32_at_vertices(digits,
     assert checked > 0
 
 
+def test_float32_flag_scales_with_the_domain_box(digits, digits_small_model):
+    """A region's float32 flag promises float32-exact gates on the whole certified region, but rounding grows
+    with the magnitude of what the head sums. On a domain box far larger than the points (as behind a conv
+    prefix, where the interval feature box reaches ~1e8) the flag must not carry over from the points: every
+    region still flagged keeps the target at its LP minimisers in float32 (the audit's check)."""
+    from prune_unlearn import audit
+
+    idx = _forget_indices(len(digits.y_train), 6, seed=5)
+    x, y = digits.X_train[idx], digits.y_train[idx]
+    wide = forget(digits_small_model, x, labels=y, domain=(-1e5, 1e5), radius=None)
+    unit = forget(digits_small_model, x, labels=y, domain=(0.0, 1.0), radius=None)
+    assert int(unit.model.patches.float32_robust.sum()) > 0  # at the data's scale most regions are flagged
+    assert int(wide.model.patches.float32_robust.sum()) == 0
+    result = audit(wide.model, wide.certificate, points=x, labels=y, exhaustive=True)
+    assert result.passed, result.summary()
+
+
 def test_points_just_outside_a_patched_region_are_unchanged(digits, digits_model):
     idx = _forget_indices(len(digits.y_train), 10, seed=4)
     res = forget(digits_model, digits.X_train[idx], labels=digits.y_train[idx], radius=None)

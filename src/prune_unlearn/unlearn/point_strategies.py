@@ -28,7 +28,7 @@ import torch
 
 from ..core.patches import BOUND_CODES
 from .problem import PointProblem
-from .region_patches import FLOAT32_SAFETY, point_gate_lambda, point_margin, region_patches
+from .region_patches import FLOAT32_SAFETY, float32_scale, point_gate_lambda, point_margin, region_patches
 from .rows import PatchRows
 from .targets import choose_targets
 
@@ -43,7 +43,9 @@ def region_rows(problem: PointProblem, unit_ids: list[int], keep_targets: torch.
     ids = torch.tensor(unit_ids, dtype=torch.int64)
     units = p.units
     targets = choose_targets(p, unit_ids, keep_targets)
-    solved = region_patches(p.head, units.masks[ids], units.min_slack[ids], units.f32_error[ids], targets,
+    first = torch.stack([units.members[u][0] for u in unit_ids])
+    scale = float32_scale(p.head, units.masks[ids], p.features[first], p.box.lower, p.box.upper)
+    solved = region_patches(p.head, units.masks[ids], units.min_slack[ids], units.f32_error[ids] * scale, targets,
                             p.box.lower, p.box.upper, p.bound, p.epsilon, p.dual_steps, p.offsets)
     r = len(unit_ids)
     rows = PatchRows(

@@ -23,8 +23,35 @@ __all__ = ["GATE_HEADROOM", "CERTIFIED_FACTOR", "FLOAT32_SAFETY", "RegionPatches
 GATE_HEADROOM = 4.0
 CERTIFIED_FACTOR = 2.0
 # A region is flagged float32-robust when the float32 error measured at its points, times this
-# safety factor, stays below the headroom 1/λ_r.
+# safety factor and the region's magnitude ratio (:func:`float32_scale`), stays below the headroom 1/λ_r.
 FLOAT32_SAFETY = 4.0
+
+
+def _summed_magnitude(head, masks: torch.Tensor, a0: torch.Tensor) -> torch.Tensor:
+    """Per row, the largest ``Σ_j |W_ij| |a_j| + |b_i|`` over the head's hidden neurons, with the activations'
+    magnitudes ``a0`` (R, d) at the input and the rows' patterns fixed (inactive neurons contribute 0)."""
+    a, out = a0, torch.zeros(len(a0), dtype=torch.float32)
+    for w, b, m in zip(head.weights[:-1], head.biases[:-1], head.split_hidden(masks)):
+        mag = a @ w.abs().T.to(torch.float32) + b.abs().to(torch.float32)
+        out = torch.maximum(out, mag.max(dim=1).values if mag.shape[1] else out)
+        a = mag * m
+    return out
+
+
+def float32_scale(head, masks: torch.Tensor, features: torch.Tensor, lower, upper) -> torch.Tensor:
+    """How much larger float32 rounding of the pre-activations can get on a region's box than at its point.
+
+    Rounding error of a float32 dot product grows with the magnitude of the terms it sums, so an error
+    measured at a point says little about far corners of the domain box. Behind a conv prefix the interval
+    feature box reaches magnitudes ~10⁸ where the points' features are ~10 (CIFAR-10): a flag from the points
+    alone then claimed float32-exact gates where the audit's float32 check at the LP minimisers failed. The
+    ratio (≥ 1) of the summed magnitudes at the box's largest |h| to those at the point scales the measured
+    error (an estimate, like the error itself; the audit checks the flag at the LP minimisers)."""
+    masks = masks.to(torch.float32)
+    box = torch.maximum(torch.as_tensor(lower).abs(), torch.as_tensor(upper).abs()).to(torch.float32).flatten()
+    at_box = _summed_magnitude(head, masks, box.expand(len(masks), -1))
+    at_point = _summed_magnitude(head, masks, features.abs().to(torch.float32))
+    return (at_box.double() / at_point.double().clamp(min=1e-30)).clamp(min=1.0)
 
 
 class RegionPatches(NamedTuple):
@@ -56,7 +83,7 @@ def region_patches(head, masks, min_slack, f32_error, targets, lower, upper, bou
     upper_bounds = bounds.upper if offsets is None else bounds.upper + offsets[targets]
     values = confusion_patch(upper_bounds, targets, float32_aware_epsilon(upper_bounds, epsilon))
     margins = patch_margins(upper_bounds, targets, values)
-    robust = FLOAT32_SAFETY * f32_error <= (threshold - 1.0 / lam.to(torch.float64))
+    robust = FLOAT32_SAFETY * f32_error <= (threshold - 1.0 / lam.to(torch.float64))  # f32_error: scaled by caller
     return RegionPatches(lam, threshold, values, margins, robust, bounds.multipliers)
 
 
