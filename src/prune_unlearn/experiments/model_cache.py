@@ -98,8 +98,10 @@ def cached_training(name: str, spec: dict, recipe: Recipe, X: torch.Tensor, y: t
         stale = [k for k in _MATCH_KEYS if info.get(k) != want[k]]
         if not stale:
             model = _reuse(model_path, json_path, info)
-            log(f"reusing the cached model {model_path} (trained in {info.get('train_seconds', 0) / 60:.1f} min, "
-                f"test accuracy {100 * info.get('test_accuracy', float('nan')):.2f}%)")
+            acc = info.get("test_accuracy")  # None for retrainings cached without a test set
+            acc_note = f", test accuracy {100 * acc:.2f}%" if isinstance(acc, (int, float)) and acc == acc else ""
+            log(f"reusing the cached model {model_path} (trained in {info.get('train_seconds', 0) / 60:.1f} min"
+                f"{acc_note})")
             return CachedModel(model, info, True)
         log(f"the cached model {model_path} is stale ({', '.join(stale)} differ from this run): training again")
         json_path.unlink()
