@@ -1,27 +1,12 @@
 import pytest
 import torch
 
-from _helpers.models import lp_min_margin, reference_region, tiny_mlp
+from _helpers.models import lp_min_margin, reference_region, region_problem
 from prune_unlearn.core.confusion import confusion_patch, margin_upper_bounds, patch_margins
-from prune_unlearn.core.regions import HeadNetwork, point_regions
-from prune_unlearn.core.split import split_model
-
-
-def _setup(sizes=(4, 8, 8, 3), n=12, seed=0):
-    model = tiny_mlp(sizes, seed=seed)
-    split = split_model(model)
-    head = HeadNetwork.from_split(split)
-    h = torch.rand(n, sizes[0], generator=torch.Generator().manual_seed(seed))
-    pr = point_regions(head, split, h)
-    targets = (pr.logits.argmax(1) + 1) % sizes[-1]
-    theta = pr.min_slack / 2
-    lo = torch.zeros(sizes[0], dtype=torch.float64)
-    hi = torch.ones(sizes[0], dtype=torch.float64)
-    return model, split, head, h, pr, targets, theta, lo, hi
 
 
 def test_bounds_are_ordered_and_lp_is_exact():
-    model, split, head, h, pr, targets, theta, lo, hi = _setup()
+    model, split, head, h, pr, targets, theta, lo, hi = region_problem()
     box = margin_upper_bounds(head, pr.masks, theta, targets, lo, hi, "box").upper
     dual = margin_upper_bounds(head, pr.masks, theta, targets, lo, hi, "dual", dual_steps=200).upper
     lp = margin_upper_bounds(head, pr.masks, theta, targets, lo, hi, "lp").upper
@@ -43,7 +28,7 @@ def test_bounds_are_ordered_and_lp_is_exact():
 
 @pytest.mark.parametrize("method", ["box", "dual", "lp"])
 def test_bounds_contain_sampled_values(method):
-    model, split, head, h, pr, targets, theta, lo, hi = _setup(sizes=(3, 6, 5, 4), n=6, seed=2)
+    model, split, head, h, pr, targets, theta, lo, hi = region_problem(sizes=(3, 6, 5, 4), n=6, seed=2)
     ub = margin_upper_bounds(head, pr.masks, theta, targets, lo, hi, method).upper
     gen = torch.Generator().manual_seed(0)
     samples = torch.rand(20000, 3, generator=gen, dtype=torch.float64)

@@ -6,7 +6,7 @@ point_regions matches one pass over all points."""
 import pytest
 import torch
 
-from _helpers.models import tiny_mlp
+from _helpers.models import region_problem, tiny_mlp
 from prune_unlearn.core import dual_search, regions
 from prune_unlearn.core.confusion import margin_upper_bounds
 from prune_unlearn.core.regions import HeadNetwork, point_regions
@@ -14,15 +14,8 @@ from prune_unlearn.core.split import split_model
 
 
 def _problem(sizes, n, seed):
-    model = tiny_mlp(sizes, seed=seed)
-    split = split_model(model)
-    head = HeadNetwork.from_split(split)
-    h = torch.rand(n, sizes[0], generator=torch.Generator().manual_seed(seed))
-    pr = point_regions(head, split, h)
-    targets = (pr.logits.argmax(1) + 1) % sizes[-1]
-    lo = torch.zeros(sizes[0], dtype=torch.float64)
-    hi = torch.ones(sizes[0], dtype=torch.float64)
-    return head, pr, targets, pr.min_slack / 2, lo, hi
+    _, _, head, _, pr, targets, theta, lo, hi = region_problem(sizes, n, seed)
+    return head, pr, targets, theta, lo, hi
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

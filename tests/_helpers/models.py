@@ -30,6 +30,24 @@ class TinyConvNet(nn.Module):
         return self.classifier(torch.flatten(self.features(x), 1))
 
 
+def region_problem(sizes=(4, 8, 8, 3), n=12, seed=0):
+    """A tiny MLP, ``n`` random points in [0, 1]^d and what a region bound needs: the split, the head, the points'
+    regions, a target per point (the label after the prediction), θ = half the points' smallest slack, and the
+    unit box. Returns ``(model, split, head, h, regions, targets, theta, lo, hi)``."""
+    from prune_unlearn.core.regions import HeadNetwork, point_regions
+    from prune_unlearn.core.split import split_model
+
+    model = tiny_mlp(sizes, seed=seed)
+    split = split_model(model)
+    head = HeadNetwork.from_split(split)
+    h = torch.rand(n, sizes[0], generator=torch.Generator().manual_seed(seed))
+    pr = point_regions(head, split, h)
+    targets = (pr.logits.argmax(1) + 1) % sizes[-1]
+    lo = torch.zeros(sizes[0], dtype=torch.float64)
+    hi = torch.ones(sizes[0], dtype=torch.float64)
+    return model, split, head, h, pr, targets, pr.min_slack / 2, lo, hi
+
+
 def jacobian_rows(model_fn, h0: torch.Tensor) -> torch.Tensor:
     return torch.autograd.functional.jacobian(model_fn, h0.to(torch.float64))
 
