@@ -29,7 +29,8 @@ FLOAT32_SAFETY = 4.0
 
 def _summed_magnitude(head, masks: torch.Tensor, a0: torch.Tensor) -> torch.Tensor:
     """Per row, the largest ``Σ_j |W_ij| |a_j| + |b_i|`` over the head's hidden neurons, with the activations'
-    magnitudes ``a0`` (R, d) at the input and the rows' patterns fixed (inactive neurons contribute 0)."""
+    magnitudes ``a0`` (R, d) at the input, or (1, d) shared by every row, and the rows' patterns fixed (inactive
+    neurons contribute 0). → (R,), or (1,) for a head whose one hidden layer no pattern reaches."""
     a, out = a0, torch.zeros(len(a0), dtype=torch.float32)
     for w, b, m in zip(head.weights[:-1], head.biases[:-1], head.split_hidden(masks)):
         mag = a @ w.abs().T.to(torch.float32) + b.abs().to(torch.float32)
@@ -49,7 +50,7 @@ def float32_scale(head, masks: torch.Tensor, features: torch.Tensor, lower, uppe
     error (an estimate, like the error itself; the audit checks the flag at the LP minimisers)."""
     masks = masks.to(torch.float32)
     box = torch.maximum(torch.as_tensor(lower).abs(), torch.as_tensor(upper).abs()).to(torch.float32).flatten()
-    at_box = _summed_magnitude(head, masks, box.expand(len(masks), -1))
+    at_box = _summed_magnitude(head, masks, box.unsqueeze(0))  # one first-layer product for every region
     at_point = _summed_magnitude(head, masks, features.abs().to(torch.float32))
     return (at_box.double() / at_point.double().clamp(min=1e-30)).clamp(min=1.0)
 
