@@ -1,0 +1,107 @@
+"""How fast the dual search tightens on the 10,000-point benchmark's regions, and whether it can start closer.
+
+Uses ``bench_verify.py --only mnist10k``'s cached model and points (run that first), one torch thread:
+
+1. the search's step size and first-moment decay (``dual_search.LR``, ``BETAS``) at several step budgets:
+   pair-steps per region, mean over regions of the largest bound ``max_l U_l`` (the patch is half of it), CPU s;
+2. a warm start for regions ``B`` from the multipliers found on regions ``A`` (60 steps): the mean multipliers of
+   A's pairs with the same (target, label), and the mean over all of A's pairs, each evaluated soundly on B as is.
+
+    PYTHONPATH=src python benchmarks/dual_search_sweep.py [--regions 1000]
+
+Prints one JSON line per measurement.
+"""
+
+import argparse
+import json
+import os
+import time
+
+import torch
+
+torch.set_num_threads(1)
+from safetensors.torch import load_file  # noqa: E402
+
+from prune_unlearn import load  # noqa: E402
+from prune_unlearn.core import dual_search  # noqa: E402
+from prune_unlearn.core.confusion import (  # noqa: E402
+    _dual_value, _label_rows, _other_labels, _region_terms, margin_upper_bounds)
+from prune_unlearn.core.patches import PatchedModel  # noqa: E402
+from prune_unlearn.core.regions import HeadNetwork, point_regions  # noqa: E402
+from prune_unlearn.core.sound_backward import SoundBackward  # noqa: E402
+from prune_unlearn.core.split import split_model  # noqa: E402
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--regions", type=int, default=1000, help="regions per set (A and B)")
+args = parser.parse_args()
+SCRATCH = os.environ.get("PRUNE_BENCH_SCRATCH", "/tmp/prune-bench-verify")
+model = load(f"{SCRATCH}/mnist-base-verify.safetensors")
+pts = load_file(f"{SCRATCH}/mnist-10k-points.safetensors")
+n = args.regions
+X, y = pts["X"][: 2 * n], pts["y"][: 2 * n]
+split = split_model(PatchedModel.wrap(model, head=None).base, None)
+head = HeadNetwork.from_split(split)
+pr = point_regions(head, split, split.features(X))
+masks, theta = pr.masks, (pr.min_slack / 2).to(torch.float64)
+# the same target rule as floor_10k.py
+targets = (y + torch.randint(1, 10, (len(y),), generator=torch.Generator().manual_seed(0))) % 10
+lo, hi = torch.zeros(784, dtype=torch.float64), torch.ones(784, dtype=torch.float64)
+A, B = slice(0, n), slice(n, 2 * n)
+
+count = {"pairs": 0}
+forward = dual_search._Head.forward
+
+
+def counting(self, mask_blocks, u):
+    count["pairs"] += u.shape[0]
+    return forward(self, mask_blocks, u)
+
+
+dual_search._Head.forward = counting
+
+
+def dual(sl, steps):
+    count["pairs"] = 0
+    c = time.process_time()
+    res = margin_upper_bounds(head, masks[sl], theta[sl], targets[sl], lo, hi, "dual", dual_steps=steps)
+    return res, time.process_time() - c, count["pairs"] / (sl.stop - sl.start)
+
+
+def emit(**row):
+    row["load1"] = round(os.getloadavg()[0], 2)
+    print(json.dumps(row), flush=True)
+
+
+box = margin_upper_bounds(head, masks[B], theta[B], targets[B], lo, hi, "box")
+emit(part="box", regions=n, mean_largest_bound=float(box.upper.max(1).values.mean()))
+for lr in (0.02, 0.04, 0.08):
+    for beta1 in (0.7, 0.9):
+        dual_search.LR, dual_search.BETAS = lr, (beta1, 0.999)
+        for steps in (15, 30, 45, 60):
+            res, cpu, pair_steps = dual(B, steps)
+            emit(part="sweep", lr=lr, beta1=beta1, steps=steps, pair_steps_per_region=round(pair_steps, 1),
+                 mean_largest_bound=round(float(res.upper.max(1).values.mean()), 2), cpu_s=round(cpu, 3))
+dual_search.LR, dual_search.BETAS = 0.02, (0.7, 0.999)
+
+# warm start: A's multipliers (the target's row is zero) averaged per (target, label) and over all pairs
+res_a, _, _ = dual(A, 60)
+mu_a, n_hidden = res_a.multipliers, masks.shape[1]
+used = mu_a.abs().sum(-1) > 0  # (n, C): the pairs whose bound the search improved on
+table = torch.zeros(10, 10, n_hidden)
+hits = torch.zeros(10, 10)
+for label in range(10):
+    table[:, label].index_add_(0, targets[A], mu_a[:, label] * used[:, label, None])
+    hits[:, label].index_add_(0, targets[A], used[:, label].float())
+table /= hits.clamp(min=1).unsqueeze(-1)
+overall = mu_a[used].mean(0)
+
+signs, _, w0, q = _region_terms(head, masks[B], theta[B])
+others = _other_labels(targets[B], 10)
+rows = _label_rows(targets[B], 10).gather(1, others.unsqueeze(-1).expand(-1, -1, 10))
+w0_rows = (rows * w0.unsqueeze(1)).sum(-1)
+sound = SoundBackward.build(head, lo, hi)
+for name, mu in (("per (target, label) mean", table[targets[B].unsqueeze(1), others]),
+                 ("mean over all pairs", overall.expand(n, 9, n_hidden).contiguous())):
+    value, _ = _dual_value(head, masks[B], rows, signs, w0_rows, q, mu, lo, hi, sound, need_rows=False)
+    emit(part="warm start (no steps)", init=name, regions=n,
+         mean_largest_bound=round(float(value.max(1).values.mean()), 2))
