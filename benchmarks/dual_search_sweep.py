@@ -35,6 +35,9 @@ parser = argparse.ArgumentParser()
 parser.add_argument("--regions", type=int, default=1000, help="regions per set (A and B)")
 args = parser.parse_args()
 SCRATCH = os.environ.get("PRUNE_BENCH_SCRATCH", "/tmp/prune-bench-verify")
+if not os.path.exists(f"{SCRATCH}/mnist-10k-points.safetensors"):
+    raise SystemExit(f"no cached model and points in {SCRATCH}: run `python benchmarks/bench_verify.py --only mnist10k` "
+                     "first (or set PRUNE_BENCH_SCRATCH to its --scratch folder)")
 model = load(f"{SCRATCH}/mnist-base-verify.safetensors")
 pts = load_file(f"{SCRATCH}/mnist-10k-points.safetensors")
 n = args.regions

@@ -25,6 +25,9 @@ from prune_unlearn.core.regions import HeadNetwork, point_regions  # noqa: E402
 from prune_unlearn.core.split import split_model  # noqa: E402
 
 SCRATCH = os.environ.get("PRUNE_BENCH_SCRATCH", "/tmp/prune-bench-verify")
+if not os.path.exists(f"{SCRATCH}/mnist-10k-points.safetensors"):
+    raise SystemExit(f"no cached model and points in {SCRATCH}: run `python benchmarks/bench_verify.py --only mnist10k` "
+                     "first (or set PRUNE_BENCH_SCRATCH to its --scratch folder)")
 model = load(f"{SCRATCH}/mnist-base-verify.safetensors")
 pts = load_file(f"{SCRATCH}/mnist-10k-points.safetensors")
 N = int(os.environ.get("FLOOR_POINTS", "10000"))
