@@ -20,54 +20,30 @@ import time
 import torch
 
 torch.set_num_threads(1)
-from safetensors.torch import load_file  # noqa: E402
+from cached_10k import PairSteps, cached_regions  # noqa: E402
 
-from prune_unlearn import load  # noqa: E402
 from prune_unlearn.core import dual_search  # noqa: E402
 from prune_unlearn.core.confusion import (  # noqa: E402
     _dual_value, _label_rows, _other_labels, _region_terms, margin_upper_bounds)
-from prune_unlearn.core.patches import PatchedModel  # noqa: E402
-from prune_unlearn.core.regions import HeadNetwork, point_regions  # noqa: E402
 from prune_unlearn.core.sound_backward import SoundBackward  # noqa: E402
-from prune_unlearn.core.split import split_model  # noqa: E402
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--regions", type=int, default=1000, help="regions per set (A and B)")
 args = parser.parse_args()
-SCRATCH = os.environ.get("PRUNE_BENCH_SCRATCH", "/tmp/prune-bench-verify")
-if not os.path.exists(f"{SCRATCH}/mnist-10k-points.safetensors"):
-    raise SystemExit(f"no cached model and points in {SCRATCH}: run `python benchmarks/bench_verify.py --only mnist10k` "
-                     "first (or set PRUNE_BENCH_SCRATCH to its --scratch folder)")
-model = load(f"{SCRATCH}/mnist-base-verify.safetensors")
-pts = load_file(f"{SCRATCH}/mnist-10k-points.safetensors")
 n = args.regions
-X, y = pts["X"][: 2 * n], pts["y"][: 2 * n]
-split = split_model(PatchedModel.wrap(model, head=None).base, None)
-head = HeadNetwork.from_split(split)
-pr = point_regions(head, split, split.features(X))
-masks, theta = pr.masks, (pr.min_slack / 2).to(torch.float64)
-# the same target rule as floor_10k.py
-targets = (y + torch.randint(1, 10, (len(y),), generator=torch.Generator().manual_seed(0))) % 10
-lo, hi = torch.zeros(784, dtype=torch.float64), torch.ones(784, dtype=torch.float64)
+cached = cached_regions(2 * n)
+head, masks, targets, lo, hi = cached.head, cached.masks, cached.targets, cached.lower, cached.upper
+theta = cached.theta.to(torch.float64)
 A, B = slice(0, n), slice(n, 2 * n)
 
-count = {"pairs": 0}
-forward = dual_search._Head.forward
-
-
-def counting(self, mask_blocks, u):
-    count["pairs"] += u.shape[0]
-    return forward(self, mask_blocks, u)
-
-
-dual_search._Head.forward = counting
+count = PairSteps()
 
 
 def dual(sl, steps):
-    count["pairs"] = 0
+    count.pairs = 0
     c = time.process_time()
     res = margin_upper_bounds(head, masks[sl], theta[sl], targets[sl], lo, hi, "dual", dual_steps=steps)
-    return res, time.process_time() - c, count["pairs"] / (sl.stop - sl.start)
+    return res, time.process_time() - c, count.pairs / (sl.stop - sl.start)
 
 
 def emit(**row):

@@ -15,31 +15,15 @@ import time
 import torch
 
 torch.set_num_threads(1)
-from safetensors.torch import load_file  # noqa: E402
+from cached_10k import PairSteps, cached_regions  # noqa: E402
 
-from prune_unlearn import load  # noqa: E402
 from prune_unlearn.core import dual_search  # noqa: E402
 from prune_unlearn.core.confusion import margin_upper_bounds  # noqa: E402
-from prune_unlearn.core.patches import PatchedModel  # noqa: E402
-from prune_unlearn.core.regions import HeadNetwork, point_regions  # noqa: E402
-from prune_unlearn.core.split import split_model  # noqa: E402
+from prune_unlearn.core.regions import point_regions  # noqa: E402
 
-SCRATCH = os.environ.get("PRUNE_BENCH_SCRATCH", "/tmp/prune-bench-verify")
-if not os.path.exists(f"{SCRATCH}/mnist-10k-points.safetensors"):
-    raise SystemExit(f"no cached model and points in {SCRATCH}: run `python benchmarks/bench_verify.py --only mnist10k` "
-                     "first (or set PRUNE_BENCH_SCRATCH to its --scratch folder)")
-model = load(f"{SCRATCH}/mnist-base-verify.safetensors")
-pts = load_file(f"{SCRATCH}/mnist-10k-points.safetensors")
-N = int(os.environ.get("FLOOR_POINTS", "10000"))
-X, y = pts["X"][:N], pts["y"][:N]
-patched = PatchedModel.wrap(model, head=None)
-split = split_model(patched.base, None)
-head = HeadNetwork.from_split(split)
-feats = split.features(X)
-pr = point_regions(head, split, feats)
-masks, theta = pr.masks, pr.min_slack / 2
-targets = (y + torch.randint(1, 10, (len(y),), generator=torch.Generator().manual_seed(0))) % 10
-lo, hi = torch.zeros(784, dtype=torch.float64), torch.ones(784, dtype=torch.float64)
+cached = cached_regions(int(os.environ.get("FLOOR_POINTS", "10000")))
+split, head, feats, masks = cached.split, cached.head, cached.features, cached.masks
+theta, targets, lo, hi = cached.theta, cached.targets, cached.lower, cached.upper
 
 
 def best(fn, n=3):
@@ -78,22 +62,12 @@ row = {} if only_dual else {
     "point_regions_s": best(lambda: point_regions(head, split, feats)),
     "box_bound_s": best(lambda: margin_upper_bounds(head, masks, theta, targets, lo, hi, "box")),
 }
-# the dual search: count pair-steps by wrapping the forward pass of its head
-count = {"pairs": 0}
-forward = dual_search._Head.forward
-
-
-def counting(self, mask_blocks, u):
-    count["pairs"] += u.shape[0]
-    return forward(self, mask_blocks, u)
-
-
-dual_search._Head.forward = counting
+count = PairSteps()
 c = time.process_time()
 res = margin_upper_bounds(head, masks, theta, targets, lo, hi, "dual", dual_steps=steps)
 row["dual_bound_s"] = time.process_time() - c
 row["dual_steps"] = steps
-row["dual_pair_steps_per_region"] = count["pairs"] / len(masks)
+row["dual_pair_steps_per_region"] = count.pairs / len(masks)
 row["dual_mean_linf"] = float(((res.upper.max(1).values + 0.05) / 2).mean())
 row["search_dtype"] = str(dual_search.search_dtype())
 row["load1"] = [load_before, os.getloadavg()[0]]
