@@ -53,6 +53,7 @@ def emit(**row):
 
 box = margin_upper_bounds(head, masks[B], theta[B], targets[B], lo, hi, "box")
 emit(part="box", regions=n, mean_largest_bound=float(box.upper.max(1).values.mean()))
+defaults = dual_search.LR, dual_search.BETAS
 for lr in (0.02, 0.04, 0.08):
     for beta1 in (0.7, 0.9):
         dual_search.LR, dual_search.BETAS = lr, (beta1, 0.999)
@@ -60,7 +61,7 @@ for lr in (0.02, 0.04, 0.08):
             res, cpu, pair_steps = dual(B, steps)
             emit(part="sweep", lr=lr, beta1=beta1, steps=steps, pair_steps_per_region=round(pair_steps, 1),
                  mean_largest_bound=round(float(res.upper.max(1).values.mean()), 2), cpu_s=round(cpu, 3))
-dual_search.LR, dual_search.BETAS = 0.02, (0.7, 0.999)
+dual_search.LR, dual_search.BETAS = defaults  # the warm starts below use the library's own search
 
 # warm start: A's multipliers (the target's row is zero) averaged per (target, label) and over all pairs
 res_a, _, _ = dual(A, 60)
