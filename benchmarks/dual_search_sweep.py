@@ -5,7 +5,9 @@ Uses ``bench_verify.py --only mnist10k``'s cached model and points (run that fir
 1. the search's step size and first-moment decay (``dual_search.LR``, ``BETAS``) at several step budgets:
    pair-steps per region, mean over regions of the largest bound ``max_l U_l`` (the patch is half of it), CPU s;
 2. a warm start for regions ``B`` from the multipliers found on regions ``A`` (60 steps): the mean multipliers of
-   A's pairs with the same (target, label), and the mean over all of A's pairs, each evaluated soundly on B as is.
+   A's pairs with the same (target, label), and the mean over all of A's pairs, each evaluated soundly on B as is;
+3. exact LPs (HiGHS) on the first 20 regions: CPU per region and how many halfspaces bind at the optimum, and
+   the CPU time of a small LP (784 box-bounded columns, 30 random dense rows).
 
     PYTHONPATH=src python benchmarks/dual_search_sweep.py [--regions 1000]
 
@@ -85,3 +87,32 @@ for name, mu in (("per (target, label) mean", table[targets[B].unsqueeze(1), oth
     value, _ = _dual_value(head, masks[B], rows, signs, w0_rows, q, mu, lo, hi, sound, need_rows=False)
     emit(part="warm start (no steps)", init=name, regions=n,
          mean_largest_bound=round(float(value.max(1).values.mean()), 2))
+
+# 3. exact LPs: how many halfspaces bind at the optimum (for the label that sets the patch), and what a small LP costs
+lp_regions = slice(0, min(n, 20))
+c = time.process_time()
+exact = margin_upper_bounds(head, masks[lp_regions], theta[lp_regions], targets[lp_regions], lo, hi, "lp")
+lp_cpu = (time.process_time() - c) / (lp_regions.stop - lp_regions.start)
+largest = exact.upper.argmax(1)
+binding = (exact.multipliers[torch.arange(len(largest)), largest] > 1e-6).sum(1)
+emit(part="exact LP", regions=lp_regions.stop, cpu_s_per_region=round(lp_cpu, 3), halfspaces=masks.shape[1],
+     binding_min=int(binding.min()), binding_max=int(binding.max()))
+
+import highspy  # noqa: E402
+import numpy as np  # noqa: E402
+
+from prune_unlearn.core.highs import dense_to_csr, new_highs  # noqa: E402
+
+rng, d, k, times = np.random.default_rng(0), 784, 30, []
+for _ in range(50):
+    rows_np, cost = rng.standard_normal((k, d)), rng.standard_normal(d)
+    c = time.process_time()
+    lp = new_highs()
+    lp.addVars(d, np.zeros(d), np.ones(d))
+    csr = dense_to_csr(rows_np)
+    lp.addRows(k, -5 * np.abs(rng.standard_normal(k)), np.full(k, highspy.kHighsInf), csr[2].size, *csr)
+    lp.changeObjectiveSense(highspy.ObjSense.kMaximize)
+    lp.changeColsCost(d, np.arange(d, dtype=np.int32), cost)
+    lp.run()
+    times.append(time.process_time() - c)
+emit(part="small HiGHS LP", columns=d, rows=k, cpu_ms_median_of_50=round(float(np.median(times)) * 1e3, 2))
